@@ -1,0 +1,2 @@
+//! Chat service binary.
+fn main() {}
