@@ -1,0 +1,2 @@
+//! Caching reverse proxy.
+fn main() {}
