@@ -1,2 +1,242 @@
-//! Workspace automation.
-fn main() {}
+//! Workspace automation, run through the `cargo xtask` alias.
+//!
+//! `cargo xtask test` is the one command that proves the workspace: it installs what a fresh machine lacks
+//! (`redis-server`), then runs formatting, lints, docs and the whole test suite.
+
+use std::env;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+const USAGE: &str = "\
+cargo xtask <command>
+
+Commands:
+  test     install missing test services (redis-server), then run cargo fmt --check, clippy -D warnings,
+           cargo doc (warnings denied), doc tests and the whole test suite (nextest when installed)
+  bench    run every criterion benchmark of the workspace (release profile); `--peers` also runs the
+           peer comparison benchmarks in benches/peers
+  help     print this message
+";
+
+/// Binaries the test suite starts as real services.
+const REDIS_BINARIES: [&str; 2] = ["redis-server", "redis-cli"];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(&args[1..]),
+        Some("bench") => bench(&args[1..]),
+        Some("help" | "--help" | "-h") | None => {
+            eprint!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown command `{other}`\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn test(args: &[String]) -> Result<(), String> {
+    if let Some(unknown) = args.first() {
+        return Err(format!("`test` takes no arguments, got `{unknown}`"));
+    }
+    ensure_redis()?;
+    let root = workspace_root()?;
+
+    step("cargo fmt --check");
+    cargo(&root, &["fmt", "--all", "--", "--check"], &[])?;
+
+    step("cargo clippy");
+    cargo(
+        &root,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+
+    step("cargo doc");
+    cargo(
+        &root,
+        &["doc", "--workspace", "--no-deps", "--all-features"],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
+
+    step("doc tests");
+    cargo(
+        &root,
+        &["test", "--workspace", "--all-features", "--doc"],
+        &[],
+    )?;
+
+    // The test runner goes last so that its summary is the closing line of the run.
+    if has_nextest() {
+        step("cargo nextest run");
+        cargo(
+            &root,
+            &[
+                "nextest",
+                "run",
+                "--workspace",
+                "--all-features",
+                "--no-fail-fast",
+            ],
+            &[],
+        )
+    } else {
+        step("cargo test (cargo-nextest not installed)");
+        cargo(
+            &root,
+            &[
+                "test",
+                "--workspace",
+                "--all-features",
+                "--lib",
+                "--bins",
+                "--tests",
+                "--no-fail-fast",
+            ],
+            &[],
+        )
+    }
+}
+
+fn bench(args: &[String]) -> Result<(), String> {
+    let root = workspace_root()?;
+    let mut peers = false;
+    for arg in args {
+        match arg.as_str() {
+            "--peers" => peers = true,
+            other => return Err(format!("`bench` accepts only `--peers`, got `{other}`")),
+        }
+    }
+    step("cargo bench --workspace");
+    cargo(&root, &["bench", "--workspace", "--all-features"], &[])?;
+    if peers {
+        let peers_dir = root.join("benches").join("peers");
+        if !peers_dir.join("Cargo.toml").is_file() {
+            return Err(format!("no peer benchmarks at {}", peers_dir.display()));
+        }
+        step("cargo bench (peers)");
+        cargo(&peers_dir, &["bench"], &[])?;
+    }
+    Ok(())
+}
+
+/// Makes sure `redis-server` and `redis-cli` are on PATH, installing Debian's package when running as root.
+fn ensure_redis() -> Result<(), String> {
+    let missing: Vec<&str> = REDIS_BINARIES
+        .iter()
+        .copied()
+        .filter(|binary| find_on_path(binary).is_none())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let how = "install it with `apt-get update && apt-get install -y redis-server` (Debian/Ubuntu) \
+               or your system's package manager, then run `cargo xtask test` again";
+    if !is_root() || find_on_path("apt-get").is_none() {
+        return Err(format!(
+            "{} not found on PATH; the tests start real Redis servers: {how}",
+            missing.join(" and ")
+        ));
+    }
+    step("installing redis-server (apt-get)");
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(["redis-server", "redis-tools"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    // The Debian package may start a system service on port 6379; the tests never use it, and they pick free ports.
+    match REDIS_BINARIES
+        .iter()
+        .find(|binary| find_on_path(binary).is_none())
+    {
+        Some(binary) => Err(format!(
+            "`{binary}` still missing after apt-get install; {how}"
+        )),
+        None => Ok(()),
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|out| out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn has_nextest() -> bool {
+    Command::new(cargo_bin())
+        .args(["nextest", "--version"])
+        .output()
+        .map(|out| out.status.success())
+        .unwrap_or(false)
+}
+
+fn find_on_path(binary: &str) -> Option<PathBuf> {
+    let path = env::var_os("PATH")?;
+    env::split_paths(&path)
+        .map(|dir| dir.join(binary))
+        .find(|candidate| candidate.is_file())
+}
+
+fn workspace_root() -> Result<PathBuf, String> {
+    let manifest_dir = env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .ok_or("CARGO_MANIFEST_DIR is not set: run through `cargo xtask`")?;
+    manifest_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| format!("{} has no parent", manifest_dir.display()))
+}
+
+fn cargo_bin() -> std::ffi::OsString {
+    env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+fn cargo(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Result<(), String> {
+    let mut command = Command::new(cargo_bin());
+    command.current_dir(dir).args(args);
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    run(&mut command)
+}
+
+fn run(command: &mut Command) -> Result<(), String> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let shown: Vec<String> = command
+        .get_args()
+        .map(OsStr::to_string_lossy)
+        .map(|arg| arg.into_owned())
+        .collect();
+    let status = command
+        .status()
+        .map_err(|err| format!("could not start `{program}`: {err}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{program} {}` failed with {status}",
+            shown.join(" ")
+        ))
+    }
+}
+
+fn step(name: &str) {
+    eprintln!("\n==> {name}");
+}
