@@ -1,0 +1,1 @@
+//! Request coalescing and idempotency keys.
