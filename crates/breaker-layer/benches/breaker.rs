@@ -1,0 +1,2 @@
+//! Closed-path and axum throughput benchmarks.
+fn main() {}
