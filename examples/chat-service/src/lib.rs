@@ -1,1 +1,195 @@
-//! Chat service.
+//! A CQRS chat service on axum and SQLite: the reference application for this workspace's layers.
+//!
+//! The library holds the whole service so integration tests and load generators can embed it;
+//! the `chat-service` binary only reads its configuration and calls [`run`].
+//!
+//! # HTTP interface
+//!
+//! | Request | Answer |
+//! |---|---|
+//! | `POST /rooms/{room}/messages` with JSON `{"author", "text"}` | `201`, the stored [`Message`], `Location: /rooms/{room}/messages/{id}` |
+//! | `GET /rooms/{room}/messages?before=ID&limit=N` | `200`, a [`MessagePage`]: newest first, ids below `before`, `next_before` for the next page |
+//! | `GET /rooms/{room}/messages/{id}` | `200`, the [`Message`]; `404` if the room has no such message |
+//! | `GET /rooms` | `200`, a [`RoomList`]: up to [`MAX_ROOMS_LISTED`] rooms by name with counts and last ids |
+//! | `GET /healthz` | `200` `{"status":"ok"}`, without touching the database |
+//!
+//! Rooms are created by their first message; a room with no messages lists as an empty page.
+//! Room names are 1 to 64 characters of `[A-Za-z0-9_-]`; message ids are positive `i64`s.
+//! `limit` defaults to [`DEFAULT_PAGE_LIMIT`] and a larger value than [`MAX_PAGE_LIMIT`] is
+//! lowered to it; an empty `before` or `limit` counts as absent.
+//!
+//! # Errors
+//!
+//! Every error is an RFC 9457 `application/problem+json` body `{type, title, status, detail}`
+//! with `Cache-Control: no-store`:
+//!
+//! | Cause | Status |
+//! |---|---|
+//! | room name breaks the rules, message id not a positive integer | `400` |
+//! | `before` or `limit` not a positive integer (or several of either) | `400` |
+//! | body is not syntactically valid JSON | `400` |
+//! | `Content-Type` missing or not JSON | `415` (RFC 9110's code for a media type the resource does not take) |
+//! | valid JSON of the wrong shape (missing field, wrong type) | `422` |
+//! | `author` empty, blank, over 64 characters or with control characters; `text` empty, blank or over 4000 characters | `422` |
+//! | body over [`Config::body_limit`] (64 KiB by default) | `413` |
+//! | unknown message, unknown path | `404` |
+//! | known path, wrong method | `405` |
+//! | storage fault / service closing | `500` / `503` |
+//!
+//! # Design
+//!
+//! The service separates commands from queries (CQRS), both in one SQLite database in WAL mode:
+//!
+//! ```text
+//!  POST ──► writer thread ──► messages (write model) ──► MessagePosted ──► projector task
+//!   ▲                                                    (broadcast)          │
+//!   │  201 once the projected position ≥ id (bounded wait)                    ▼
+//!   └────────────── watch<position> ◄──────── message_view, room_view (read model)
+//!                                                           ▲
+//!  GET ──► reader pool (spawn_blocking) ────────────────────┘
+//! ```
+//!
+//! - **Write side.** One thread owns the only writing connection and takes jobs from a bounded
+//!   channel. A post is one `INSERT` into `messages`; right after it commits, the thread publishes
+//!   [`MessagePosted`] on a tokio broadcast channel, so events leave in id order.
+//!   [`ChatService::subscribe`] hands out receivers.
+//! - **Projector.** A task woken by those events moves every message past its stored position
+//!   into the read model: `message_view` (what queries serve) and `room_view` (per room: version,
+//!   count, last id), and advances the position, all in one transaction. The event is a wake-up,
+//!   not the data, so lost or batched events and restarts all converge: on open the projector
+//!   first catches up with whatever the write model holds. Its transactions run on the writer
+//!   thread too, so SQLite never sees two writers contend. After each step it publishes
+//!   [`RoomProjected`] notices ([`ChatService::subscribe_projected`]).
+//! - **Read-your-writes.** The projected position is a `tokio::sync::watch`. A post answers `201`
+//!   once the position reaches its id, so a `GET` after the `201` sees the message. If the
+//!   projector lags past [`Config::projection_wait`] the post still answers `201`: the message is
+//!   durable and shows up moments later.
+//! - **Read side.** Queries run on tokio's blocking pool with connections from a pool of
+//!   [`Config::readers`] `query_only` connections and cached prepared statements; a semaphore
+//!   bounds reads in flight. In WAL mode readers never wait for the writer. A list reads the room
+//!   version and the page in one transaction, so the `ETag` always describes the body.
+//! - **Why a separate read model.** If queries read `messages` directly, a new message could be
+//!   served under the previous version's `ETag`, and a cache would keep that body as current.
+//!   Serving only projected rows keeps version and content in step.
+//!
+//! No SQLite call runs on an async worker thread.
+//!
+//! # HTTP caching
+//!
+//! Query responses carry the raw material for a response cache:
+//!
+//! | Response | `ETag` | `Cache-Control` default ([`CacheControl`]) | `Cache-Tag` |
+//! |---|---|---|---|
+//! | message list | `"r{room version}"` | `public, max-age=1, stale-while-revalidate=5` | `room:{room}` |
+//! | one message (immutable) | `"m{id}"` | `public, max-age=3600` | `room:{room}` |
+//! | `/rooms` | `"s{projected position}"` | `public, max-age=1` | `rooms` |
+//!
+//! `If-None-Match` (lists of tags, `W/` tags and `*`, compared weakly per RFC 9110) is answered
+//! with `304` carrying `ETag`, `Cache-Control` and `Cache-Tag` and no body. A malformed
+//! `If-None-Match` counts as absent. A list's `ETag` depends only on the room version: the query
+//! string is part of the cache key, and each `(room, before, limit)` has one body per version.
+//!
+//! # Embedding
+//!
+//! ```
+//! use chat_service::{ChatService, Config};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), chat_service::Error> {
+//! let service = ChatService::open(&Config::temporary()).await?;
+//! service.seed(2, 5).await?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let server = tokio::spawn(chat_service::serve(listener, service.app(), async move {
+//!     let _ = stopped.await;
+//! }));
+//! // ... send requests ...
+//! stop.send(()).ok();
+//! server.await.ok();
+//! # Ok(())
+//! # }
+//! ```
+
+mod config;
+mod error;
+mod http;
+mod model;
+mod service;
+mod store;
+
+use std::future::Future;
+
+pub use crate::config::{
+    CacheControl, Command, Config, ConfigError, Database, MAX_SEED_MESSAGES, USAGE,
+};
+pub use crate::error::Error;
+pub use crate::http::{CACHE_TAG, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
+pub use crate::model::{
+    InvalidInput, MAX_AUTHOR_LEN, MAX_ROOM_LEN, MAX_TEXT_LEN, Message, MessagePage, MessagePosted,
+    NewMessage, RoomList, RoomName, RoomProjected, RoomSummary, SeedSummary,
+};
+pub use crate::service::ChatService;
+pub use crate::store::MAX_ROOMS_LISTED;
+
+/// Serves `router` on `listener` until `shutdown` completes, then lets open requests finish.
+///
+/// ```no_run
+/// # async fn demo(service: chat_service::ChatService) -> std::io::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+/// chat_service::serve(listener, service.app(), chat_service::shutdown_signal()).await
+/// # }
+/// ```
+pub async fn serve<F>(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    shutdown: F,
+) -> std::io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Completes on the first SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+///
+/// If a signal handler cannot be installed, that signal is ignored and the others still count.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received, shutting down"),
+        () = terminate => tracing::info!("SIGTERM received, shutting down"),
+    }
+}
+
+/// Runs the service as the binary does: open the database, seed it if asked, serve
+/// [`ChatService::app`] on [`Config::listen`] until SIGINT or SIGTERM, then close the database.
+pub async fn run(config: Config) -> Result<(), Error> {
+    let service = ChatService::open(&config).await?;
+    if let Some((rooms, per_room)) = config.seed {
+        let seeded = service.seed(rooms, per_room).await?;
+        tracing::info!(rooms, messages = seeded.messages, "seeded");
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    serve(listener, service.app(), shutdown_signal()).await?;
+    service.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}

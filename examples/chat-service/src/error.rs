@@ -1,0 +1,48 @@
+//! The library's error type.
+
+use std::path::Path;
+
+use crate::config::ConfigError;
+use crate::model::InvalidInput;
+use crate::store::StoreError;
+
+/// Why an operation of [`ChatService`](crate::ChatService) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The input breaks a validation rule.
+    #[error("invalid input: {0}")]
+    Invalid(#[from] InvalidInput),
+    /// The configuration cannot be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// SQLite failed on the named database.
+    #[error("database {path}: {source}")]
+    Database {
+        /// The database file.
+        path: String,
+        /// What SQLite reported.
+        source: rusqlite::Error,
+    },
+    /// The writer has stopped ([`ChatService::close`](crate::ChatService::close) was called).
+    #[error("the service is closed")]
+    Closed,
+    /// Starting a thread, binding a socket or serving failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    pub(crate) fn from_store(error: StoreError, path: &Path) -> Self {
+        match error {
+            StoreError::Sqlite(source) => Self::Database {
+                path: path.display().to_string(),
+                source,
+            },
+            StoreError::WriterClosed => Self::Closed,
+            StoreError::ReaderFailed(reason) | StoreError::Setup(reason) => {
+                Self::Io(std::io::Error::other(reason))
+            }
+        }
+    }
+}
