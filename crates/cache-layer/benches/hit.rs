@@ -1,0 +1,2 @@
+//! L1 hit benchmark.
+fn main() {}

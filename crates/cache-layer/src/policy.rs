@@ -1,0 +1,786 @@
+//! The caching rules of RFC 9111 as pure functions: storability, freshness lifetime, age,
+//! request directives, conditional requests, 304 merging and invalidation targets.
+//!
+//! Nothing here does I/O or reads a clock; callers pass the times in.
+
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+
+use crate::date::parse_http_date;
+use crate::directives::{RequestDirectives, ResponseDirectives, parse_delta_seconds};
+use crate::fields::{EtagList, parse_etag, parse_etag_list};
+
+/// Whose cache this is (RFC 9111 §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheMode {
+    /// A shared cache (a reverse proxy or CDN in front of many users), the default.
+    ///
+    /// `private` responses, responses with `Set-Cookie` and responses to requests carrying
+    /// `Authorization` (unless `public`, `s-maxage` or `must-revalidate` allow it) are not stored;
+    /// `s-maxage` and `proxy-revalidate` apply.
+    #[default]
+    Shared,
+    /// A private cache serving a single user: `private` responses and `Set-Cookie` are stored;
+    /// `s-maxage` and `proxy-revalidate` are ignored. Use it only when every request that reaches
+    /// the layer comes from the same user.
+    Private,
+}
+
+/// How heuristic freshness is computed (RFC 9111 §4.2.2).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Heuristic {
+    /// Fraction of the time since `Last-Modified` (0.1 by default).
+    pub(crate) fraction: f64,
+    /// Upper bound of a heuristic lifetime.
+    pub(crate) cap: Duration,
+}
+
+impl Default for Heuristic {
+    fn default() -> Self {
+        Self {
+            fraction: 0.1,
+            cap: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Why a response was not stored; the name goes into `Cache-Status: detail=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotStorable {
+    Method,
+    Status,
+    RequestNoStore,
+    NoStore,
+    Private,
+    Authorization,
+    SetCookie,
+    NoFreshness,
+    VaryStar,
+    VaryUnusable,
+    MustUnderstand,
+    TooLarge,
+    Trailers,
+    BodyError,
+}
+
+impl NotStorable {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Method => "method",
+            Self::Status => "status",
+            Self::RequestNoStore => "request-no-store",
+            Self::NoStore => "no-store",
+            Self::Private => "private",
+            Self::Authorization => "authorization",
+            Self::SetCookie => "set-cookie",
+            Self::NoFreshness => "no-freshness",
+            Self::VaryStar => "vary-star",
+            Self::VaryUnusable => "vary-unusable",
+            Self::MustUnderstand => "must-understand",
+            Self::TooLarge => "too-large",
+            Self::Trailers => "trailers",
+            Self::BodyError => "body-error",
+        }
+    }
+}
+
+/// The cache-control directives in force for a response: the targeted field when present,
+/// valid and non-empty (RFC 9213 §2.2), else `Cache-Control`. The flag says which.
+pub(crate) fn effective_directives(
+    headers: &HeaderMap,
+    target: Option<&HeaderName>,
+) -> (ResponseDirectives, bool) {
+    if let Some(name) = target
+        && let Some(d) = ResponseDirectives::targeted(headers, name)
+    {
+        return (d, true);
+    }
+    (ResponseDirectives::from_headers(headers), false)
+}
+
+/// Status codes that are heuristically cacheable (RFC 9110 §15.1), minus 206, which this cache
+/// does not store.
+pub(crate) fn heuristically_cacheable(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// Status codes whose caching requirements this cache implements (for `must-understand`).
+fn understood(status: StatusCode) -> bool {
+    status.as_u16() != 206 && status.as_u16() != 304 && status.canonical_reason().is_some()
+}
+
+/// Whether a response to a GET may be stored (RFC 9111 §3, §3.5).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check_storable(
+    mode: CacheMode,
+    method: &Method,
+    request: &RequestDirectives,
+    request_has_authorization: bool,
+    status: StatusCode,
+    headers: &HeaderMap,
+    dirs: &ResponseDirectives,
+    targeted: bool,
+) -> Result<(), NotStorable> {
+    if method != Method::GET {
+        return Err(NotStorable::Method);
+    }
+    if status.is_informational()
+        || status == StatusCode::PARTIAL_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Err(NotStorable::Status);
+    }
+    if request.no_store {
+        return Err(NotStorable::RequestNoStore);
+    }
+    if dirs.must_understand {
+        if !understood(status) {
+            return Err(NotStorable::MustUnderstand);
+        }
+    } else if dirs.no_store {
+        return Err(NotStorable::NoStore);
+    }
+    let shared = mode == CacheMode::Shared;
+    if shared && dirs.private {
+        return Err(NotStorable::Private);
+    }
+    if shared
+        && request_has_authorization
+        && !(dirs.public || dirs.must_revalidate || dirs.s_maxage.is_some())
+    {
+        return Err(NotStorable::Authorization);
+    }
+    if shared && headers.contains_key(header::SET_COOKIE) {
+        return Err(NotStorable::SetCookie);
+    }
+    let explicit = dirs.max_age.is_some()
+        || (shared && dirs.s_maxage.is_some())
+        || (!targeted && headers.contains_key(header::EXPIRES))
+        || dirs.public
+        || (!shared && dirs.private);
+    if !explicit && !heuristically_cacheable(status) {
+        return Err(NotStorable::NoFreshness);
+    }
+    Ok(())
+}
+
+/// The freshness lifetime of a response (RFC 9111 §4.2.1, §4.2.2).
+///
+/// `response_time` is when the response was received, in Unix seconds; it stands in for a
+/// missing `Date`.
+pub(crate) fn freshness_lifetime(
+    mode: CacheMode,
+    status: StatusCode,
+    headers: &HeaderMap,
+    dirs: &ResponseDirectives,
+    targeted: bool,
+    response_time: u64,
+    heuristic: &Heuristic,
+) -> Duration {
+    if mode == CacheMode::Shared
+        && let Some(s) = dirs.s_maxage
+    {
+        return Duration::from_secs(s);
+    }
+    if let Some(s) = dirs.max_age {
+        return Duration::from_secs(s);
+    }
+    let date = date_value(headers).unwrap_or(response_time);
+    if !targeted {
+        let mut expires = headers.get_all(header::EXPIRES).iter();
+        if let Some(first) = expires.next() {
+            // Several Expires lines, or an invalid one, mean "already expired" (§4.2.1, §5.3).
+            if expires.next().is_some() {
+                return Duration::ZERO;
+            }
+            return match first.to_str().ok().and_then(parse_http_date) {
+                Some(exp) => Duration::from_secs(exp.saturating_sub(date)),
+                None => Duration::ZERO,
+            };
+        }
+    }
+    if !(heuristically_cacheable(status) || dirs.public) {
+        return Duration::ZERO;
+    }
+    let Some(lm) = headers
+        .get(header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_http_date)
+    else {
+        return Duration::ZERO;
+    };
+    let since = date.saturating_sub(lm);
+    let secs = (since as f64 * heuristic.fraction).max(0.0);
+    let lifetime = Duration::try_from_secs_f64(secs).unwrap_or(heuristic.cap);
+    lifetime.min(heuristic.cap)
+}
+
+/// The `Date` of a response in Unix seconds, if present and valid.
+pub(crate) fn date_value(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_http_date)
+}
+
+/// The `Age` a response arrived with; an invalid value is ignored (RFC 9111 §5.1).
+pub(crate) fn age_value(headers: &HeaderMap) -> u64 {
+    headers
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| parse_delta_seconds(s.trim()))
+        .unwrap_or(0)
+}
+
+/// `corrected_initial_age` of RFC 9111 §4.2.3.
+///
+/// `request_time`/`response_time` are Unix seconds when the request was sent and the response
+/// received; `response_delay` is the same interval measured on a monotonic clock.
+pub(crate) fn corrected_initial_age(
+    headers: &HeaderMap,
+    response_time: u64,
+    response_delay: Duration,
+) -> Duration {
+    let apparent_age = date_value(headers)
+        .map(|date| response_time.saturating_sub(date))
+        .unwrap_or(0);
+    let corrected_age_value =
+        Duration::from_secs(age_value(headers)).saturating_add(response_delay);
+    Duration::from_secs(apparent_age).max(corrected_age_value)
+}
+
+/// What a request's directives and a stored response's state allow (RFC 9111 §4.2, §4.2.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Usability {
+    /// Serve it.
+    Fresh,
+    /// Stale but the client's `max-stale` accepts it.
+    StaleAllowed,
+    /// Fresh, but the request's directives forbid using it without validation.
+    RequestForbids,
+    /// Stale: validate (or apply a stale-* extension).
+    Stale,
+}
+
+/// Inputs describing a stored response at the time of a lookup.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EntryState {
+    pub(crate) current_age: Duration,
+    pub(crate) lifetime: Duration,
+    /// `no-cache` on the response: every use needs validation.
+    pub(crate) no_cache: bool,
+    /// `must-revalidate`, or in a shared cache `proxy-revalidate`/`s-maxage`.
+    pub(crate) must_revalidate: bool,
+}
+
+impl EntryState {
+    pub(crate) fn is_fresh(&self) -> bool {
+        self.lifetime > self.current_age
+    }
+
+    /// How far past its lifetime the entry is (zero while fresh).
+    pub(crate) fn staleness(&self) -> Duration {
+        self.current_age.saturating_sub(self.lifetime)
+    }
+}
+
+/// Decides whether a stored response can answer a request without contacting the origin.
+pub(crate) fn usability(req: &RequestDirectives, entry: &EntryState) -> Usability {
+    let fresh = entry.is_fresh();
+    if entry.no_cache {
+        return Usability::Stale;
+    }
+    if req.no_cache {
+        return if fresh {
+            Usability::RequestForbids
+        } else {
+            Usability::Stale
+        };
+    }
+    if let Some(max_age) = req.max_age
+        && entry.current_age > Duration::from_secs(max_age)
+    {
+        return if fresh {
+            Usability::RequestForbids
+        } else {
+            Usability::Stale
+        };
+    }
+    if let Some(min_fresh) = req.min_fresh {
+        let remaining = entry.lifetime.saturating_sub(entry.current_age);
+        if remaining < Duration::from_secs(min_fresh) {
+            return if fresh {
+                Usability::RequestForbids
+            } else {
+                Usability::Stale
+            };
+        }
+    }
+    if fresh {
+        return Usability::Fresh;
+    }
+    if !entry.must_revalidate
+        && let Some(max_stale) = req.max_stale
+    {
+        let ok = match max_stale {
+            None => true,
+            Some(limit) => entry.staleness() <= Duration::from_secs(limit),
+        };
+        if ok {
+            return Usability::StaleAllowed;
+        }
+    }
+    Usability::Stale
+}
+
+/// Whether the client's own conditional request is satisfied by a stored response, so the
+/// cache can answer `304 Not Modified` (RFC 9110 §13.1.2, §13.1.3, §13.2.2; RFC 9111 §4.3.2).
+pub(crate) fn not_modified(
+    request: &HeaderMap,
+    etag: Option<&HeaderValue>,
+    last_modified: Option<u64>,
+) -> bool {
+    if let Some(inm) = request.get(header::IF_NONE_MATCH) {
+        let Some(list) = parse_etag_list(inm) else {
+            return false;
+        };
+        return match list {
+            EtagList::Any => true,
+            EtagList::Tags(tags) => {
+                let Some(stored) = etag.and_then(|v| v.to_str().ok()).and_then(parse_etag) else {
+                    return false;
+                };
+                tags.iter().any(|t| t.weak_eq(&stored))
+            }
+        };
+    }
+    if let Some(ims) = request
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_http_date)
+        && let Some(lm) = last_modified
+    {
+        return lm <= ims;
+    }
+    false
+}
+
+/// True when a request carries validators of its own.
+pub(crate) fn is_conditional(request: &HeaderMap) -> bool {
+    request.contains_key(header::IF_NONE_MATCH) || request.contains_key(header::IF_MODIFIED_SINCE)
+}
+
+/// Fields never copied from a 304 into the stored response (RFC 9111 §3.2), plus
+/// hop-by-hop fields.
+fn excluded_from_update(name: &HeaderName) -> bool {
+    name == header::CONTENT_LENGTH
+        || name == header::CONTENT_RANGE
+        || name == header::TRANSFER_ENCODING
+        || name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
+/// Applies a 304 to stored headers (RFC 9111 §3.2, §4.3.4): every field of the 304 replaces
+/// the stored field of the same name, except those excluded above.
+pub(crate) fn merge_not_modified(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
+    let mut merged = stored.clone();
+    let mut last: Option<&HeaderName> = None;
+    for (name, value) in not_modified {
+        if excluded_from_update(name) {
+            continue;
+        }
+        if last != Some(name) {
+            merged.remove(name);
+            last = Some(name);
+        }
+        merged.append(name.clone(), value.clone());
+    }
+    merged
+}
+
+/// Whether a 304 can refresh a stored response with this validator (RFC 9111 §4.3.4): a
+/// 304 carrying an entity-tag must match the stored one.
+pub(crate) fn not_modified_matches(
+    stored_etag: Option<&HeaderValue>,
+    not_modified: &HeaderMap,
+) -> bool {
+    let Some(new) = not_modified
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_etag)
+    else {
+        return true;
+    };
+    match stored_etag
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_etag)
+    {
+        Some(old) => old.weak_eq(&new),
+        None => false,
+    }
+}
+
+/// Methods whose non-error responses invalidate stored responses (RFC 9111 §4.4).
+pub(crate) fn is_unsafe(method: &Method) -> bool {
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// Fields a 304 generated from cache leaves out (RFC 9110 §15.4.5).
+pub(crate) fn omitted_from_304(name: &HeaderName) -> bool {
+    name == header::CONTENT_LENGTH
+        || name == header::CONTENT_TYPE
+        || name == header::CONTENT_ENCODING
+        || name == header::CONTENT_LANGUAGE
+        || name == header::CONTENT_RANGE
+        || name == header::TRANSFER_ENCODING
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn h(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(*k, HeaderValue::from_static(v));
+        }
+        m
+    }
+
+    fn storable(
+        mode: CacheMode,
+        auth: bool,
+        status: u16,
+        headers: &HeaderMap,
+    ) -> Result<(), NotStorable> {
+        let (d, t) = effective_directives(headers, None);
+        check_storable(
+            mode,
+            &Method::GET,
+            &RequestDirectives::default(),
+            auth,
+            StatusCode::from_u16(status).unwrap(),
+            headers,
+            &d,
+            t,
+        )
+    }
+
+    #[test]
+    fn storability() {
+        let s = CacheMode::Shared;
+        assert_eq!(storable(s, false, 200, &h(&[])), Ok(()));
+        assert_eq!(
+            storable(s, false, 200, &h(&[("cache-control", "no-store")])),
+            Err(NotStorable::NoStore)
+        );
+        assert_eq!(
+            storable(s, false, 200, &h(&[("cache-control", "private")])),
+            Err(NotStorable::Private)
+        );
+        assert_eq!(
+            storable(
+                CacheMode::Private,
+                false,
+                200,
+                &h(&[("cache-control", "private")])
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            storable(s, false, 302, &h(&[])),
+            Err(NotStorable::NoFreshness)
+        );
+        assert_eq!(
+            storable(s, false, 302, &h(&[("cache-control", "max-age=5")])),
+            Ok(())
+        );
+        assert_eq!(storable(s, false, 500, &h(&[("expires", "0")])), Ok(()));
+        assert_eq!(
+            storable(s, false, 206, &h(&[("cache-control", "max-age=5")])),
+            Err(NotStorable::Status)
+        );
+        assert_eq!(
+            storable(s, true, 200, &h(&[("cache-control", "max-age=5")])),
+            Err(NotStorable::Authorization)
+        );
+        assert_eq!(
+            storable(s, true, 200, &h(&[("cache-control", "s-maxage=5")])),
+            Ok(())
+        );
+        assert_eq!(
+            storable(s, true, 200, &h(&[("cache-control", "public")])),
+            Ok(())
+        );
+        assert_eq!(
+            storable(s, true, 200, &h(&[("cache-control", "must-revalidate")])),
+            Ok(())
+        );
+        assert_eq!(
+            storable(s, false, 200, &h(&[("set-cookie", "a=b")])),
+            Err(NotStorable::SetCookie)
+        );
+        assert_eq!(
+            storable(CacheMode::Private, false, 200, &h(&[("set-cookie", "a=b")])),
+            Ok(())
+        );
+        assert_eq!(
+            storable(
+                s,
+                false,
+                200,
+                &h(&[("cache-control", "must-understand, no-store")])
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            storable(
+                s,
+                false,
+                299,
+                &h(&[("cache-control", "must-understand, no-store, max-age=5")])
+            ),
+            Err(NotStorable::MustUnderstand)
+        );
+    }
+
+    fn lifetime(headers: &HeaderMap, now: u64) -> Duration {
+        let (d, t) =
+            effective_directives(headers, Some(&HeaderName::from_static("cdn-cache-control")));
+        freshness_lifetime(
+            CacheMode::Shared,
+            StatusCode::OK,
+            headers,
+            &d,
+            t,
+            now,
+            &Heuristic::default(),
+        )
+    }
+
+    #[test]
+    fn freshness_sources() {
+        let now = 784_111_777;
+        assert_eq!(
+            lifetime(&h(&[("cache-control", "max-age=10, s-maxage=20")]), now),
+            Duration::from_secs(20)
+        );
+        assert_eq!(
+            lifetime(&h(&[("cache-control", "max-age=10")]), now),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            lifetime(
+                &h(&[
+                    ("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+                    ("expires", "Sun, 06 Nov 1994 08:50:37 GMT")
+                ]),
+                now + 1000
+            ),
+            Duration::from_secs(60),
+            "Expires minus Date, not minus now"
+        );
+        assert_eq!(lifetime(&h(&[("expires", "0")]), now), Duration::ZERO);
+        assert_eq!(
+            lifetime(
+                &h(&[
+                    ("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+                    ("last-modified", "Sun, 06 Nov 1994 06:02:57 GMT")
+                ]),
+                now
+            ),
+            Duration::from_secs(1000),
+            "10% of 10000 s"
+        );
+        assert_eq!(
+            lifetime(
+                &h(&[
+                    ("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+                    ("last-modified", "Thu, 01 Jan 1970 00:00:00 GMT")
+                ]),
+                now
+            ),
+            Duration::from_secs(24 * 3600),
+            "heuristic capped"
+        );
+        assert_eq!(
+            lifetime(
+                &h(&[
+                    ("cache-control", "max-age=10"),
+                    ("cdn-cache-control", "max-age=99")
+                ]),
+                now
+            ),
+            Duration::from_secs(99),
+            "targeted field wins"
+        );
+        assert_eq!(
+            lifetime(
+                &h(&[
+                    ("cache-control", "max-age=10"),
+                    ("cdn-cache-control", "MAX-AGE=99")
+                ]),
+                now
+            ),
+            Duration::from_secs(10),
+            "invalid targeted field ignored"
+        );
+    }
+
+    #[test]
+    fn age_calculation() {
+        let headers = h(&[("date", "Sun, 06 Nov 1994 08:49:37 GMT"), ("age", "30")]);
+        let t = 784_111_777;
+        assert_eq!(
+            corrected_initial_age(&headers, t + 10, Duration::from_secs(2)),
+            Duration::from_secs(32)
+        );
+        assert_eq!(
+            corrected_initial_age(&headers, t + 100, Duration::from_secs(2)),
+            Duration::from_secs(100)
+        );
+        let bad = h(&[("age", "abc")]);
+        assert_eq!(
+            corrected_initial_age(&bad, t, Duration::ZERO),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn request_directive_usability() {
+        let e = EntryState {
+            current_age: Duration::from_secs(10),
+            lifetime: Duration::from_secs(60),
+            no_cache: false,
+            must_revalidate: false,
+        };
+        let r = |s: &str| RequestDirectives::parse(s);
+        assert_eq!(usability(&r(""), &e), Usability::Fresh);
+        assert_eq!(usability(&r("max-age=5"), &e), Usability::RequestForbids);
+        assert_eq!(usability(&r("min-fresh=55"), &e), Usability::RequestForbids);
+        assert_eq!(usability(&r("no-cache"), &e), Usability::RequestForbids);
+        let stale = EntryState {
+            current_age: Duration::from_secs(70),
+            ..e
+        };
+        assert_eq!(usability(&r(""), &stale), Usability::Stale);
+        assert_eq!(usability(&r("max-stale"), &stale), Usability::StaleAllowed);
+        assert_eq!(usability(&r("max-stale=5"), &stale), Usability::Stale);
+        assert_eq!(
+            usability(&r("max-stale=10"), &stale),
+            Usability::StaleAllowed
+        );
+        let mr = EntryState {
+            must_revalidate: true,
+            ..stale
+        };
+        assert_eq!(usability(&r("max-stale"), &mr), Usability::Stale);
+        let nc = EntryState {
+            no_cache: true,
+            ..e
+        };
+        assert_eq!(usability(&r(""), &nc), Usability::Stale);
+    }
+
+    #[test]
+    fn conditionals() {
+        let etag = HeaderValue::from_static("W/\"v1\"");
+        assert!(not_modified(
+            &h(&[("if-none-match", "\"v1\"")]),
+            Some(&etag),
+            None
+        ));
+        assert!(not_modified(
+            &h(&[("if-none-match", "\"x\", W/\"v1\"")]),
+            Some(&etag),
+            None
+        ));
+        assert!(!not_modified(
+            &h(&[("if-none-match", "\"v2\"")]),
+            Some(&etag),
+            None
+        ));
+        assert!(not_modified(&h(&[("if-none-match", "*")]), None, None));
+        let lm = 784_111_777;
+        assert!(not_modified(
+            &h(&[("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT")]),
+            None,
+            Some(lm)
+        ));
+        assert!(!not_modified(
+            &h(&[("if-modified-since", "Sun, 06 Nov 1994 08:49:36 GMT")]),
+            None,
+            Some(lm)
+        ));
+        assert!(!not_modified(
+            &h(&[("if-modified-since", "garbage")]),
+            None,
+            Some(lm)
+        ));
+        assert!(
+            !not_modified(
+                &h(&[
+                    ("if-none-match", "\"v2\""),
+                    ("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT")
+                ]),
+                Some(&etag),
+                Some(lm)
+            ),
+            "If-None-Match takes precedence"
+        );
+    }
+
+    #[test]
+    fn merge_304() {
+        let stored = h(&[
+            ("content-length", "5"),
+            ("etag", "\"a\""),
+            ("x-old", "1"),
+            ("cache-control", "max-age=1"),
+        ]);
+        let nm = h(&[
+            ("content-length", "0"),
+            ("cache-control", "max-age=100"),
+            ("x-new", "2"),
+        ]);
+        let m = merge_not_modified(&stored, &nm);
+        assert_eq!(m["content-length"], "5");
+        assert_eq!(m["cache-control"], "max-age=100");
+        assert_eq!(m["x-old"], "1");
+        assert_eq!(m["x-new"], "2");
+        assert!(not_modified_matches(
+            Some(&HeaderValue::from_static("\"a\"")),
+            &h(&[("etag", "\"a\"")])
+        ));
+        assert!(!not_modified_matches(
+            Some(&HeaderValue::from_static("\"a\"")),
+            &h(&[("etag", "\"b\"")])
+        ));
+        assert!(not_modified_matches(None, &h(&[])));
+    }
+
+    proptest! {
+        #[test]
+        fn lifetime_never_panics(cc in "[a-z=,\" 0-9-]{0,60}", exp in "\\PC{0,40}", lm in "\\PC{0,40}", now in any::<u64>()) {
+            let mut m = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&cc) { m.insert("cache-control", v); }
+            if let Ok(v) = HeaderValue::from_str(&exp) { m.insert("expires", v); }
+            if let Ok(v) = HeaderValue::from_str(&lm) { m.insert("last-modified", v); }
+            let _ = lifetime(&m, now);
+            let _ = corrected_initial_age(&m, now, Duration::from_secs(now % 1000));
+        }
+    }
+}
