@@ -1,0 +1,597 @@
+//! Coalescing behaviour through a real axum `Router`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::{get, post};
+use bytes::Bytes;
+use dedup_layer::{DedupHandle, DedupLayer, OnWaiterTimeout};
+use http::{HeaderMap, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use tokio::sync::Semaphore;
+use tower::{Service, ServiceExt};
+
+/// Handler state: counts calls and blocks each call on a gate the test opens.
+#[derive(Clone)]
+struct Gate {
+    calls: Arc<AtomicUsize>,
+    permits: Arc<Semaphore>,
+}
+
+impl Gate {
+    fn new() -> Self {
+        Gate {
+            calls: Arc::new(AtomicUsize::new(0)),
+            permits: Arc::new(Semaphore::new(0)),
+        }
+    }
+
+    /// Counts the call, waits for the gate, returns the call's number (1-based).
+    async fn pass(&self) -> usize {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Ok(permit) = self.permits.acquire().await {
+            permit.forget();
+        }
+        n
+    }
+
+    fn open(&self, n: usize) {
+        self.permits.add_permits(n);
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+/// Yields until `cond` holds; bounded so a broken layer fails instead of hanging.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..2_000_000 {
+        if cond() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("condition never reached: {what}");
+}
+
+fn get_req(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+async fn send(app: Router, req: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
+    let response = app.oneshot(req).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, body)
+}
+
+fn counting_app(layer: &DedupLayer, gate: &Gate) -> Router {
+    let g = gate.clone();
+    Router::new()
+        .route(
+            "/r",
+            get(move || {
+                let g = g.clone();
+                async move { format!("answer {}", g.pass().await) }
+            }),
+        )
+        .layer(layer.clone())
+}
+
+fn assert_empty(handle: &DedupHandle) {
+    assert_eq!(handle.inflight(), 0, "in-flight map must be empty");
+    assert_eq!(handle.waiters(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_identical_gets_reach_the_handler_once() {
+    let layer = DedupLayer::new();
+    let handle = layer.handle();
+    let gate = Gate::new();
+    let app = counting_app(&layer, &gate);
+
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| tokio::spawn(send(app.clone(), get_req("/r"))))
+        .collect();
+    until("999 waiters behind one leader", || {
+        gate.calls() == 1 && handle.waiters() == 999
+    })
+    .await;
+    assert_eq!(handle.inflight(), 1);
+    gate.open(1);
+
+    for task in tasks {
+        let (status, headers, body) = task.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(&body[..], b"answer 1");
+        assert_eq!(headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+    }
+    assert_eq!(gate.calls(), 1);
+    assert_empty(&handle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_leader_caller_does_not_fail_the_waiters() {
+    let layer = DedupLayer::new();
+    let handle = layer.handle();
+    let gate = Gate::new();
+    let app = counting_app(&layer, &gate);
+
+    let leader = tokio::spawn(send(app.clone(), get_req("/r")));
+    until("leader in handler", || gate.calls() == 1).await;
+    let waiters: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(send(app.clone(), get_req("/r"))))
+        .collect();
+    until("3 waiters", || handle.waiters() == 3).await;
+
+    leader.abort();
+    assert!(leader.await.unwrap_err().is_cancelled());
+    assert_eq!(handle.inflight(), 1, "the work goes on for the waiters");
+    gate.open(1);
+
+    for waiter in waiters {
+        let (status, _, body) = waiter.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(&body[..], b"answer 1");
+    }
+    assert_eq!(gate.calls(), 1);
+    assert_empty(&handle);
+}
+
+/// Sets a flag when the handler's future is dropped before finishing.
+struct DropFlag(Arc<AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+fn abandon_app(
+    layer: &DedupLayer,
+    gate: &Gate,
+    dropped: &Arc<AtomicBool>,
+    finished: &Arc<AtomicBool>,
+) -> Router {
+    let g = gate.clone();
+    let dropped = dropped.clone();
+    let finished = finished.clone();
+    Router::new()
+        .route(
+            "/r",
+            get(move || {
+                let g = g.clone();
+                let flag = DropFlag(dropped.clone());
+                let finished = finished.clone();
+                async move {
+                    let n = g.pass().await;
+                    finished.store(true, Ordering::SeqCst);
+                    std::mem::forget(flag);
+                    format!("answer {n}")
+                }
+            }),
+        )
+        .layer(layer.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_caller_gone_cancels_the_handler() {
+    let layer = DedupLayer::new();
+    let handle = layer.handle();
+    let gate = Gate::new();
+    let dropped = Arc::new(AtomicBool::new(false));
+    let finished = Arc::new(AtomicBool::new(false));
+    let app = abandon_app(&layer, &gate, &dropped, &finished);
+
+    let leader = tokio::spawn(send(app.clone(), get_req("/r")));
+    until("leader in handler", || gate.calls() == 1).await;
+    let waiters: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(send(app.clone(), get_req("/r"))))
+        .collect();
+    until("2 waiters", || handle.waiters() == 2).await;
+
+    leader.abort();
+    let _ = leader.await;
+    assert!(!dropped.load(Ordering::SeqCst), "a waiter is still there");
+    for waiter in waiters {
+        waiter.abort();
+        let _ = waiter.await;
+    }
+    until("handler future dropped", || dropped.load(Ordering::SeqCst)).await;
+    assert!(!finished.load(Ordering::SeqCst));
+    assert_empty(&handle);
+
+    // The key is free again: a new request leads afresh.
+    gate.open(1);
+    let (status, _, body) = send(app.clone(), get_req("/r")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"answer 2");
+    assert_empty(&handle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_work_finishes_when_so_configured() {
+    let layer = DedupLayer::builder()
+        .cancel_when_abandoned(false)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let gate = Gate::new();
+    let dropped = Arc::new(AtomicBool::new(false));
+    let finished = Arc::new(AtomicBool::new(false));
+    let app = abandon_app(&layer, &gate, &dropped, &finished);
+
+    let leader = tokio::spawn(send(app.clone(), get_req("/r")));
+    until("leader in handler", || gate.calls() == 1).await;
+    leader.abort();
+    let _ = leader.await;
+    assert_eq!(handle.inflight(), 1);
+    gate.open(1);
+    until("handler finished", || finished.load(Ordering::SeqCst)).await;
+    until("key freed", || handle.inflight() == 0).await;
+    assert!(!dropped.load(Ordering::SeqCst));
+    assert_empty(&handle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_panic_answers_every_caller_with_500() {
+    let layer = DedupLayer::new();
+    let handle = layer.handle();
+    let gate = Gate::new();
+    let g = gate.clone();
+    let app = Router::new()
+        .route(
+            "/r",
+            get(move || {
+                let g = g.clone();
+                async move {
+                    if g.pass().await == 1 {
+                        panic!("handler failure under test");
+                    }
+                    "recovered"
+                }
+            }),
+        )
+        .layer(layer.clone());
+
+    let tasks: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(send(app.clone(), get_req("/r"))))
+        .collect();
+    until("9 waiters", || gate.calls() == 1 && handle.waiters() == 9).await;
+    gate.open(1);
+    for task in tasks {
+        let (status, headers, body) = task.await.unwrap();
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+        let problem: serde_json_lite::Problem = serde_json_lite::parse(&body);
+        assert_eq!(problem.status, 500);
+    }
+    assert_empty(&handle);
+
+    gate.open(1);
+    let (status, _, body) = send(app, get_req("/r")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"recovered");
+    assert_empty(&handle);
+}
+
+/// Just enough JSON reading for problem bodies, without a serde dependency in this crate.
+mod serde_json_lite {
+    pub(crate) struct Problem {
+        pub(crate) status: u16,
+    }
+
+    pub(crate) fn parse(body: &[u8]) -> Problem {
+        let text = std::str::from_utf8(body).unwrap();
+        assert!(
+            text.starts_with('{') && text.ends_with('}'),
+            "not a JSON object: {text}"
+        );
+        let at = text.find("\"status\":").unwrap() + "\"status\":".len();
+        let digits: String = text[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        assert!(text.contains("\"title\":"));
+        Problem {
+            status: digits.parse().unwrap(),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiter_past_its_timeout_gets_504() {
+    let layer = DedupLayer::builder()
+        .waiter_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let gate = Gate::new();
+    let app = counting_app(&layer, &gate);
+
+    let leader = tokio::spawn(send(app.clone(), get_req("/r")));
+    until("leader in handler", || gate.calls() == 1).await;
+    let waiter = tokio::spawn(send(app.clone(), get_req("/r")));
+    until("1 waiter", || handle.waiters() == 1).await;
+
+    tokio::time::advance(Duration::from_secs(4)).await;
+    assert!(!waiter.is_finished());
+    let (status, headers, _) = waiter.await.unwrap();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+    assert_eq!(handle.waiters(), 0);
+
+    gate.open(1);
+    let (status, _, body) = leader.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"answer 1");
+    assert_eq!(gate.calls(), 1);
+    assert_empty(&handle);
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiter_past_its_timeout_can_run_its_own_request() {
+    let layer = DedupLayer::builder()
+        .waiter_timeout(Some(Duration::from_secs(5)))
+        .on_waiter_timeout(OnWaiterTimeout::RunOwnRequest)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let gate = Gate::new();
+    let app = counting_app(&layer, &gate);
+
+    let leader = tokio::spawn(send(app.clone(), get_req("/r")));
+    until("leader in handler", || gate.calls() == 1).await;
+    let waiter = tokio::spawn(send(app.clone(), get_req("/r")));
+    until("1 waiter", || handle.waiters() == 1).await;
+    tokio::time::advance(Duration::from_secs(6)).await;
+    until("waiter runs its own request", || gate.calls() == 2).await;
+    gate.open(2);
+
+    let (status, _, body) = waiter.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.starts_with(b"answer "));
+    let (status, _, _) = leader.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(gate.calls(), 2);
+    assert_empty(&handle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn different_credentials_never_share() {
+    let layer = DedupLayer::new();
+    let handle = layer.handle();
+    let gate = Gate::new();
+    let app = counting_app(&layer, &gate);
+    let with = |auth: &str, cookie: Option<&str>| {
+        let mut req = Request::get("/r").header(header::AUTHORIZATION, auth);
+        if let Some(cookie) = cookie {
+            req = req.header(header::COOKIE, cookie);
+        }
+        req.body(Body::empty()).unwrap()
+    };
+
+    let alice = tokio::spawn(send(app.clone(), with("Bearer alice", None)));
+    let bob = tokio::spawn(send(app.clone(), with("Bearer bob", None)));
+    let alice_cookie = tokio::spawn(send(app.clone(), with("Bearer alice", Some("s=1"))));
+    until("three separate leaders", || gate.calls() == 3).await;
+    assert_eq!(handle.inflight(), 3);
+    // The same credentials do share.
+    let alice_again = tokio::spawn(send(app.clone(), with("Bearer alice", None)));
+    until("alice's second request waits", || handle.waiters() == 1).await;
+    gate.open(3);
+
+    let mut bodies = Vec::new();
+    for task in [alice, bob, alice_cookie] {
+        let (status, _, body) = task.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        bodies.push(body);
+    }
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(bodies.len(), 3, "each user got their own answer");
+    let (_, _, again) = alice_again.await.unwrap();
+    assert_eq!(gate.calls(), 3);
+    assert!(again.starts_with(b"answer "));
+    assert_empty(&handle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_cookie_responses_are_not_fanned_out() {
+    let layer = DedupLayer::new();
+    let handle = layer.handle();
+    let gate = Gate::new();
+    let g = gate.clone();
+    let app = Router::new()
+        .route(
+            "/r",
+            get(move || {
+                let g = g.clone();
+                async move {
+                    let n = g.pass().await;
+                    (
+                        [(header::SET_COOKIE, format!("session={n}"))],
+                        format!("answer {n}"),
+                    )
+                }
+            }),
+        )
+        .layer(layer.clone());
+
+    let leader = tokio::spawn(send(app.clone(), get_req("/r")));
+    until("leader in handler", || gate.calls() == 1).await;
+    let waiters: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(send(app.clone(), get_req("/r"))))
+        .collect();
+    until("2 waiters", || handle.waiters() == 2).await;
+    gate.open(3);
+
+    let mut cookies = vec![leader.await.unwrap().1[header::SET_COOKIE].clone()];
+    for waiter in waiters {
+        let (status, headers, _) = waiter.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        cookies.push(headers[header::SET_COOKIE].clone());
+    }
+    cookies.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    cookies.dedup();
+    assert_eq!(cookies.len(), 3, "every caller got its own cookie");
+    assert_eq!(gate.calls(), 3);
+    assert_empty(&handle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_above_the_limit_make_waiters_run_their_own_request() {
+    let layer = DedupLayer::builder().max_body_bytes(16).build().unwrap();
+    let handle = layer.handle();
+    let gate = Gate::new();
+    let g = gate.clone();
+    let app = Router::new()
+        .route(
+            "/r",
+            get(move || {
+                let g = g.clone();
+                async move {
+                    let n = g.pass().await;
+                    let chunks = (0..10)
+                        .map(move |i| Ok::<_, Infallible>(Bytes::from(format!("{n}-{i:07}|"))));
+                    Body::from_stream(futures_stream(chunks))
+                }
+            }),
+        )
+        .layer(layer.clone());
+
+    let leader = tokio::spawn(send(app.clone(), get_req("/r")));
+    until("leader in handler", || gate.calls() == 1).await;
+    let waiters: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(send(app.clone(), get_req("/r"))))
+        .collect();
+    until("2 waiters", || handle.waiters() == 2).await;
+    gate.open(3);
+
+    let (status, _, body) = leader.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body.len(),
+        100,
+        "the leader's caller gets the whole streamed body"
+    );
+    assert!(body.starts_with(b"1-0000000|1-0000001|"));
+    for waiter in waiters {
+        let (status, _, body) = waiter.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body.len(), 100);
+    }
+    assert_eq!(gate.calls(), 3);
+    assert_empty(&handle);
+}
+
+/// A stream over an iterator, without pulling in a stream crate.
+fn futures_stream<I: Iterator + Unpin>(iter: I) -> IterStream<I> {
+    IterStream(iter)
+}
+
+struct IterStream<I>(I);
+
+impl<I: Iterator + Unpin> futures_core_stream::Stream for IterStream<I> {
+    type Item = I::Item;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<I::Item>> {
+        std::task::Poll::Ready(self.0.next())
+    }
+}
+
+use futures_util::stream as futures_core_stream;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsafe_methods_pass_through() {
+    let layer = DedupLayer::new();
+    let handle = layer.handle();
+    let gate = Gate::new();
+    let g = gate.clone();
+    let app = Router::new()
+        .route(
+            "/r",
+            post(move || {
+                let g = g.clone();
+                async move { format!("answer {}", g.pass().await) }
+            }),
+        )
+        .layer(layer.clone());
+    let post_req = || Request::post("/r").body(Body::empty()).unwrap();
+    let a = tokio::spawn(send(app.clone(), post_req()));
+    let b = tokio::spawn(send(app.clone(), post_req()));
+    until("both POSTs in the handler", || gate.calls() == 2).await;
+    assert_eq!(handle.inflight(), 0);
+    gate.open(2);
+    assert_eq!(a.await.unwrap().0, StatusCode::OK);
+    assert_eq!(b.await.unwrap().0, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_map_lets_new_keys_through_uncoalesced() {
+    let layer = DedupLayer::builder().max_inflight(1).build().unwrap();
+    let handle = layer.handle();
+    let gate = Gate::new();
+    let app = counting_app(&layer, &gate);
+    let first = tokio::spawn(send(app.clone(), get_req("/r?a")));
+    until("first in handler", || gate.calls() == 1).await;
+    let second = tokio::spawn(send(app.clone(), get_req("/r?b")));
+    until("second in handler", || gate.calls() == 2).await;
+    assert_eq!(handle.inflight(), 1);
+    gate.open(2);
+    assert_eq!(first.await.unwrap().0, StatusCode::OK);
+    assert_eq!(second.await.unwrap().0, StatusCode::OK);
+    assert_empty(&handle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inner_error_goes_to_the_leader_and_waiters_get_500() {
+    let layer = DedupLayer::new();
+    let handle = layer.handle();
+    let gate = Gate::new();
+    let g = gate.clone();
+    let service = tower::service_fn(move |_req: Request<Body>| {
+        let g = g.clone();
+        async move {
+            g.pass().await;
+            Err::<http::Response<Body>, _>(std::io::Error::other("inner failure"))
+        }
+    });
+    let service = tower::Layer::layer(&layer, service);
+
+    let mut leader_svc = service.clone();
+    let leader =
+        tokio::spawn(async move { leader_svc.ready().await.unwrap().call(get_req("/r")).await });
+    until("leader in inner", || gate.calls() == 1).await;
+    let mut waiter_svc = service.clone();
+    let waiter =
+        tokio::spawn(async move { waiter_svc.ready().await.unwrap().call(get_req("/r")).await });
+    until("1 waiter", || handle.waiters() == 1).await;
+    gate.open(1);
+
+    let error = leader.await.unwrap().unwrap_err();
+    assert_eq!(error.to_string(), "inner failure");
+    let response = waiter.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_empty(&handle);
+}
+
+#[test]
+fn layer_and_service_are_send_sync_clone() {
+    fn assert_all<T: Send + Sync + Clone + 'static>() {}
+    assert_all::<DedupLayer>();
+    assert_all::<DedupHandle>();
+    assert_all::<dedup_layer::Dedup<axum::routing::Route>>();
+    // Goes straight onto a Router with no HandleErrorLayer.
+    let _: Router = Router::new()
+        .route("/", get(|| async { "" }))
+        .layer(DedupLayer::new());
+}
