@@ -103,8 +103,9 @@ impl fmt::Display for InvalidInput {
 
 impl std::error::Error for InvalidInput {}
 
-/// The body of `POST /rooms/{room}/messages`, before validation.
-#[derive(Clone, Debug, Deserialize)]
+/// The body of `POST /rooms/{room}/messages`, before validation: a JSON object; other fields
+/// are ignored.
+#[derive(Clone, Debug)]
 pub struct NewMessage {
     /// Who wrote the message: 1 to 64 characters, not blank, no control characters.
     pub author: String,
@@ -131,6 +132,34 @@ impl NewMessage {
             ));
         }
         check_field("text", &self.text, MAX_TEXT_LEN)
+    }
+}
+
+impl<'de> Deserialize<'de> for NewMessage {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Fields {
+            author: String,
+            text: String,
+        }
+
+        // The derive alone would also accept a sequence such as `["ada", "hi"]`.
+        struct ObjectOnly;
+
+        impl<'de> serde::de::Visitor<'de> for ObjectOnly {
+            type Value = Fields;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object with \"author\" and \"text\"")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Fields, A::Error> {
+                Fields::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+
+        let Fields { author, text } = deserializer.deserialize_map(ObjectOnly)?;
+        Ok(Self { author, text })
     }
 }
 

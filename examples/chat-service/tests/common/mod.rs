@@ -1,0 +1,119 @@
+//! Helpers shared by the integration tests: a service on its own temporary database and
+//! one-shot requests through its real router.
+#![allow(dead_code)]
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use chat_service::{ChatService, Config};
+use http::{HeaderMap, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// A service on a fresh temporary database, with its router.
+pub(crate) struct TestApp {
+    pub(crate) service: ChatService,
+    pub(crate) router: Router,
+}
+
+pub(crate) async fn app() -> TestApp {
+    app_with(Config::temporary()).await
+}
+
+pub(crate) async fn app_with(config: Config) -> TestApp {
+    let service = ChatService::open(&config).await.expect("open service");
+    let router = service.app();
+    TestApp { service, router }
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+impl Reply {
+    pub(crate) fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+
+    pub(crate) fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
+            .to_str()
+            .unwrap()
+    }
+
+    /// Asserts an RFC 9457 problem response with this status.
+    pub(crate) fn assert_problem(&self, status: StatusCode) {
+        assert_eq!(self.status, status, "body: {:?}", self.body);
+        assert_eq!(self.header("content-type"), "application/problem+json");
+        let problem = self.json();
+        assert_eq!(problem["status"], status.as_u16(), "{problem}");
+        for field in ["type", "title", "detail"] {
+            assert!(problem[field].is_string(), "{field} missing: {problem}");
+        }
+    }
+}
+
+impl TestApp {
+    pub(crate) async fn send(&self, request: Request<Body>) -> Reply {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub(crate) async fn get(&self, uri: &str) -> Reply {
+        self.send(get(uri)).await
+    }
+
+    /// Posts `{author, text}` to `room` and asserts `201`.
+    pub(crate) async fn post(&self, room: &str, author: &str, text: &str) -> Value {
+        let reply = self
+            .send(post_json(
+                &format!("/rooms/{room}/messages"),
+                &serde_json::json!({ "author": author, "text": text }).to_string(),
+            ))
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "body: {:?}", reply.body);
+        reply.json()
+    }
+}
+
+pub(crate) fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+pub(crate) fn get_if_none_match(uri: &str, etag: &str) -> Request<Body> {
+    Request::get(uri)
+        .header(header::IF_NONE_MATCH, etag)
+        .body(Body::empty())
+        .unwrap()
+}
+
+pub(crate) fn post_json(uri: &str, body: &str) -> Request<Body> {
+    Request::post(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_owned()))
+        .unwrap()
+}
+
+/// Ids of a message page, in the order served.
+pub(crate) fn page_ids(page: &Value) -> Vec<i64> {
+    page["messages"]
+        .as_array()
+        .expect("messages array")
+        .iter()
+        .map(|m| m["id"].as_i64().expect("id"))
+        .collect()
+}
