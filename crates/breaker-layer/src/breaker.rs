@@ -431,6 +431,7 @@ impl CircuitBreaker {
         self.shared.key.as_deref()
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn set_open_listener(&self, listener: OpenListener) {
         let _ = self.shared.config.open_listener.set(listener);
     }

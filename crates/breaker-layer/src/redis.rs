@@ -1,0 +1,1 @@
+//! Sharing Open transitions across instances through Redis pub/sub.
