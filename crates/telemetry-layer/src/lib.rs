@@ -1,1 +1,79 @@
-//! HTTP telemetry.
+//! OpenTelemetry HTTP server telemetry for axum: metrics by the HTTP semantic conventions, exposed to
+//! Prometheus, and one span per request exported over OTLP, with W3C trace context in and out.
+//!
+//! # Setup
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use telemetry_layer::Telemetry;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // Installs the global `metrics` recorder and, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, the OTLP
+//! // span pipeline and a global `tracing` subscriber.
+//! let telemetry = Telemetry::builder().service_name("chat").build()?;
+//!
+//! let app = Router::new()
+//!     .route("/rooms/{id}/messages", get(|| async { "[]" }))
+//!     // Outermost: added last, runs first, sees every request including the ones answered below it.
+//!     .layer(telemetry.layer())
+//!     // `/metrics` itself is not instrumented.
+//!     .merge(telemetry.metrics_router());
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app).await?;
+//! telemetry.shutdown()?; // flushes the last spans
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Metrics
+//!
+//! | name (Prometheus) | type | labels |
+//! |---|---|---|
+//! | `http_server_request_duration_seconds` | histogram | method, route, status, scheme, version, error |
+//! | `http_server_active_requests` | gauge | `http_request_method`, `url_scheme` |
+//! | `http_server_request_body_size_bytes` | histogram | as duration |
+//! | `http_server_response_body_size_bytes` | histogram | as duration |
+//!
+//! Labels are the OpenTelemetry attribute names with dots turned into underscores:
+//! `http_request_method` (the nine standard methods, else `_OTHER`), `http_route` (axum's `MatchedPath`;
+//! absent for unmatched requests, so a flood of random paths adds no series), `http_response_status_code`,
+//! `url_scheme`, `network_protocol_version` and `error_type`.
+//!
+//! `error.type` takes these values: the status code (`"500"`, ...) for 5xx responses;
+//! `client_disconnect` when the response future was dropped before a response existed; the type name of
+//! the inner service's error (or of the response body's error) when one was returned. It is absent on
+//! success and on 4xx.
+//!
+//! Duration and sizes are recorded when the response body ends (or is dropped), so the duration covers
+//! streaming bodies and equals the span's. No exemplars: `metrics-exporter-prometheus` has no exemplar
+//! support (metrics-rs/metrics#175), see `docs/telemetry.md`.
+//!
+//! # Spans
+//!
+//! One `INFO` span per request, target `telemetry_layer`, named `{method} {route}` (`{method}` without a
+//! route, `HTTP` for unknown methods), kind server, with the same attributes plus `url.path`; status
+//! `ERROR` for 5xx and errors only. An incoming `traceparent`/`tracestate` becomes the parent; a malformed
+//! one is ignored. [`TraceClientLayer`] does the client side. Captured headers come from an allowlist
+//! ([`TelemetryLayerBuilder::capture_request_headers`]); credentials and the query string are not recorded
+//! unless allowed.
+
+#![forbid(unsafe_code)]
+
+mod attributes;
+mod body;
+mod client;
+mod error;
+mod export;
+mod layer;
+mod metrics;
+pub mod names;
+mod service;
+mod setup;
+
+pub use body::{RequestBody, ResponseBody};
+pub use client::{ClientResponseFuture, TraceClient, TraceClientLayer};
+pub use error::TelemetryError;
+pub use layer::{TelemetryLayer, TelemetryLayerBuilder};
+pub use service::{ResponseFuture, TelemetryService};
+pub use setup::{PROMETHEUS_CONTENT_TYPE, Telemetry, TelemetryBuilder, TelemetryGuard};

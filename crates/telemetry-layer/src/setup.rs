@@ -1,0 +1,584 @@
+//! One-call setup: the Prometheus recorder and `/metrics` route, the OTLP span pipeline configured
+//! from the standard `OTEL_*` variables, the tracing subscriber, and the layer bound to all of them.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use http::header::CONTENT_TYPE;
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracer, SdkTracerProvider};
+use tracing::Subscriber;
+use tracing_opentelemetry::OpenTelemetryLayer;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+use crate::error::TelemetryError;
+use crate::export::ExportClient;
+use crate::layer::{TelemetryLayer, TelemetryLayerBuilder};
+use crate::metrics::SharedRecorder;
+use crate::names::{
+    DEFAULT_DURATION_BUCKETS, DEFAULT_SIZE_BUCKETS, HTTP_SERVER_REQUEST_BODY_SIZE,
+    HTTP_SERVER_REQUEST_DURATION, HTTP_SERVER_RESPONSE_BODY_SIZE,
+};
+
+/// Content type of the Prometheus text exposition format served by [`Telemetry::metrics_router`].
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything telemetry needs, set up by [`Telemetry::builder`]: the layer for the router, the `/metrics`
+/// router, and the span pipeline, which is flushed and shut down when this value is dropped (or by
+/// [`Telemetry::shutdown`]).
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use telemetry_layer::Telemetry;
+///
+/// # fn main() -> Result<(), telemetry_layer::TelemetryError> {
+/// let telemetry = Telemetry::builder()
+///     .service_name("chat")
+///     // Doc tests share a process; an application keeps the defaults (global recorder and subscriber).
+///     .install_recorder(false)
+///     .install_subscriber(false)
+///     .build()?;
+/// let app: Router = Router::new()
+///     .route("/rooms/{id}", get(|| async { "room" }))
+///     .layer(telemetry.layer())
+///     .merge(telemetry.metrics_router());
+/// // Serve `app`; keep `telemetry` alive until the server stops so spans are flushed at the end.
+/// # drop(app);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Telemetry {
+    layer: TelemetryLayer,
+    recorder: Arc<PrometheusRecorder>,
+    handle: PrometheusHandle,
+    tracer: Option<SdkTracer>,
+    guard: TelemetryGuard,
+}
+
+impl Telemetry {
+    /// A builder with the defaults documented on each method.
+    pub fn builder() -> TelemetryBuilder {
+        TelemetryBuilder::default()
+    }
+
+    /// The layer to put on the application's `Router` (with `Router::layer`, outermost).
+    pub fn layer(&self) -> TelemetryLayer {
+        self.layer.clone()
+    }
+
+    /// A router serving `GET /metrics` in the Prometheus text format, with every metric recorded
+    /// through the `metrics` facade (this crate's and the other layers').
+    pub fn metrics_router<S>(&self) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        let handle = self.handle.clone();
+        Router::new().route(
+            "/metrics",
+            get(move || {
+                let handle = handle.clone();
+                async move { ([(CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)], handle.render()) }
+            }),
+        )
+    }
+
+    /// The Prometheus handle, to render the exposition elsewhere.
+    pub fn prometheus_handle(&self) -> &PrometheusHandle {
+        &self.handle
+    }
+
+    /// The Prometheus recorder. With `install_recorder(false)`, install it where you need it, for
+    /// example `metrics::with_local_recorder(telemetry.recorder(), || ...)` in a test.
+    pub fn recorder(&self) -> &PrometheusRecorder {
+        &self.recorder
+    }
+
+    /// Whether spans are exported (an OTLP endpoint was configured and tracing is not disabled).
+    pub fn tracing_enabled(&self) -> bool {
+        self.tracer.is_some()
+    }
+
+    /// The `tracing` layer that turns spans into OpenTelemetry spans for the OTLP pipeline, for an
+    /// application that builds its own subscriber (`install_subscriber(false)`). `None` when spans are
+    /// not exported. Give it its own filter if your log filter is stricter than `INFO`: a disabled span
+    /// has no OpenTelemetry span and breaks the trace.
+    pub fn otel_layer<S>(&self) -> Option<OpenTelemetryLayer<S, SdkTracer>>
+    where
+        S: Subscriber + for<'span> LookupSpan<'span>,
+    {
+        self.tracer.clone().map(otel_layer)
+    }
+
+    /// Exports the spans ended so far, waiting for the collector, without blocking the async runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`TelemetryError::Flush`] when the export fails.
+    pub async fn flush(&self) -> Result<(), TelemetryError> {
+        self.guard.flush().await
+    }
+
+    /// Flushes and stops the span pipeline. Dropping `Telemetry` does the same, ignoring errors.
+    ///
+    /// # Errors
+    ///
+    /// [`TelemetryError::Flush`] when the final export fails.
+    pub fn shutdown(self) -> Result<(), TelemetryError> {
+        self.guard.shutdown()
+    }
+
+    /// Keeps only the guard, for applications that moved the layer and router out.
+    pub fn into_guard(self) -> TelemetryGuard {
+        self.guard
+    }
+}
+
+/// Flushes and shuts down the span pipeline and stops metric upkeep when dropped.
+#[derive(Debug)]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+    _upkeep: mpsc::Sender<()>,
+}
+
+impl TelemetryGuard {
+    /// Exports the spans ended so far; blocks the calling thread until the collector answers.
+    ///
+    /// # Errors
+    ///
+    /// [`TelemetryError::Flush`] when the export fails.
+    pub fn force_flush(&self) -> Result<(), TelemetryError> {
+        match &self.provider {
+            Some(provider) => provider
+                .force_flush()
+                .map_err(|e| TelemetryError::Flush(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// Like [`force_flush`](Self::force_flush), on Tokio's blocking pool so the runtime keeps running.
+    ///
+    /// # Errors
+    ///
+    /// [`TelemetryError::Flush`] when the export fails.
+    pub async fn flush(&self) -> Result<(), TelemetryError> {
+        let Some(provider) = self.provider.clone() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || provider.force_flush())
+            .await
+            .map_err(|e| TelemetryError::Flush(e.to_string()))?
+            .map_err(|e| TelemetryError::Flush(e.to_string()))
+    }
+
+    /// Flushes and stops the span pipeline.
+    ///
+    /// # Errors
+    ///
+    /// [`TelemetryError::Flush`] when the final export fails.
+    pub fn shutdown(mut self) -> Result<(), TelemetryError> {
+        match self.provider.take() {
+            Some(provider) => provider
+                .shutdown()
+                .map_err(|e| TelemetryError::Flush(e.to_string())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            // Nothing to report to at this point; the exporter logs its own failures.
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Configuration of [`Telemetry`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct TelemetryBuilder {
+    service_name: String,
+    install_recorder: bool,
+    install_subscriber: bool,
+    log_to_stdout: bool,
+    span_level: tracing::Level,
+    otlp_endpoint: Option<String>,
+    read_env: bool,
+    duration_buckets: Vec<f64>,
+    size_buckets: Vec<f64>,
+    extra_buckets: Vec<(String, Vec<f64>)>,
+    upkeep_interval: Duration,
+    layer: TelemetryLayerBuilder,
+}
+
+impl Default for TelemetryBuilder {
+    fn default() -> Self {
+        Self {
+            service_name: "unknown_service".to_owned(),
+            install_recorder: true,
+            install_subscriber: true,
+            log_to_stdout: false,
+            span_level: tracing::Level::INFO,
+            otlp_endpoint: None,
+            read_env: true,
+            duration_buckets: DEFAULT_DURATION_BUCKETS.to_vec(),
+            size_buckets: DEFAULT_SIZE_BUCKETS.to_vec(),
+            extra_buckets: Vec::new(),
+            upkeep_interval: Duration::from_secs(5),
+            layer: TelemetryLayerBuilder::default(),
+        }
+    }
+}
+
+impl TelemetryBuilder {
+    /// The `service.name` resource attribute of exported spans. `OTEL_SERVICE_NAME` overrides it.
+    /// Defaults to `unknown_service`.
+    pub fn service_name(mut self, name: impl Into<String>) -> Self {
+        self.service_name = name.into();
+        self
+    }
+
+    /// Installs the Prometheus recorder as the global `metrics` recorder, so every crate's metrics reach
+    /// `/metrics`. Turn it off in tests and use [`Telemetry::recorder`] locally. Defaults to `true`.
+    pub fn install_recorder(mut self, install: bool) -> Self {
+        self.install_recorder = install;
+        self
+    }
+
+    /// Installs a global `tracing` subscriber with the OpenTelemetry layer (when spans are exported) and
+    /// the stdout log layer (when [`log_to_stdout`](Self::log_to_stdout) is on); nothing is installed when
+    /// neither is. Turn it off to compose [`Telemetry::otel_layer`] into your own subscriber. Defaults to
+    /// `true`.
+    pub fn install_subscriber(mut self, install: bool) -> Self {
+        self.install_subscriber = install;
+        self
+    }
+
+    /// Adds a log layer printing events and spans to stdout, filtered by `RUST_LOG` (default `info`).
+    /// Its filter does not affect span export. Defaults to `false`.
+    pub fn log_to_stdout(mut self, enabled: bool) -> Self {
+        self.log_to_stdout = enabled;
+        self
+    }
+
+    /// The most verbose level of spans exported over OTLP, independent of the log filter. Request spans
+    /// are `INFO`. Defaults to `INFO`.
+    pub fn span_level(mut self, level: tracing::Level) -> Self {
+        self.span_level = level;
+        self
+    }
+
+    /// The OTLP/HTTP base endpoint (`http://host:4318`); `/v1/traces` is appended. Overrides
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`. Without either (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), no span is
+    /// exported. Defaults to none.
+    pub fn otlp_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.otlp_endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// Reads the standard `OTEL_*` variables (`OTEL_EXPORTER_OTLP_ENDPOINT`,
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_EXPORTER_OTLP_HEADERS`,
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`,
+    /// `OTEL_TRACES_SAMPLER_ARG`, `OTEL_TRACES_EXPORTER`, `OTEL_SDK_DISABLED`, `OTEL_BSP_*`). With `false`,
+    /// only [`otlp_endpoint`](Self::otlp_endpoint) turns export on. Defaults to `true`.
+    pub fn from_env(mut self, read: bool) -> Self {
+        self.read_env = read;
+        self
+    }
+
+    /// Buckets of `http.server.request.duration`, in seconds. Defaults to the semantic conventions'
+    /// `[0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]`, which are also the
+    /// default for every other histogram recorded through the facade.
+    pub fn duration_buckets(mut self, buckets: &[f64]) -> Self {
+        self.duration_buckets = buckets.to_vec();
+        self
+    }
+
+    /// Buckets of the two body-size histograms, in bytes. Defaults to powers of four from 64 B to 16 MiB
+    /// (and 0).
+    pub fn size_buckets(mut self, buckets: &[f64]) -> Self {
+        self.size_buckets = buckets.to_vec();
+        self
+    }
+
+    /// Buckets for another histogram, by its name as recorded (e.g. `cache_lookup_duration_seconds`).
+    pub fn buckets_for_metric(mut self, name: impl Into<String>, buckets: &[f64]) -> Self {
+        self.extra_buckets.push((name.into(), buckets.to_vec()));
+        self
+    }
+
+    /// How often histogram samples are folded into buckets when `/metrics` is not scraped, which bounds
+    /// their memory. Defaults to 5 seconds.
+    pub fn upkeep_interval(mut self, interval: Duration) -> Self {
+        self.upkeep_interval = interval;
+        self
+    }
+
+    /// The layer's own settings (captured headers, query recording, scheme, ...).
+    pub fn layer_config(mut self, layer: TelemetryLayerBuilder) -> Self {
+        self.layer = layer;
+        self
+    }
+
+    /// Sets everything up.
+    ///
+    /// # Errors
+    ///
+    /// - [`TelemetryError::InvalidConfig`] for empty or unsorted buckets, an unsupported
+    ///   `OTEL_EXPORTER_OTLP_PROTOCOL` (only `http/protobuf` is built in), an `https` endpoint, or a bad
+    ///   layer setting;
+    /// - [`TelemetryError::RecorderAlreadyInstalled`] / [`TelemetryError::SubscriberAlreadyInstalled`] when
+    ///   a global one exists;
+    /// - [`TelemetryError::Exporter`] when the OTLP exporter cannot be created.
+    pub fn build(self) -> Result<Telemetry, TelemetryError> {
+        let recorder = Arc::new(self.prometheus_recorder()?);
+        let handle = recorder.handle();
+
+        let tracer_provider = self.tracer_provider()?;
+        let tracer = tracer_provider
+            .as_ref()
+            .map(|provider| provider.tracer("telemetry-layer"));
+
+        let mut layer = self.layer.clone();
+        layer.recorder = Some(Arc::clone(&recorder) as SharedRecorder);
+        let layer = layer.build()?;
+
+        if self.install_recorder {
+            metrics::set_global_recorder(Arc::clone(&recorder))
+                .map_err(|_| TelemetryError::RecorderAlreadyInstalled)?;
+        }
+        if self.install_subscriber && (tracer.is_some() || self.log_to_stdout) {
+            let level = tracing_subscriber::filter::LevelFilter::from_level(self.span_level);
+            let otel = tracer
+                .clone()
+                .map(|tracer| otel_layer(tracer).with_filter(level));
+            let logs = self.log_to_stdout.then(|| {
+                let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+                tracing_subscriber::fmt::layer().with_filter(filter)
+            });
+            tracing_subscriber::registry()
+                .with(otel)
+                .with(logs)
+                .try_init()
+                .map_err(|_| TelemetryError::SubscriberAlreadyInstalled)?;
+            if let Some(provider) = &tracer_provider {
+                opentelemetry::global::set_tracer_provider(provider.clone());
+                opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+            }
+        }
+
+        let upkeep = spawn_upkeep(handle.clone(), self.upkeep_interval)?;
+        Ok(Telemetry {
+            layer,
+            recorder,
+            handle,
+            tracer,
+            guard: TelemetryGuard {
+                provider: tracer_provider,
+                _upkeep: upkeep,
+            },
+        })
+    }
+
+    fn prometheus_recorder(&self) -> Result<PrometheusRecorder, TelemetryError> {
+        let mut builder = PrometheusBuilder::new().with_recommended_naming(true);
+        builder = builder
+            .set_buckets(&checked_buckets(
+                "duration_buckets",
+                &self.duration_buckets,
+            )?)
+            .map_err(|e| invalid("duration_buckets", e))?;
+        let overrides = [
+            (
+                HTTP_SERVER_REQUEST_DURATION,
+                "duration_buckets",
+                &self.duration_buckets,
+            ),
+            (
+                HTTP_SERVER_REQUEST_BODY_SIZE,
+                "size_buckets",
+                &self.size_buckets,
+            ),
+            (
+                HTTP_SERVER_RESPONSE_BODY_SIZE,
+                "size_buckets",
+                &self.size_buckets,
+            ),
+        ];
+        for (name, field, buckets) in overrides {
+            builder = builder
+                .set_buckets_for_metric(
+                    Matcher::Full(name.to_owned()),
+                    &checked_buckets(field, buckets)?,
+                )
+                .map_err(|e| invalid(field, e))?;
+        }
+        for (name, buckets) in &self.extra_buckets {
+            builder = builder
+                .set_buckets_for_metric(
+                    Matcher::Full(name.clone()),
+                    &checked_buckets("buckets_for_metric", buckets)?,
+                )
+                .map_err(|e| invalid("buckets_for_metric", e))?;
+        }
+        Ok(builder.build_recorder())
+    }
+
+    fn tracer_provider(&self) -> Result<Option<SdkTracerProvider>, TelemetryError> {
+        let env = |name: &str| {
+            if self.read_env {
+                std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+            } else {
+                None
+            }
+        };
+        if env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+            return Ok(None);
+        }
+        match env("OTEL_TRACES_EXPORTER").as_deref().map(str::trim) {
+            None | Some("otlp") => {}
+            Some("none") => return Ok(None),
+            Some(other) => {
+                return Err(TelemetryError::InvalidConfig {
+                    field: "OTEL_TRACES_EXPORTER",
+                    reason: format!("`{other}` is not supported; use `otlp` or `none`"),
+                });
+            }
+        }
+        let endpoint = self
+            .otlp_endpoint
+            .as_ref()
+            .map(|base| format!("{}/v1/traces", base.trim_end_matches('/')));
+        let env_endpoint = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        let Some(target) = endpoint.clone().or(env_endpoint) else {
+            return Ok(None);
+        };
+        if target
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("https:")
+        {
+            return Err(TelemetryError::InvalidConfig {
+                field: "OTEL_EXPORTER_OTLP_ENDPOINT",
+                reason: format!(
+                    "`{target}` uses https; the built-in OTLP client speaks plain http (send to a local collector or Jaeger on port 4318)"
+                ),
+            });
+        }
+        let protocol = env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"));
+        if let Some(protocol) = protocol.as_deref().map(str::trim)
+            && protocol != "http/protobuf"
+        {
+            return Err(TelemetryError::InvalidConfig {
+                field: "OTEL_EXPORTER_OTLP_PROTOCOL",
+                reason: format!("`{protocol}` is not supported; use `http/protobuf` (port 4318)"),
+            });
+        }
+        let timeout = env("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+            .or_else(|| env("OTEL_EXPORTER_OTLP_TIMEOUT"))
+            .and_then(|ms| ms.trim().parse::<u64>().ok())
+            .map_or(DEFAULT_EXPORT_TIMEOUT, Duration::from_millis);
+
+        let client =
+            ExportClient::new(timeout).map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_timeout(timeout)
+            .with_http_client(client);
+        if let Some(endpoint) = endpoint {
+            exporter = exporter.with_endpoint(endpoint);
+        }
+        let exporter = exporter
+            .build()
+            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+
+        let service_name = env("OTEL_SERVICE_NAME").unwrap_or_else(|| self.service_name.clone());
+        let resource = if self.read_env {
+            Resource::builder()
+        } else {
+            Resource::builder_empty()
+        }
+        .with_service_name(service_name)
+        .build();
+        let provider = SdkTracerProvider::builder()
+            .with_resource(resource)
+            .with_span_processor(BatchSpanProcessor::builder(exporter).build())
+            .build();
+        Ok(Some(provider))
+    }
+}
+
+fn otel_layer<S>(tracer: SdkTracer) -> OpenTelemetryLayer<S, SdkTracer>
+where
+    S: Subscriber + for<'span> LookupSpan<'span>,
+{
+    // Source locations and thread ids cost attributes on every span and say nothing about HTTP.
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+}
+
+fn checked_buckets(field: &'static str, buckets: &[f64]) -> Result<Vec<f64>, TelemetryError> {
+    if buckets.is_empty() {
+        return Err(TelemetryError::InvalidConfig {
+            field,
+            reason: "no buckets given".to_owned(),
+        });
+    }
+    if buckets.iter().any(|b| !b.is_finite()) || buckets.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(TelemetryError::InvalidConfig {
+            field,
+            reason: format!("buckets must be finite and strictly increasing, got {buckets:?}"),
+        });
+    }
+    Ok(buckets.to_vec())
+}
+
+fn invalid(field: &'static str, error: impl std::fmt::Display) -> TelemetryError {
+    TelemetryError::InvalidConfig {
+        field,
+        reason: error.to_string(),
+    }
+}
+
+/// Folds histogram samples into buckets periodically; stops when the returned sender is dropped.
+fn spawn_upkeep(
+    handle: PrometheusHandle,
+    interval: Duration,
+) -> Result<mpsc::Sender<()>, TelemetryError> {
+    if interval.is_zero() {
+        return Err(invalid("upkeep_interval", "must be greater than zero"));
+    }
+    let (stop, stopped) = mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".to_owned())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                handle.run_upkeep();
+            }
+        })
+        .map_err(|e| TelemetryError::Exporter(format!("cannot start metric upkeep: {e}")))?;
+    Ok(stop)
+}
