@@ -180,3 +180,47 @@ impl Drop for Watchdog {
         kill_and_reap(&mut self.child);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_binary_error_says_how_to_install_it() {
+        let err = find_binary("redis-server-that-is-not-installed").unwrap_err();
+
+        assert!(matches!(err, Error::MissingBinary { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(message.contains("`redis-server-that-is-not-installed` was not found on PATH"));
+        assert!(message.contains("apt-get update && apt-get install -y redis-server"));
+        assert!(message.contains("cargo xtask test"));
+    }
+
+    #[test]
+    fn installed_binaries_are_found() {
+        assert!(find_binary("redis-server").unwrap().is_file());
+        assert!(find_binary("redis-cli").unwrap().is_file());
+    }
+
+    #[test]
+    fn a_command_outliving_its_deadline_is_killed() {
+        let err =
+            run_with_timeout(OsStr::new("sleep"), ["5"], Duration::from_millis(50)).unwrap_err();
+
+        assert!(matches!(err, Error::CommandTimeout { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn command_output_is_captured() {
+        let output = run_with_timeout(
+            OsStr::new("sh"),
+            ["-c", "echo out; echo err >&2; exit 3"],
+            Duration::from_secs(5),
+        )
+        .unwrap();
+
+        assert_eq!(output.stdout, "out\n");
+        assert_eq!(output.stderr, "err\n");
+        assert_eq!(output.status.code(), Some(3));
+    }
+}

@@ -168,18 +168,7 @@ impl RedisServer {
             } else {
                 port::try_free_port()?
             };
-            let dir = tempfile::Builder::new()
-                .prefix("redis-test-")
-                .tempdir()
-                .map_err(|e| Error::io("creating a temporary directory for redis-server", e))?;
-            let mut server = RedisServer {
-                port,
-                config: config.clone(),
-                binaries: binaries.clone(),
-                running: None,
-                paused: AtomicBool::new(false),
-                dir,
-            };
+            let mut server = RedisServer::unstarted(port, config.clone(), binaries.clone())?;
             match server.spawn() {
                 Ok(()) => return Ok(server),
                 Err(Error::PortTaken { log_tail, .. }) => {
@@ -194,6 +183,26 @@ impl RedisServer {
             port,
             attempts: PORT_ATTEMPTS,
             log_tail,
+        })
+    }
+
+    /// A server for `port` with a fresh directory and no process yet.
+    fn unstarted(
+        port: u16,
+        config: RedisServerBuilder,
+        binaries: Binaries,
+    ) -> Result<RedisServer, Error> {
+        let dir = tempfile::Builder::new()
+            .prefix("redis-test-")
+            .tempdir()
+            .map_err(|e| Error::io("creating a temporary directory for redis-server", e))?;
+        Ok(RedisServer {
+            port,
+            config,
+            binaries,
+            running: None,
+            paused: AtomicBool::new(false),
+            dir,
         })
     }
 
@@ -500,4 +509,45 @@ pub(crate) fn run_cli(
         });
     }
     Ok(output.stdout.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_held_by_another_server_is_reported_as_taken_not_as_ready() {
+        let holder = RedisServer::start().unwrap();
+        let mut intruder = RedisServer::unstarted(
+            holder.port(),
+            RedisServer::builder(),
+            Binaries::locate().unwrap(),
+        )
+        .unwrap();
+
+        // The holder answers PING on this port; the intruder must not take that for its own.
+        let err = intruder.spawn().unwrap_err();
+
+        assert!(matches!(err, Error::PortTaken { .. }), "{err:?}");
+        assert!(err.to_string().contains("Address already in use"), "{err}");
+        assert!(intruder.pid().is_none());
+        assert_eq!(holder.cli(&["PING"]).unwrap(), "PONG");
+    }
+
+    #[test]
+    fn restart_on_a_port_taken_meanwhile_fails_with_port_taken() {
+        let mut redis = RedisServer::start().unwrap();
+        redis.stop().unwrap();
+        let squatter = std::net::TcpListener::bind(redis.addr()).unwrap();
+
+        let err = redis.restart().unwrap_err();
+
+        assert!(
+            matches!(err, Error::PortTaken { port, .. } if port == redis.port()),
+            "{err:?}"
+        );
+        drop(squatter);
+        redis.restart().unwrap();
+        assert_eq!(redis.cli(&["PING"]).unwrap(), "PONG");
+    }
 }
