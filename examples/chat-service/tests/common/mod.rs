@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: a service on its own temporary database and
 //! one-shot requests through its real router.
 #![allow(dead_code)]
+// Test helpers: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use axum::Router;
 use axum::body::{Body, Bytes};
