@@ -1,6 +1,6 @@
 //! The `chat-service` binary: reads flags and environment, then serves until SIGINT or SIGTERM.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use chat_service::{Command, Config, USAGE};
@@ -23,6 +23,7 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match chat_service::run(config).await {
         Ok(()) => ExitCode::SUCCESS,
