@@ -35,6 +35,12 @@
 //! [`FaultProxy`] sits between a client and any TCP server (Redis or an HTTP origin) and adds
 //! latency, blackholes traffic, refuses connections or resets them with a TCP RST.
 //!
+//! # Ports
+//!
+//! [`free_port`] hands out loopback ports for servers a test starts itself (an axum app, a
+//! second service). Ports come from below the kernel's ephemeral range and are never handed
+//! out twice by one process.
+//!
 //! # Requirements
 //!
 //! `redis-server` and `redis-cli` must be on `PATH`. When they are not, every constructor
@@ -61,3 +67,18 @@ pub use error::{Error, INSTALL_HINT};
 pub use port::{free_port, try_free_port};
 pub use proxy::FaultProxy;
 pub use server::{RedisServer, RedisServerBuilder};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tests share these across threads and tasks (`Arc<RedisServer>`, a proxy in a spawned task).
+    #[test]
+    fn handles_are_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<RedisServer>();
+        send_sync::<RedisCluster>();
+        send_sync::<FaultProxy>();
+        send_sync::<Error>();
+    }
+}

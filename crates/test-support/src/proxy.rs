@@ -42,9 +42,15 @@ struct Shared {
 /// A TCP proxy on `127.0.0.1` in front of `upstream` that injects faults on command.
 ///
 /// Clients connect to [`addr`](Self::addr) instead of the server. Mode changes apply to
-/// connections already open. Latency uses tokio's clock, so tests with
-/// `tokio::time::pause()` see it without waiting. Dropping the proxy stops its listener and
-/// closes every connection it holds.
+/// connections already open. Dropping the proxy stops its listener and closes every
+/// connection it holds.
+///
+/// Latency uses tokio's clock, so a test with a paused clock
+/// (`#[tokio::test(start_paused = true)]`) measures it without waiting. In such a test, keep
+/// timeouts away from real socket I/O: a paused clock jumps to the next timer whenever the
+/// runtime is idle, even while a real socket is about to deliver data, so a timeout around a
+/// read from Redis fires at once. Timeouts that must expire (a blackholed request) belong in
+/// tests on the real clock.
 ///
 /// ```
 /// use std::time::Duration;
@@ -145,6 +151,10 @@ impl FaultProxy {
     }
 
     /// The number of client connections currently open through the proxy.
+    ///
+    /// A connection counts from its accept until the proxy closes it. During a blackhole the
+    /// proxy reads nothing, so a client that hangs up then is still counted until
+    /// [`heal`](Self::heal) or [`reset_connections`](Self::reset_connections).
     pub fn open_connections(&self) -> usize {
         *self.shared.open.borrow()
     }

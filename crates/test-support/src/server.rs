@@ -246,7 +246,8 @@ impl RedisServer {
     ///
     /// # Errors
     ///
-    /// None in practice; the signature leaves room for platforms where killing can fail.
+    /// Killing an owned child process does not fail on Linux; the `Result` keeps room for
+    /// reporting a kill that did not take.
     pub fn stop(&mut self) -> Result<(), Error> {
         if let Some(mut running) = self.running.take() {
             // SIGKILL ends a stopped process too, but a resumed one leaves no doubt.
