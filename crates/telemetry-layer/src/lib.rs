@@ -12,12 +12,12 @@
 //! // span pipeline and a global `tracing` subscriber.
 //! let telemetry = Telemetry::builder().service_name("chat").build()?;
 //!
-//! let app = Router::new()
-//!     .route("/rooms/{id}/messages", get(|| async { "[]" }))
-//!     // Outermost: added last, runs first, sees every request including the ones answered below it.
-//!     .layer(telemetry.layer())
-//!     // `/metrics` itself is not instrumented.
-//!     .merge(telemetry.metrics_router());
+//! let routes = Router::new().route("/rooms/{id}/messages", get(|| async { "[]" }));
+//! // The telemetry layer goes outermost (added last, it runs first and sees every request, including
+//! // the ones answered by cache or dedup layers below it) on the routes and the 404 fallback; `/metrics`
+//! // is merged in uninstrumented. Same as
+//! // `telemetry.metrics_router().merge(routes.layer(telemetry.layer()))`.
+//! let app = telemetry.instrument(routes);
 //!
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 //! axum::serve(listener, app).await?;

@@ -52,10 +52,9 @@ const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 ///     .install_recorder(false)
 ///     .install_subscriber(false)
 ///     .build()?;
-/// let app: Router = Router::new()
-///     .route("/rooms/{id}", get(|| async { "room" }))
-///     .layer(telemetry.layer())
-///     .merge(telemetry.metrics_router());
+/// let routes: Router = Router::new().route("/rooms/{id}", get(|| async { "room" }));
+/// // The layer goes on the routes and their fallback; `/metrics` is added uninstrumented.
+/// let app = telemetry.instrument(routes);
 /// // Serve `app`; keep `telemetry` alive until the server stops so spans are flushed at the end.
 /// # drop(app);
 /// # Ok(())
@@ -79,6 +78,19 @@ impl Telemetry {
     /// The layer to put on the application's `Router` (with `Router::layer`, outermost).
     pub fn layer(&self) -> TelemetryLayer {
         self.layer.clone()
+    }
+
+    /// `router` with [`layer`](Self::layer) on its routes and fallback, merged with
+    /// [`metrics_router`](Self::metrics_router).
+    ///
+    /// Equivalent to `telemetry.metrics_router().merge(router.layer(telemetry.layer()))`. Mind the order
+    /// when doing it by hand: `Router::merge` keeps the *argument's* default fallback, so
+    /// `router.layer(..).merge(metrics_router)` would replace the instrumented 404 fallback with a bare one.
+    pub fn instrument<S>(&self, router: Router<S>) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        self.metrics_router().merge(router.layer(self.layer()))
     }
 
     /// A router serving `GET /metrics` in the Prometheus text format, with every metric recorded
