@@ -554,6 +554,26 @@ mod tests {
         assert!(!inm(&["\"r5\"", "junk"]).matches("\"r5\""));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_field_value_is_safe(value in "\\PC{0,40}", opaque in "[a-z0-9]{0,6}") {
+            let _ = list_matches(&value, &opaque);
+        }
+
+        #[test]
+        fn a_listed_tag_always_matches(
+            others in proptest::collection::vec("[!#-~&&[^,\"]]{0,8}", 0..4),
+            target in "[a-z0-9]{1,8}",
+            weak: bool,
+            position in 0usize..4,
+        ) {
+            let mut tags: Vec<String> = others.iter().map(|t| format!("\"{t}\"")).collect();
+            let prefix = if weak { "W/" } else { "" };
+            tags.insert(position.min(tags.len()), format!("{prefix}\"{target}\""));
+            proptest::prop_assert_eq!(list_matches(&tags.join(", "), &target), Some(true));
+        }
+    }
+
     #[test]
     fn page_params_rules() {
         let params = |before: Option<&str>, limit: Option<&str>| ListParams {
