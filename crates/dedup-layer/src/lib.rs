@@ -23,16 +23,19 @@
 mod body;
 mod error;
 mod future;
+pub mod idempotency;
 mod inflight;
 mod key;
 mod layer;
 pub mod names;
 mod problem;
 mod service;
+pub mod store;
 
 pub use body::{BoxError, DedupBody};
 pub use error::ConfigError;
 pub use future::ResponseFuture;
+pub use idempotency::{Idempotency, IdempotencyLayer, IdempotencyLayerBuilder, OnStoreError};
 pub use key::{DefaultKey, MakeKey, RequestKey};
 pub use layer::{DedupHandle, DedupLayer, DedupLayerBuilder, OnWaiterTimeout};
 pub use service::Dedup;

@@ -1,0 +1,383 @@
+//! `Idempotency-Key` behaviour through a real axum `Router`, with the in-memory store.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Path;
+use axum::routing::post;
+use bytes::Bytes;
+use dedup_layer::IdempotencyLayer;
+use dedup_layer::store::MemoryStore;
+use http::{HeaderMap, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
+
+#[derive(Clone)]
+struct Handler {
+    calls: Arc<AtomicUsize>,
+    gate: Arc<Semaphore>,
+    gated: bool,
+}
+
+impl Handler {
+    fn open() -> Self {
+        Handler {
+            calls: Arc::new(AtomicUsize::new(0)),
+            gate: Arc::new(Semaphore::new(0)),
+            gated: false,
+        }
+    }
+
+    fn gated() -> Self {
+        Handler {
+            gated: true,
+            ..Self::open()
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// `POST /orders/{id}`: answers 201 with the call number, or what the `x-want` header asks for.
+    fn app(&self, layer: IdempotencyLayer<MemoryStore>) -> Router {
+        let h = self.clone();
+        Router::new()
+            .route(
+                "/orders/{id}",
+                post(
+                    move |Path(id): Path<String>, headers: HeaderMap, body: Bytes| {
+                        let h = h.clone();
+                        async move {
+                            let n = h.calls.fetch_add(1, Ordering::SeqCst) + 1;
+                            if h.gated {
+                                if let Ok(p) = h.gate.acquire().await {
+                                    p.forget();
+                                }
+                            }
+                            let want = headers
+                                .get("x-want")
+                                .map(|v| v.to_str().unwrap().to_owned());
+                            match want.as_deref() {
+                                Some("500") => {
+                                    (StatusCode::INTERNAL_SERVER_ERROR, "boom".to_owned())
+                                }
+                                Some("panic") => panic!("handler failure under test"),
+                                _ => (
+                                    StatusCode::CREATED,
+                                    format!("order {id} call {n} body {}", body.len()),
+                                ),
+                            }
+                        }
+                    },
+                )
+                .get(|| async { "listing" }),
+            )
+            .route_layer(layer)
+    }
+}
+
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..2_000_000 {
+        if cond() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("condition never reached: {what}");
+}
+
+fn post_req(path: &str, key: Option<&str>) -> http::request::Builder {
+    let mut req = Request::post(path);
+    if let Some(key) = key {
+        req = req.header("idempotency-key", key);
+    }
+    req
+}
+
+fn req(path: &str, key: Option<&str>, body: &'static str) -> Request<Body> {
+    post_req(path, key).body(Body::from(body)).unwrap()
+}
+
+async fn send(app: Router, req: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
+    let response = app.oneshot(req).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, body)
+}
+
+fn assert_problem(status: StatusCode, headers: &HeaderMap, body: &[u8], expected: StatusCode) {
+    assert_eq!(status, expected);
+    assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+    let text = std::str::from_utf8(body).unwrap();
+    assert!(
+        text.contains(&format!("\"status\":{}", expected.as_u16())),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn missing_key_is_400_and_the_handler_does_not_run() {
+    let h = Handler::open();
+    let app = h.app(IdempotencyLayer::new(MemoryStore::default()));
+    let (status, headers, body) = send(app.clone(), req("/orders/1", None, "{}")).await;
+    assert_problem(status, &headers, &body, StatusCode::BAD_REQUEST);
+    assert_eq!(h.calls(), 0);
+    // Safe methods are not concerned.
+    let (status, _, body) = send(app, Request::get("/orders/1").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"listing");
+}
+
+#[tokio::test]
+async fn keyless_requests_pass_when_not_required() {
+    let h = Handler::open();
+    let layer = IdempotencyLayer::builder(MemoryStore::default())
+        .required(false)
+        .build()
+        .unwrap();
+    let app = h.app(layer);
+    assert_eq!(
+        send(app.clone(), req("/orders/1", None, "{}")).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        send(app, req("/orders/1", None, "{}")).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(h.calls(), 2);
+}
+
+#[tokio::test]
+async fn malformed_keys_are_400() {
+    let h = Handler::open();
+    let app = h.app(IdempotencyLayer::new(MemoryStore::default()));
+    let long = format!("\"{}\"", "k".repeat(256));
+    for bad in [
+        "bare-token",
+        "\"\"",
+        "\"open",
+        long.as_str(),
+        "\"a\", \"b\"",
+    ] {
+        let (status, headers, body) = send(app.clone(), req("/orders/1", Some(bad), "{}")).await;
+        assert_problem(status, &headers, &body, StatusCode::BAD_REQUEST);
+    }
+    let two = Request::post("/orders/1")
+        .header("idempotency-key", "\"a\"")
+        .header("idempotency-key", "\"b\"")
+        .body(Body::empty())
+        .unwrap();
+    let (status, headers, body) = send(app, two).await;
+    assert_problem(status, &headers, &body, StatusCode::BAD_REQUEST);
+    assert_eq!(h.calls(), 0);
+}
+
+#[tokio::test]
+async fn completed_key_is_replayed_with_a_marker() {
+    let h = Handler::open();
+    let app = h.app(IdempotencyLayer::new(MemoryStore::default()));
+    let (status, headers, body) = send(
+        app.clone(),
+        req("/orders/7", Some("\"k-1\""), "{\"qty\":2}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(headers.get("idempotent-replayed").is_none());
+    assert_eq!(&body[..], b"order 7 call 1 body 9");
+
+    let (status2, headers2, body2) = send(
+        app.clone(),
+        req("/orders/7", Some("\"k-1\""), "{\"qty\":2}"),
+    )
+    .await;
+    assert_eq!(status2, StatusCode::CREATED);
+    assert_eq!(headers2["idempotent-replayed"], "true");
+    assert_eq!(
+        headers2[header::CONTENT_TYPE],
+        headers[header::CONTENT_TYPE]
+    );
+    assert_eq!(body2, body);
+    assert_eq!(h.calls(), 1);
+}
+
+#[tokio::test]
+async fn same_key_with_a_different_request_is_422() {
+    let h = Handler::open();
+    let app = h.app(IdempotencyLayer::new(MemoryStore::default()));
+    assert_eq!(
+        send(app.clone(), req("/orders/1", Some("\"k\""), "a"))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    for other in [
+        req("/orders/1", Some("\"k\""), "b"),
+        req("/orders/2", Some("\"k\""), "a"),
+        req("/orders/1?x=1", Some("\"k\""), "a"),
+    ] {
+        let (status, headers, body) = send(app.clone(), other).await;
+        assert_problem(status, &headers, &body, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    assert_eq!(h.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_key_while_running_is_409() {
+    let h = Handler::gated();
+    let app = h.app(IdempotencyLayer::new(MemoryStore::default()));
+    let first = tokio::spawn(send(app.clone(), req("/orders/1", Some("\"k\""), "a")));
+    until("first in handler", || h.calls() == 1).await;
+    let (status, headers, body) = send(app.clone(), req("/orders/1", Some("\"k\""), "a")).await;
+    assert_problem(status, &headers, &body, StatusCode::CONFLICT);
+    assert_eq!(headers[header::RETRY_AFTER], "1");
+    // A different fingerprint is reported as a mismatch even while running.
+    let (status, _, _) = send(app.clone(), req("/orders/1", Some("\"k\""), "b")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    h.gate.add_permits(1);
+    assert_eq!(first.await.unwrap().0, StatusCode::CREATED);
+    assert_eq!(h.calls(), 1);
+}
+
+#[tokio::test]
+async fn keys_are_scoped_per_client() {
+    let h = Handler::open();
+    let app = h.app(IdempotencyLayer::new(MemoryStore::default()));
+    let as_user = |user: &str| {
+        Request::post("/orders/1")
+            .header("idempotency-key", "\"shared\"")
+            .header(header::AUTHORIZATION, format!("Bearer {user}"))
+            .body(Body::from("a"))
+            .unwrap()
+    };
+    let (_, _, alice) = send(app.clone(), as_user("alice")).await;
+    let (_, headers, bob) = send(app.clone(), as_user("bob")).await;
+    assert!(headers.get("idempotent-replayed").is_none());
+    assert_ne!(alice, bob);
+    assert_eq!(h.calls(), 2);
+    let (_, headers, alice_again) = send(app, as_user("alice")).await;
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(alice_again, alice);
+}
+
+#[tokio::test]
+async fn server_errors_are_not_stored() {
+    let h = Handler::open();
+    let app = h.app(IdempotencyLayer::new(MemoryStore::default()));
+    let failing = post_req("/orders/1", Some("\"k\""))
+        .header("x-want", "500")
+        .body(Body::from("a"))
+        .unwrap();
+    assert_eq!(
+        send(app.clone(), failing).await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    let (status, headers, _) = send(app, req("/orders/1", Some("\"k\""), "a")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(headers.get("idempotent-replayed").is_none());
+    assert_eq!(h.calls(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_answers_500_and_frees_the_key() {
+    let h = Handler::open();
+    let app = h.app(IdempotencyLayer::new(MemoryStore::default()));
+    let panicking = post_req("/orders/1", Some("\"k\""))
+        .header("x-want", "panic")
+        .body(Body::from("a"))
+        .unwrap();
+    let (status, headers, body) = send(app.clone(), panicking).await;
+    assert_problem(status, &headers, &body, StatusCode::INTERNAL_SERVER_ERROR);
+    // The release runs in a task spawned by the lock's Drop; retry until the key is free.
+    let mut last = StatusCode::CONFLICT;
+    for _ in 0..10_000 {
+        last = send(app.clone(), req("/orders/1", Some("\"k\""), "a"))
+            .await
+            .0;
+        if last != StatusCode::CONFLICT {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(last, StatusCode::CREATED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnected_client_finds_its_result_on_retry() {
+    let h = Handler::gated();
+    let app = h.app(IdempotencyLayer::new(MemoryStore::default()));
+    let first = tokio::spawn(send(app.clone(), req("/orders/1", Some("\"k\""), "a")));
+    until("first in handler", || h.calls() == 1).await;
+    first.abort();
+    let _ = first.await;
+    h.gate.add_permits(1);
+    let mut replayed = None;
+    for _ in 0..10_000 {
+        let (status, headers, body) = send(app.clone(), req("/orders/1", Some("\"k\""), "a")).await;
+        if status != StatusCode::CONFLICT {
+            replayed = Some((status, headers, body));
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let (status, headers, body) = replayed.unwrap();
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(&body[..], b"order 1 call 1 body 1");
+    assert_eq!(h.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn records_expire_after_the_ttl() {
+    let h = Handler::open();
+    let layer = IdempotencyLayer::builder(MemoryStore::default())
+        .ttl(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let app = h.app(layer);
+    send(app.clone(), req("/orders/1", Some("\"k\""), "a")).await;
+    tokio::time::advance(Duration::from_secs(3599)).await;
+    let (_, headers, _) = send(app.clone(), req("/orders/1", Some("\"k\""), "a")).await;
+    assert_eq!(headers["idempotent-replayed"], "true");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let (status, headers, body) = send(app.clone(), req("/orders/1", Some("\"k\""), "b")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(headers.get("idempotent-replayed").is_none());
+    assert_eq!(&body[..], b"order 1 call 2 body 1");
+}
+
+#[tokio::test]
+async fn oversized_request_bodies_are_413() {
+    let h = Handler::open();
+    let layer = IdempotencyLayer::builder(MemoryStore::default())
+        .max_request_bytes(4)
+        .build()
+        .unwrap();
+    let app = h.app(layer);
+    let (status, headers, body) = send(app, req("/orders/1", Some("\"k\""), "too long")).await;
+    assert_problem(status, &headers, &body, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(h.calls(), 0);
+}
+
+#[tokio::test]
+async fn large_responses_are_streamed_and_replayed_without_body() {
+    let h = Handler::open();
+    let layer = IdempotencyLayer::builder(MemoryStore::default())
+        .max_response_bytes(4)
+        .build()
+        .unwrap();
+    let app = h.app(layer);
+    let (status, _, body) = send(app.clone(), req("/orders/1", Some("\"k\""), "a")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(&body[..], b"order 1 call 1 body 1");
+    let (status, headers, body) = send(app, req("/orders/1", Some("\"k\""), "a")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert!(body.is_empty());
+    assert_eq!(h.calls(), 1);
+}
