@@ -237,3 +237,37 @@ impl HttpMetrics {
         self.series.read().map(|m| m.len()).unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(status: u16) -> SeriesKey {
+        SeriesKey {
+            method: MethodLabel::Get,
+            scheme: Scheme::Http,
+            version: "1.1",
+            route: None,
+            status: StatusCode::from_u16(status).ok(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn handle_cache_is_bounded() {
+        let metrics = HttpMetrics::new(None, 3, true);
+        for status in 200..260 {
+            metrics.series(&key(status));
+        }
+        assert_eq!(metrics.cached_series(), 3);
+    }
+
+    #[test]
+    fn cached_handles_are_reused() {
+        let metrics = HttpMetrics::new(None, 16, false);
+        let first = metrics.series(&key(200));
+        let second = metrics.series(&key(200));
+        assert!(Arc::ptr_eq(&first, &second));
+        assert_eq!(metrics.cached_series(), 1);
+    }
+}

@@ -1,5 +1,7 @@
 //! HTTP server metrics through a real axum Router, read back by parsing the `/metrics` exposition.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::convert::Infallible;
@@ -46,7 +48,7 @@ fn app(telemetry: &Telemetry) -> Router {
                 "slow"
             }),
         )
-        .route("/forever", get(|| std::future::pending::<&'static str>()))
+        .route("/forever", get(std::future::pending::<&'static str>))
         .layer(telemetry.layer());
     telemetry.metrics_router().merge(app)
 }

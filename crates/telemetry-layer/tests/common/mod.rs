@@ -3,7 +3,8 @@
 //! The parser follows the format's grammar, including escaped and brace-containing label values such as
 //! `http_route="/users/{id}"`, and fails the test on any line it cannot parse.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+#![allow(dead_code, unreachable_pub, missing_docs)]
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -81,10 +82,10 @@ fn family_of(name: &str, types: &HashMap<String, String>) -> String {
         return name.to_owned();
     }
     for suffix in ["_bucket", "_sum", "_count"] {
-        if let Some(base) = name.strip_suffix(suffix) {
-            if types.contains_key(base) {
-                return base.to_owned();
-            }
+        if let Some(base) = name.strip_suffix(suffix)
+            && types.contains_key(base)
+        {
+            return base.to_owned();
         }
     }
     name.to_owned()
@@ -92,7 +93,7 @@ fn family_of(name: &str, types: &HashMap<String, String>) -> String {
 
 fn parse_sample(line: &str, n: usize) -> Sample {
     let name_end = line
-        .find(|c: char| c == '{' || c == ' ')
+        .find(['{', ' '])
         .unwrap_or_else(|| panic!("line {n}: no value: {line:?}"));
     let name = &line[..name_end];
     assert!(is_name(name, true), "line {n}: bad metric name {name:?}");

@@ -1,0 +1,121 @@
+//! The default setup installs the global recorder and subscriber: metrics recorded by any crate through
+//! the `metrics` facade reach `/metrics`, and request spans are exported without extra wiring.
+//! One test per binary, since globals are per process.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{Request, StatusCode};
+use axum::routing::{get, post};
+use http_body_util::BodyExt;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use telemetry_layer::{Telemetry, TelemetryError};
+use tower::ServiceExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_setup_installs_global_recorder_and_subscriber() {
+    let names: Arc<Mutex<Vec<String>>> = Arc::default();
+    let store = Arc::clone(&names);
+    let collector = Router::new().route(
+        "/v1/traces",
+        post(move |body: Bytes| {
+            let store = Arc::clone(&store);
+            async move {
+                let request = ExportTraceServiceRequest::decode(body).unwrap();
+                let mut store = store.lock().unwrap();
+                for rs in request.resource_spans {
+                    for ss in rs.scope_spans {
+                        store.extend(ss.spans.into_iter().map(|s| s.name));
+                    }
+                }
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, collector).await });
+
+    let telemetry = Telemetry::builder()
+        .service_name("global-test")
+        .from_env(false)
+        .otlp_endpoint(format!("http://{addr}"))
+        .build()
+        .unwrap();
+
+    // A second setup in the same process is refused with a clear error.
+    let again = Telemetry::builder()
+        .from_env(false)
+        .install_subscriber(false)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(again, TelemetryError::RecorderAlreadyInstalled),
+        "{again}"
+    );
+    let again = Telemetry::builder()
+        .from_env(false)
+        .install_recorder(false)
+        .log_to_stdout(true)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(again, TelemetryError::SubscriberAlreadyInstalled),
+        "{again}"
+    );
+
+    let app = telemetry.instrument(Router::new().route(
+        "/rooms/{id}",
+        get(|| async {
+            // What the cache, dedup and breaker layers do: record through the facade, nothing else.
+            metrics::counter!("cache_requests_total", "tier" => "l1", "outcome" => "miss")
+                .increment(1);
+            "room"
+        }),
+    ));
+    for _ in 0..2 {
+        let response = app
+            .clone()
+            .oneshot(Request::get("/rooms/9").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.into_body().collect().await.unwrap();
+    }
+
+    let text = telemetry.prometheus_handle().render();
+    let m = common::parse(&text);
+    assert_eq!(
+        m.value(
+            "cache_requests_total",
+            &[("tier", "l1"), ("outcome", "miss")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        m.value(
+            "http_server_request_duration_seconds_count",
+            &[
+                ("http_request_method", "GET"),
+                ("http_route", "/rooms/{id}"),
+                ("http_response_status_code", "200"),
+                ("url_scheme", "http"),
+                ("network_protocol_version", "1.1"),
+            ]
+        ),
+        Some(2.0)
+    );
+
+    telemetry.flush().await.unwrap();
+    assert_eq!(
+        names.lock().unwrap().as_slice(),
+        ["GET /rooms/{id}", "GET /rooms/{id}"]
+    );
+    server.abort();
+}
