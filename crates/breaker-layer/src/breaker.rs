@@ -600,18 +600,16 @@ impl CircuitBreaker {
                 return;
             }
             match (kind, core.machine) {
-                (PermitKind::Closed, Machine::Closed) => {
-                    if outcome != Outcome::Ignored {
-                        let now = if core.window.needs_clock() {
-                            self.now_nanos()
-                        } else {
-                            0
-                        };
-                        core.window.record(sample, now);
-                        if core.window.should_open(config) {
-                            let now = if now == 0 { self.now_nanos() } else { now };
-                            self.to_open(&mut core, now, true, &mut transitions);
-                        }
+                (PermitKind::Closed, Machine::Closed) if outcome != Outcome::Ignored => {
+                    let now = if core.window.needs_clock() {
+                        self.now_nanos()
+                    } else {
+                        0
+                    };
+                    core.window.record(sample, now);
+                    if core.window.should_open(config) {
+                        let now = if now == 0 { self.now_nanos() } else { now };
+                        self.to_open(&mut core, now, true, &mut transitions);
                     }
                 }
                 (PermitKind::Probe, Machine::HalfOpen) => {

@@ -1,6 +1,8 @@
 //! The layer around an outbound HTTP client (hyper-util's legacy client as a tower service) calling a real flaky
 //! server on 127.0.0.1.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! Metrics through the `metrics` facade, captured by a real `DebuggingRecorder` installed for this test binary.
 //! One test function: snapshots reset counters, so parallel tests would steal each other's figures.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 use std::collections::HashMap;
 use std::time::Duration;
 

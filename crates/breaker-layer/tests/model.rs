@@ -1,6 +1,8 @@
 //! Property test: the breaker against a small reference model of the state machine, over random sequences of
 //! acquire / record / drop / advance-time / reset, for count and consecutive windows, with backoff.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -103,10 +105,9 @@ impl Model {
         if let State::HalfOpen {
             deadline: Some(d), ..
         } = self.state
+            && self.now >= d
         {
-            if self.now >= d {
-                self.decide();
-            }
+            self.decide();
         }
         if let State::Open { until } = self.state {
             if self.now < until {

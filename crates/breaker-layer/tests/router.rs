@@ -1,6 +1,8 @@
 //! The layer through a real axum `Router`: the open answer, recovery through HalfOpen, per-key isolation, custom
 //! classifiers and fallbacks, timeouts, and the `Infallible` error kept.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

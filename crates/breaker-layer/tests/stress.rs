@@ -1,6 +1,8 @@
 //! Many threads racing for HalfOpen probe slots: never more than N probes run at once, and once every permit is
 //! gone the breaker is not wedged.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
