@@ -2,8 +2,9 @@
 //!
 //! Returns `None` on anything malformed; callers decide what an invalid date means.
 
-/// Parses an IMF-fixdate, an RFC 850 date or an asctime date into seconds since the Unix epoch.
-pub(crate) fn parse_http_date(s: &str) -> Option<u64> {
+/// Parses an IMF-fixdate, an RFC 850 date or an asctime date into seconds since the Unix epoch;
+/// `None` when malformed.
+pub fn parse_http_date(s: &str) -> Option<u64> {
     let s = s.trim_matches(|c: char| c == ' ' || c == '\t');
     if s.len() > 64 || !s.is_ascii() {
         return None;
@@ -149,7 +150,13 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 }
 
 /// Formats Unix seconds as an IMF-fixdate.
-pub(crate) fn format_http_date(secs: u64) -> String {
+///
+/// ```
+/// use cache_layer::date::{format_http_date, parse_http_date};
+/// assert_eq!(format_http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+/// assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), Some(784_111_777));
+/// ```
+pub fn format_http_date(secs: u64) -> String {
     let days = i64::try_from(secs / 86_400).unwrap_or(0);
     let rem = secs % 86_400;
     // Civil from days (inverse of days_from_civil).

@@ -113,6 +113,7 @@ impl EntityTag<'_> {
     }
 
     /// Strong comparison: both strong and opaque tags equal.
+    #[cfg(test)]
     pub(crate) fn strong_eq(&self, other: &EntityTag<'_>) -> bool {
         !self.weak && !other.weak && self.tag == other.tag
     }

@@ -1,9 +1,46 @@
 //! An RFC 9111 HTTP response cache for tower and axum.
+//!
+//! [`CacheLayer`] answers `GET` and `HEAD` requests from stored responses when the rules of
+//! RFC 9111 allow it, and otherwise calls the inner service and stores what may be stored. It
+//! implements shared-cache semantics by default (a private mode exists), targeted cache
+//! control (`CDN-Cache-Control`, RFC 9213), `Cache-Status` (RFC 9211), `stale-while-revalidate`
+//! and `stale-if-error` (RFC 5861), surrogate-key tags and purging.
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use cache_layer::CacheLayer;
+//!
+//! let app: Router = Router::new()
+//!     .route("/", get(|| async { ([("cache-control", "max-age=60")], "hello") }))
+//!     .layer(CacheLayer::new());
+//! # let _ = app;
+//! ```
+//!
+//! See `docs/cache.md` in the repository for the rules, tags, purging and the stale rules.
 #![forbid(unsafe_code)]
 
-mod date;
+#[cfg(feature = "admin")]
+pub mod admin;
+mod body;
+pub mod date;
 pub mod directives;
 mod fields;
+mod future;
+mod handle;
+mod key;
+mod layer;
+pub mod metrics;
 mod policy;
+mod service;
+mod store;
+mod tags;
 
+pub use body::CacheBody;
+pub use future::ResponseFuture;
+pub use handle::CacheHandle;
+pub use key::KeyFn;
+pub use layer::{CacheLayer, CacheLayerBuilder, ConfigError};
 pub use policy::CacheMode;
+pub use service::{CACHE_STATUS, Cache};
+pub use store::{MemoryTier, StoredEntry, StoredResponse, Tier};
+pub use tags::TagsFn;

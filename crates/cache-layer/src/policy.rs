@@ -370,11 +370,6 @@ pub(crate) fn not_modified(
     false
 }
 
-/// True when a request carries validators of its own.
-pub(crate) fn is_conditional(request: &HeaderMap) -> bool {
-    request.contains_key(header::IF_NONE_MATCH) || request.contains_key(header::IF_MODIFIED_SINCE)
-}
-
 /// Fields never copied from a 304 into the stored response (RFC 9111 §3.2), plus
 /// hop-by-hop fields.
 fn excluded_from_update(name: &HeaderName) -> bool {

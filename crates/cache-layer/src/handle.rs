@@ -1,0 +1,141 @@
+//! [`CacheHandle`]: purge entries by URL, tag or key prefix, hard or soft.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::Uri;
+
+use crate::layer::Shared;
+
+/// A handle on a [`CacheLayer`](crate::CacheLayer)'s store, cheap to clone.
+///
+/// A hard purge removes entries. A soft purge marks them stale from now on: they are no longer
+/// served as fresh, but `stale-while-revalidate` and `stale-if-error` still apply, and their
+/// validators make the next request a cheap conditional one.
+///
+/// ```
+/// use cache_layer::CacheLayer;
+///
+/// let layer = CacheLayer::new();
+/// let handle = layer.handle();
+/// assert_eq!(handle.purge_tag("room:42"), 0);
+/// assert_eq!(handle.soft_purge_url("http://example.com/rooms/42"), 0);
+/// ```
+#[derive(Clone)]
+pub struct CacheHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for CacheHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheHandle")
+            .field("entries", &self.shared.l1.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CacheHandle {
+    /// Removes every variant stored for an absolute URL; returns how many keys went.
+    pub fn purge_url(&self, url: &str) -> usize {
+        self.url(url, false)
+    }
+
+    /// Marks every variant stored for an absolute URL stale.
+    pub fn soft_purge_url(&self, url: &str) -> usize {
+        self.url(url, true)
+    }
+
+    /// Removes every entry carrying `tag`.
+    pub fn purge_tag(&self, tag: &str) -> usize {
+        self.tag(tag, false)
+    }
+
+    /// Marks every entry carrying `tag` stale.
+    pub fn soft_purge_tag(&self, tag: &str) -> usize {
+        self.tag(tag, true)
+    }
+
+    /// Removes every entry whose key starts with `prefix` (keys look like
+    /// `http://host/path?query` unless a key function says otherwise).
+    pub fn purge_prefix(&self, prefix: &str) -> usize {
+        self.prefix(prefix, false)
+    }
+
+    /// Marks every entry whose key starts with `prefix` stale.
+    pub fn soft_purge_prefix(&self, prefix: &str) -> usize {
+        self.prefix(prefix, true)
+    }
+
+    /// Removes everything.
+    pub fn purge_all(&self) -> usize {
+        self.prefix("", false)
+    }
+
+    /// Keys (URLs) held by the in-process tier.
+    pub fn entry_count(&self) -> u64 {
+        self.shared.l1.entry_count()
+    }
+
+    /// Bytes held by the in-process tier.
+    pub fn weighted_size(&self) -> u64 {
+        self.shared.l1.bytes()
+    }
+
+    /// (tag, key) pairs in the tag index.
+    pub fn tag_index_len(&self) -> u64 {
+        self.shared.l1.tags.len()
+    }
+
+    /// Background refreshes running now.
+    pub fn refreshes_in_flight(&self) -> usize {
+        self.shared.in_flight.len()
+    }
+
+    /// Runs the store's pending maintenance now (evictions and their bookkeeping), which
+    /// otherwise happens during later requests.
+    pub fn run_pending_tasks(&self) {
+        self.shared.l1.run_pending_tasks();
+    }
+
+    fn apply(&self, key: &str, soft: bool) -> bool {
+        let done = if soft {
+            let stamp = self.shared.clock.stamp(self.shared.clock.now());
+            self.shared.l1.soft_purge(key, stamp)
+        } else {
+            self.shared.l1.invalidate(key)
+        };
+        tracing::debug!(key, soft, done, "cache purge");
+        done
+    }
+
+    fn url(&self, url: &str, soft: bool) -> usize {
+        let Ok(uri) = url.parse::<Uri>() else {
+            return 0;
+        };
+        if uri.authority().is_none() {
+            return 0;
+        }
+        match self.shared.config.key.key_for_uri(&uri, None) {
+            Some(key) => usize::from(self.apply(&key, soft)),
+            None => 0,
+        }
+    }
+
+    fn tag(&self, tag: &str, soft: bool) -> usize {
+        self.shared
+            .l1
+            .keys_with_tag(tag)
+            .iter()
+            .filter(|k| self.apply(k, soft))
+            .count()
+    }
+
+    fn prefix(&self, prefix: &str, soft: bool) -> usize {
+        self.shared
+            .l1
+            .keys_with_prefix(prefix)
+            .iter()
+            .filter(|k| self.apply(k, soft))
+            .count()
+    }
+}

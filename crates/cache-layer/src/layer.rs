@@ -1,0 +1,427 @@
+//! [`CacheLayer`], its builder and the configuration it shares with every service it makes.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use tower_layer::Layer;
+
+use crate::handle::CacheHandle;
+use crate::key::{KeyFn, KeyMaker};
+use crate::policy::{CacheMode, Heuristic};
+use crate::service::Cache;
+use crate::store::{Clock, InFlight, MemoryConfig, MemoryTier};
+use crate::tags::TagsFn;
+
+/// Layer that puts an HTTP cache in front of a service.
+///
+/// Every service made by one layer (and every clone of them) shares one store, so the layer
+/// can be applied to a `Router` once and purged through [`CacheLayer::handle`].
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use cache_layer::CacheLayer;
+///
+/// let cache = CacheLayer::builder()
+///     .max_capacity_bytes(64 * 1024 * 1024)
+///     .build()
+///     .expect("valid configuration");
+/// let handle = cache.handle();
+/// let app: Router = Router::new()
+///     .route("/", get(|| async { ([("cache-control", "max-age=60")], "hello") }))
+///     .layer(cache);
+/// # let _ = (app, handle);
+/// ```
+#[derive(Clone)]
+pub struct CacheLayer {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for CacheLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheLayer")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// State shared by the layer, its services and its handle.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) l1: MemoryTier,
+    pub(crate) clock: Clock,
+    pub(crate) in_flight: Arc<InFlight>,
+}
+
+/// Settings read on every request.
+pub(crate) struct Config {
+    pub(crate) name: Arc<str>,
+    pub(crate) mode: CacheMode,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) heuristic: Heuristic,
+    pub(crate) target: Option<HeaderName>,
+    pub(crate) tag_header: Option<HeaderName>,
+    pub(crate) strip_tag_header: bool,
+    pub(crate) tags_fn: Option<TagsFn>,
+    pub(crate) key: KeyMaker,
+    pub(crate) max_variants: usize,
+    pub(crate) early_refresh_beta: Option<f64>,
+    pub(crate) cache_status: bool,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("name", &self.name)
+            .field("mode", &self.mode)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("target", &self.target)
+            .field("tag_header", &self.tag_header)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CacheLayer {
+    /// A layer with every default (see [`CacheLayerBuilder`]).
+    pub fn new() -> Self {
+        Self::from_builder(CacheLayerBuilder::default())
+    }
+
+    /// Starts a configuration.
+    pub fn builder() -> CacheLayerBuilder {
+        CacheLayerBuilder::default()
+    }
+
+    /// A handle to purge this layer's store.
+    pub fn handle(&self) -> CacheHandle {
+        CacheHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    fn from_builder(b: CacheLayerBuilder) -> Self {
+        let clock = Clock::new();
+        let l1 = MemoryTier::new(
+            MemoryConfig {
+                max_bytes: b.max_capacity_bytes,
+                ttl_cap: b.ttl_cap,
+                max_tag_pairs: b.max_tag_entries,
+            },
+            clock,
+        );
+        let key = match b.key_fn {
+            Some(f) => KeyMaker::Custom(f),
+            None => KeyMaker::Default {
+                ignored_query: Arc::from(b.ignored_query),
+            },
+        };
+        let config = Config {
+            name: Arc::from(b.name),
+            mode: b.mode,
+            max_body_bytes: b.max_body_bytes,
+            heuristic: Heuristic {
+                fraction: b.heuristic_fraction,
+                cap: b.heuristic_cap,
+            },
+            target: b.target,
+            tag_header: b.tag_header,
+            strip_tag_header: b.strip_tag_header,
+            tags_fn: b.tags_fn,
+            key,
+            max_variants: b.max_variants,
+            early_refresh_beta: b.early_refresh_beta,
+            cache_status: b.cache_status,
+        };
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                l1,
+                clock,
+                in_flight: Arc::new(InFlight::new(b.max_in_flight_refreshes)),
+            }),
+        }
+    }
+}
+
+impl Default for CacheLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S> Layer<S> for CacheLayer {
+    type Service = Cache<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Cache {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// A configuration mistake found by [`CacheLayerBuilder::build`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    field: &'static str,
+    message: String,
+}
+
+impl ConfigError {
+    fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// The builder method whose value is wrong.
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid cache configuration: {}: {}",
+            self.field, self.message
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Configuration of a [`CacheLayer`]; every setter documents its default.
+#[must_use]
+pub struct CacheLayerBuilder {
+    name: String,
+    mode: CacheMode,
+    max_body_bytes: usize,
+    max_capacity_bytes: u64,
+    ttl_cap: Duration,
+    heuristic_fraction: f64,
+    heuristic_cap: Duration,
+    target: Option<HeaderName>,
+    target_name: Option<String>,
+    tag_header: Option<HeaderName>,
+    tag_header_name: Option<String>,
+    strip_tag_header: bool,
+    tags_fn: Option<TagsFn>,
+    key_fn: Option<KeyFn>,
+    ignored_query: Vec<String>,
+    max_variants: usize,
+    max_tag_entries: u64,
+    max_in_flight_refreshes: usize,
+    early_refresh_beta: Option<f64>,
+    cache_status: bool,
+}
+
+impl fmt::Debug for CacheLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheLayerBuilder")
+            .field("name", &self.name)
+            .field("mode", &self.mode)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_capacity_bytes", &self.max_capacity_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for CacheLayerBuilder {
+    fn default() -> Self {
+        Self {
+            name: "tower-cache".to_owned(),
+            mode: CacheMode::Shared,
+            max_body_bytes: 1024 * 1024,
+            max_capacity_bytes: 64 * 1024 * 1024,
+            ttl_cap: Duration::from_secs(24 * 3600),
+            heuristic_fraction: 0.1,
+            heuristic_cap: Duration::from_secs(24 * 3600),
+            target: Some(HeaderName::from_static("cdn-cache-control")),
+            target_name: None,
+            tag_header: Some(HeaderName::from_static("cache-tag")),
+            tag_header_name: None,
+            strip_tag_header: true,
+            tags_fn: None,
+            key_fn: None,
+            ignored_query: Vec::new(),
+            max_variants: 8,
+            max_tag_entries: 1_000_000,
+            max_in_flight_refreshes: 1024,
+            early_refresh_beta: None,
+            cache_status: true,
+        }
+    }
+}
+
+impl CacheLayerBuilder {
+    /// Name of this cache in `Cache-Status`. Defaults to `tower-cache`.
+    pub fn cache_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Shared (proxy) or private (single user) semantics. Defaults to [`CacheMode::Shared`].
+    pub fn mode(mut self, mode: CacheMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Largest body stored; larger bodies stream through uncached. Defaults to 1 MiB.
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// Bytes the in-process tier may hold (bodies, headers and bookkeeping). Defaults to 64 MiB.
+    pub fn max_capacity_bytes(mut self, bytes: u64) -> Self {
+        self.max_capacity_bytes = bytes;
+        self
+    }
+
+    /// Longest time an entry stays in the in-process tier, whatever its freshness.
+    /// Defaults to 24 hours.
+    pub fn ttl_cap(mut self, cap: Duration) -> Self {
+        self.ttl_cap = cap;
+        self
+    }
+
+    /// Fraction of the time since `Last-Modified` used as heuristic freshness, and its cap.
+    /// Defaults to 0.1 and 24 hours.
+    pub fn heuristic(mut self, fraction: f64, cap: Duration) -> Self {
+        self.heuristic_fraction = fraction;
+        self.heuristic_cap = cap;
+        self
+    }
+
+    /// Targeted cache-control field this cache obeys (RFC 9213), or `None` to obey only
+    /// `Cache-Control`. Defaults to `CDN-Cache-Control`.
+    pub fn targeted_cache_control(mut self, field: Option<&str>) -> Self {
+        self.target = None;
+        self.target_name = field.map(str::to_owned);
+        self
+    }
+
+    /// Response field carrying surrogate keys (comma or space separated), or `None`.
+    /// Defaults to `Cache-Tag`.
+    pub fn tag_header(mut self, field: Option<&str>) -> Self {
+        self.tag_header = None;
+        self.tag_header_name = field.map(str::to_owned);
+        self
+    }
+
+    /// Whether the tag field is removed before responses reach the client. Defaults to true.
+    pub fn strip_tag_header(mut self, strip: bool) -> Self {
+        self.strip_tag_header = strip;
+        self
+    }
+
+    /// Computes tags from the request and the response head, in addition to the tag field.
+    /// Defaults to none.
+    pub fn tags_fn<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&http::request::Parts, &http::response::Parts) -> Vec<String> + Send + Sync + 'static,
+    {
+        self.tags_fn = Some(Arc::new(f));
+        self
+    }
+
+    /// Replaces the key function; returning `None` bypasses the cache for that request.
+    /// Defaults to `scheme://authority/path?query`.
+    pub fn key_fn<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&http::request::Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.key_fn = Some(Arc::new(f));
+        self
+    }
+
+    /// Query parameters left out of the default key (for example `utm_source`).
+    /// Defaults to none.
+    pub fn ignore_query_params<I, T>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.ignored_query = names.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Variants (per `Vary`) kept for one URL; the oldest is dropped. Defaults to 8.
+    pub fn max_variants(mut self, n: usize) -> Self {
+        self.max_variants = n;
+        self
+    }
+
+    /// Bound on (tag, key) pairs in the tag index; a response that would exceed it is not
+    /// stored. Defaults to 1,000,000.
+    pub fn max_tag_entries(mut self, n: u64) -> Self {
+        self.max_tag_entries = n;
+        self
+    }
+
+    /// Bound on background refreshes running at once. Defaults to 1024.
+    pub fn max_in_flight_refreshes(mut self, n: usize) -> Self {
+        self.max_in_flight_refreshes = n;
+        self
+    }
+
+    /// Turns on probabilistic early refresh (XFetch) with this beta (1.0 is the usual value):
+    /// a fresh hit close to expiry starts one background refresh. Defaults to off.
+    pub fn early_refresh(mut self, beta: Option<f64>) -> Self {
+        self.early_refresh_beta = beta;
+        self
+    }
+
+    /// Whether responses carry a `Cache-Status` field. Defaults to true.
+    pub fn cache_status(mut self, on: bool) -> Self {
+        self.cache_status = on;
+        self
+    }
+
+    /// Checks the configuration and builds the layer.
+    pub fn build(mut self) -> Result<CacheLayer, ConfigError> {
+        if self.name.is_empty() || !self.name.bytes().all(crate::directives::is_tchar) {
+            return Err(ConfigError::new("cache_name", "must be a non-empty token"));
+        }
+        if let Some(n) = self.target_name.take() {
+            self.target = Some(HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
+                ConfigError::new("targeted_cache_control", "not a valid field name")
+            })?);
+        }
+        if let Some(n) = self.tag_header_name.take() {
+            self.tag_header = Some(
+                HeaderName::from_bytes(n.as_bytes())
+                    .map_err(|_| ConfigError::new("tag_header", "not a valid field name"))?,
+            );
+        }
+        if self.max_capacity_bytes == 0 {
+            return Err(ConfigError::new("max_capacity_bytes", "must be above zero"));
+        }
+        if self.max_variants == 0 {
+            return Err(ConfigError::new("max_variants", "must be above zero"));
+        }
+        if self.ttl_cap.is_zero() {
+            return Err(ConfigError::new("ttl_cap", "must be above zero"));
+        }
+        if !(0.0..=1.0).contains(&self.heuristic_fraction) {
+            return Err(ConfigError::new(
+                "heuristic",
+                "fraction must be within 0..=1",
+            ));
+        }
+        if let Some(b) = self.early_refresh_beta
+            && !(b.is_finite() && b > 0.0)
+        {
+            return Err(ConfigError::new(
+                "early_refresh",
+                "beta must be a positive number",
+            ));
+        }
+        Ok(CacheLayer::from_builder(self))
+    }
+}

@@ -1,0 +1,123 @@
+//! Metric names and labels recorded through the `metrics` facade, in one place.
+//!
+//! Keys are built at compile time so recording a request allocates nothing.
+
+use metrics::{Key, Label, Level, Metadata};
+
+/// Counter: requests seen by the cache, labelled `tier` and `outcome`.
+pub const CACHE_REQUESTS_TOTAL: &str = "cache_requests_total";
+/// Gauge: bytes held by a tier (label `tier`).
+pub const CACHE_BYTES: &str = "cache_bytes";
+/// Gauge: entries (URLs, each with its variants) held by a tier (label `tier`).
+pub const CACHE_ENTRIES: &str = "cache_entries";
+/// Counter: entries removed by a tier, labelled `tier` and `cause`
+/// (`size`, `expired`, `explicit`, `replaced`).
+pub const CACHE_EVICTIONS_TOTAL: &str = "cache_evictions_total";
+
+/// Label naming the tier (`l1` for the in-process tier).
+pub const LABEL_TIER: &str = "tier";
+/// Label naming the outcome of a request.
+pub const LABEL_OUTCOME: &str = "outcome";
+/// Label naming why an entry left a tier.
+pub const LABEL_CAUSE: &str = "cause";
+
+/// What the cache did with a request: the values of the `outcome` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Answered from a stored response without contacting the inner service.
+    Hit,
+    /// Nothing usable stored; the inner service answered.
+    Miss,
+    /// A stale stored response was served (stale-while-revalidate, stale-if-error, max-stale).
+    Stale,
+    /// A stored response was validated with the inner service (304) and served.
+    Revalidated,
+    /// The inner service answered and the response could not be stored.
+    Uncacheable,
+    /// The cache did not take part (method, `Range`, request `no-store`).
+    Bypass,
+}
+
+impl Outcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+            Self::Stale => "stale",
+            Self::Revalidated => "revalidated",
+            Self::Uncacheable => "uncacheable",
+            Self::Bypass => "bypass",
+        }
+    }
+}
+
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+macro_rules! request_key {
+    ($labels:ident, $key:ident, $outcome:literal) => {
+        static $labels: [Label; 2] = [
+            Label::from_static_parts(LABEL_TIER, "l1"),
+            Label::from_static_parts(LABEL_OUTCOME, $outcome),
+        ];
+        static $key: Key = Key::from_static_parts(CACHE_REQUESTS_TOTAL, &$labels);
+    };
+}
+
+request_key!(HIT_LABELS, HIT, "hit");
+request_key!(MISS_LABELS, MISS, "miss");
+request_key!(STALE_LABELS, STALE, "stale");
+request_key!(REVALIDATED_LABELS, REVALIDATED, "revalidated");
+request_key!(UNCACHEABLE_LABELS, UNCACHEABLE, "uncacheable");
+request_key!(BYPASS_LABELS, BYPASS, "bypass");
+
+static L1_LABELS: [Label; 1] = [Label::from_static_parts(LABEL_TIER, "l1")];
+static BYTES: Key = Key::from_static_parts(CACHE_BYTES, &L1_LABELS);
+static ENTRIES: Key = Key::from_static_parts(CACHE_ENTRIES, &L1_LABELS);
+
+macro_rules! eviction_key {
+    ($labels:ident, $key:ident, $cause:literal) => {
+        static $labels: [Label; 2] = [
+            Label::from_static_parts(LABEL_TIER, "l1"),
+            Label::from_static_parts(LABEL_CAUSE, $cause),
+        ];
+        static $key: Key = Key::from_static_parts(CACHE_EVICTIONS_TOTAL, &$labels);
+    };
+}
+
+eviction_key!(EV_SIZE_LABELS, EV_SIZE, "size");
+eviction_key!(EV_EXPIRED_LABELS, EV_EXPIRED, "expired");
+eviction_key!(EV_EXPLICIT_LABELS, EV_EXPLICIT, "explicit");
+eviction_key!(EV_REPLACED_LABELS, EV_REPLACED, "replaced");
+
+pub(crate) fn record_request(outcome: Outcome) {
+    let key = match outcome {
+        Outcome::Hit => &HIT,
+        Outcome::Miss => &MISS,
+        Outcome::Stale => &STALE,
+        Outcome::Revalidated => &REVALIDATED,
+        Outcome::Uncacheable => &UNCACHEABLE,
+        Outcome::Bypass => &BYPASS,
+    };
+    metrics::with_recorder(|r| r.register_counter(key, &METADATA)).increment(1);
+}
+
+pub(crate) fn record_size(bytes: u64, entries: u64) {
+    metrics::with_recorder(|r| {
+        r.register_gauge(&BYTES, &METADATA).set(bytes as f64);
+        r.register_gauge(&ENTRIES, &METADATA).set(entries as f64);
+    });
+}
+
+pub(crate) fn record_eviction(cause: moka::notification::RemovalCause) {
+    use moka::notification::RemovalCause;
+    let key = match cause {
+        RemovalCause::Size => &EV_SIZE,
+        RemovalCause::Expired => &EV_EXPIRED,
+        RemovalCause::Explicit => &EV_EXPLICIT,
+        RemovalCause::Replaced => &EV_REPLACED,
+    };
+    metrics::with_recorder(|r| r.register_counter(key, &METADATA)).increment(1);
+}

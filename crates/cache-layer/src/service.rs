@@ -1,0 +1,1181 @@
+//! [`Cache`], the service: lookups, hits, forwarding, storing, revalidation and the stale-*
+//! fallbacks.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame};
+use tokio::time::Instant;
+use tower_service::Service;
+
+use crate::body::CacheBody;
+use crate::directives::RequestDirectives;
+use crate::fields::{Vary, normalized_value, parse_vary};
+use crate::future::ResponseFuture;
+use crate::key::authority_of;
+use crate::layer::Shared;
+use crate::metrics::{Outcome, record_request};
+use crate::policy::{
+    self, CacheMode, EntryState, NotStorable, Usability, check_storable, effective_directives,
+    not_modified, usability,
+};
+use crate::store::{InFlightGuard, StoredResponse};
+use crate::tags;
+
+/// The `Cache-Status` field name (RFC 9211).
+pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// Service that answers from its store when it may and otherwise calls the inner service.
+///
+/// Made by [`CacheLayer`](crate::CacheLayer). The error type is the inner service's; the
+/// response body is [`CacheBody`] over the inner body.
+pub struct Cache<S> {
+    pub(crate) inner: S,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl<S: Clone> Clone for Cache<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Cache<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("inner", &self.inner)
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Cache<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the cache, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// Why the request went to the inner service (`fwd` in RFC 9211).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fwd {
+    Bypass,
+    Method,
+    UriMiss,
+    VaryMiss,
+    Request,
+    Stale,
+}
+
+impl Fwd {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Bypass => "bypass",
+            Self::Method => "method",
+            Self::UriMiss => "uri-miss",
+            Self::VaryMiss => "vary-miss",
+            Self::Request => "request",
+            Self::Stale => "stale",
+        }
+    }
+}
+
+/// The parameters of one `Cache-Status` member.
+#[derive(Debug, Default, Clone, Copy)]
+struct StatusParams {
+    hit: bool,
+    fwd: Option<Fwd>,
+    fwd_status: Option<u16>,
+    stored: bool,
+    ttl: Option<i64>,
+    detail: Option<&'static str>,
+}
+
+fn cache_status_value(name: &str, p: &StatusParams) -> Option<HeaderValue> {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(name.len() + 48);
+    s.push_str(name);
+    if p.hit {
+        s.push_str("; hit");
+    }
+    if let Some(f) = p.fwd {
+        s.push_str("; fwd=");
+        s.push_str(f.as_str());
+    }
+    if let Some(st) = p.fwd_status {
+        let _ = write!(s, "; fwd-status={st}");
+    }
+    if p.stored {
+        s.push_str("; stored");
+    }
+    if let Some(t) = p.ttl {
+        let _ = write!(s, "; ttl={t}");
+    }
+    if let Some(d) = p.detail {
+        s.push_str("; detail=");
+        s.push_str(d);
+    }
+    HeaderValue::from_maybe_shared(Bytes::from(s)).ok()
+}
+
+fn ttl_of(state: &EntryState) -> i64 {
+    let l = i64::try_from(state.lifetime.as_secs()).unwrap_or(i64::MAX);
+    let a = i64::try_from(state.current_age.as_secs()).unwrap_or(i64::MAX);
+    l.saturating_sub(a)
+}
+
+impl<S, B, ResBody> Service<Request<B>> for Cache<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Send + 'static,
+{
+    type Response = Response<CacheBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let shared = self.shared.clone();
+        let (parts, body) = req.into_parts();
+        let head = parts.method == Method::HEAD;
+        if parts.method != Method::GET && !head {
+            let inner = self.take_ready();
+            return ResponseFuture::boxed(other_method(shared, inner, parts, body));
+        }
+        if parts.headers.contains_key(header::RANGE) {
+            return self.bypass(shared, parts, body, "range");
+        }
+        let Some(key) = shared.config.key.key(&parts) else {
+            return self.bypass(shared, parts, body, "key");
+        };
+        let req_dirs = if parts.headers.contains_key(header::CACHE_CONTROL)
+            || parts.headers.contains_key(header::PRAGMA)
+        {
+            RequestDirectives::from_headers(&parts.headers)
+        } else {
+            RequestDirectives::default()
+        };
+        let now = shared.clock.now();
+
+        let (variant, miss) = lookup(&shared, &key, &parts.headers, now);
+        let Some(v) = variant else {
+            if req_dirs.only_if_cached {
+                return gateway_timeout(&shared, &key);
+            }
+            let ctx = FetchCtx {
+                key,
+                stale: None,
+                fwd: miss,
+                req_dirs,
+                background: false,
+            };
+            let inner = self.take_ready();
+            return ResponseFuture::boxed(fetch(shared, inner, parts, body, ctx));
+        };
+
+        let state = v.state(&shared.clock, now);
+        match usability(&req_dirs, &state) {
+            Usability::Fresh => {
+                if let Some(beta) = shared.config.early_refresh_beta
+                    && should_refresh_early(&v, &state, beta)
+                {
+                    tracing::debug!(key = %key, "early refresh");
+                    self.spawn_refresh(&shared, parts.clone(), body, key.clone(), v.clone());
+                }
+                let params = StatusParams {
+                    hit: true,
+                    ttl: Some(ttl_of(&state)),
+                    ..StatusParams::default()
+                };
+                hit(
+                    &shared,
+                    &key,
+                    &v,
+                    &state,
+                    &parts.headers,
+                    head,
+                    Outcome::Hit,
+                    params,
+                )
+            }
+            Usability::StaleAllowed => {
+                let params = StatusParams {
+                    hit: true,
+                    ttl: Some(ttl_of(&state)),
+                    detail: Some("max-stale"),
+                    ..StatusParams::default()
+                };
+                hit(
+                    &shared,
+                    &key,
+                    &v,
+                    &state,
+                    &parts.headers,
+                    head,
+                    Outcome::Stale,
+                    params,
+                )
+            }
+            Usability::RequestForbids => {
+                if req_dirs.only_if_cached {
+                    return gateway_timeout(&shared, &key);
+                }
+                let ctx = FetchCtx {
+                    key,
+                    stale: Some(v),
+                    fwd: Fwd::Request,
+                    req_dirs,
+                    background: false,
+                };
+                let inner = self.take_ready();
+                ResponseFuture::boxed(fetch(shared, inner, parts, body, ctx))
+            }
+            Usability::Stale => {
+                let swr = !state.no_cache
+                    && !state.must_revalidate
+                    && !req_dirs.no_cache
+                    && req_dirs.max_age.is_none()
+                    && req_dirs.min_fresh.is_none()
+                    && !v.stale_while_revalidate.is_zero()
+                    && state.staleness() <= v.stale_while_revalidate;
+                if swr {
+                    tracing::debug!(key = %key, "stale-while-revalidate");
+                    let params = StatusParams {
+                        hit: true,
+                        ttl: Some(ttl_of(&state)),
+                        detail: Some("stale-while-revalidate"),
+                        ..StatusParams::default()
+                    };
+                    let resp = hit(
+                        &shared,
+                        &key,
+                        &v,
+                        &state,
+                        &parts.headers,
+                        head,
+                        Outcome::Stale,
+                        params,
+                    );
+                    self.spawn_refresh(&shared, parts, body, key, v);
+                    return resp;
+                }
+                if req_dirs.only_if_cached {
+                    return gateway_timeout(&shared, &key);
+                }
+                let ctx = FetchCtx {
+                    key,
+                    stale: Some(v),
+                    fwd: Fwd::Stale,
+                    req_dirs,
+                    background: false,
+                };
+                let inner = self.take_ready();
+                ResponseFuture::boxed(fetch(shared, inner, parts, body, ctx))
+            }
+        }
+    }
+}
+
+impl<S> Cache<S> {
+    /// The ready service, leaving a fresh clone in its place (tower's `mem::replace` idiom).
+    fn take_ready(&mut self) -> S
+    where
+        S: Clone,
+    {
+        let clone = self.inner.clone();
+        std::mem::replace(&mut self.inner, clone)
+    }
+
+    fn bypass<B, ResBody>(
+        &mut self,
+        shared: Arc<Shared>,
+        parts: Parts,
+        body: B,
+        detail: &'static str,
+    ) -> ResponseFuture<ResBody, S::Error>
+    where
+        S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        B: Send + 'static,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+    {
+        let mut inner = self.take_ready();
+        ResponseFuture::boxed(async move {
+            let resp = inner.call(Request::from_parts(parts, body)).await?;
+            record_request(Outcome::Bypass);
+            tracing::debug!(detail, "cache bypass");
+            let params = StatusParams {
+                fwd: Some(Fwd::Bypass),
+                fwd_status: Some(resp.status().as_u16()),
+                detail: Some(detail),
+                ..StatusParams::default()
+            };
+            Ok(passthrough(&shared, resp, &params))
+        })
+    }
+
+    /// Starts one background refresh of `key` unless one is already running.
+    fn spawn_refresh<B, ResBody>(
+        &mut self,
+        shared: &Arc<Shared>,
+        mut parts: Parts,
+        body: B,
+        key: String,
+        v: Arc<StoredResponse>,
+    ) where
+        S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        B: Send + 'static,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Send + 'static,
+    {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Some(guard) = shared.in_flight.claim(&key) else {
+            tracing::debug!(key = %key, "refresh already in flight");
+            return;
+        };
+        parts.method = Method::GET;
+        let mut inner = self.inner.clone();
+        let shared = shared.clone();
+        runtime.spawn(async move {
+            let _guard: InFlightGuard = guard;
+            if poll_fn(|cx| inner.poll_ready(cx)).await.is_err() {
+                return;
+            }
+            let ctx = FetchCtx {
+                key,
+                stale: Some(v),
+                fwd: Fwd::Stale,
+                req_dirs: RequestDirectives::default(),
+                background: true,
+            };
+            if let Ok(resp) = fetch(shared, inner, parts, body, ctx).await {
+                drop(resp);
+            }
+        });
+    }
+}
+
+/// Finds the stored variant matching the request, or says which kind of miss it is.
+fn lookup(
+    shared: &Shared,
+    key: &str,
+    headers: &HeaderMap,
+    now: Instant,
+) -> (Option<Arc<StoredResponse>>, Fwd) {
+    let Some(entry) = shared.l1.lookup(key) else {
+        return (None, Fwd::UriMiss);
+    };
+    let cap = shared.l1.ttl_cap;
+    let mut any_live = false;
+    for v in entry.variants.iter() {
+        if now.saturating_duration_since(v.response_instant) > cap {
+            continue;
+        }
+        any_live = true;
+        if v.matches(headers) {
+            return (Some(v.clone()), Fwd::UriMiss);
+        }
+    }
+    if any_live {
+        (None, Fwd::VaryMiss)
+    } else {
+        (None, Fwd::UriMiss)
+    }
+}
+
+fn should_refresh_early(v: &StoredResponse, state: &EntryState, beta: f64) -> bool {
+    let remaining = state
+        .lifetime
+        .saturating_sub(state.current_age)
+        .as_secs_f64();
+    let delta = v.fetch_time.as_secs_f64().max(0.001);
+    let r = fastrand::f64().max(f64::MIN_POSITIVE);
+    delta * beta * -r.ln() >= remaining
+}
+
+#[allow(clippy::too_many_arguments)]
+fn hit<ResBody: Body, E>(
+    shared: &Shared,
+    key: &str,
+    v: &StoredResponse,
+    state: &EntryState,
+    request: &HeaderMap,
+    head: bool,
+    outcome: Outcome,
+    params: StatusParams,
+) -> ResponseFuture<ResBody, E> {
+    record_request(outcome);
+    tracing::debug!(key, outcome = outcome.as_str(), "cache answer");
+    ResponseFuture::ready(from_stored(shared, v, state, request, head, &params))
+}
+
+/// Builds a response from a stored one: `Age`, `Cache-Status`, and a 304 when the client's
+/// own conditional request matches.
+fn from_stored<ResBody: Body>(
+    shared: &Shared,
+    v: &StoredResponse,
+    state: &EntryState,
+    request: &HeaderMap,
+    head: bool,
+    params: &StatusParams,
+) -> Response<CacheBody<ResBody>> {
+    let mut headers = v.headers.clone();
+    headers.insert(header::AGE, HeaderValue::from(state.current_age.as_secs()));
+    if shared.config.cache_status
+        && let Some(value) = cache_status_value(&shared.config.name, params)
+    {
+        headers.append(CACHE_STATUS, value);
+    }
+    let conditional = (v.status == StatusCode::OK)
+        && (request.contains_key(header::IF_NONE_MATCH)
+            || request.contains_key(header::IF_MODIFIED_SINCE))
+        && not_modified(request, v.etag.as_ref(), v.modified_secs);
+    let (status, body) = if conditional {
+        let names: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| policy::omitted_from_304(n))
+            .cloned()
+            .collect();
+        for n in names {
+            headers.remove(n);
+        }
+        (StatusCode::NOT_MODIFIED, None)
+    } else if head {
+        (v.status, None)
+    } else {
+        (v.status, Some(v.body.clone()))
+    };
+    let mut resp = Response::new(CacheBody::full(body));
+    *resp.status_mut() = status;
+    *resp.version_mut() = v.version;
+    *resp.headers_mut() = headers;
+    resp
+}
+
+fn gateway_timeout<ResBody: Body, E>(shared: &Shared, key: &str) -> ResponseFuture<ResBody, E> {
+    record_request(Outcome::Miss);
+    tracing::debug!(key, "only-if-cached without a usable response");
+    let mut resp = Response::new(CacheBody::empty());
+    *resp.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if shared.config.cache_status
+        && let Some(v) = cache_status_value(
+            &shared.config.name,
+            &StatusParams {
+                detail: Some("only-if-cached"),
+                ..StatusParams::default()
+            },
+        )
+    {
+        resp.headers_mut().append(CACHE_STATUS, v);
+    }
+    ResponseFuture::ready(resp)
+}
+
+/// The inner response with its own body, plus `Cache-Status` and without the tag field.
+fn passthrough<ResBody: Body>(
+    shared: &Shared,
+    resp: Response<ResBody>,
+    params: &StatusParams,
+) -> Response<CacheBody<ResBody>> {
+    let mut resp = resp.map(CacheBody::inner);
+    decorate(shared, resp.headers_mut(), params);
+    resp
+}
+
+fn decorate(shared: &Shared, headers: &mut HeaderMap, params: &StatusParams) {
+    if shared.config.strip_tag_header
+        && let Some(t) = &shared.config.tag_header
+    {
+        headers.remove(t);
+    }
+    if shared.config.cache_status
+        && let Some(v) = cache_status_value(&shared.config.name, params)
+    {
+        headers.append(CACHE_STATUS, v);
+    }
+}
+
+struct FetchCtx {
+    key: String,
+    stale: Option<Arc<StoredResponse>>,
+    fwd: Fwd,
+    req_dirs: RequestDirectives,
+    background: bool,
+}
+
+/// Whether `v` may be served because the origin failed (RFC 5861 §4).
+fn stale_if_error_allows(
+    shared: &Shared,
+    ctx: &FetchCtx,
+    now: Instant,
+) -> Option<(Arc<StoredResponse>, EntryState)> {
+    let v = ctx.stale.as_ref()?;
+    let state = v.state(&shared.clock, now);
+    if state.must_revalidate || state.no_cache {
+        return None;
+    }
+    let window = match (ctx.req_dirs.stale_if_error, v.stale_if_error.is_zero()) {
+        (Some(r), _) => Duration::from_secs(r).max(v.stale_if_error),
+        (None, false) => v.stale_if_error,
+        (None, true) => return None,
+    };
+    if state.staleness() <= window {
+        Some((v.clone(), state))
+    } else {
+        None
+    }
+}
+
+fn serve_stale_on_error<ResBody: Body>(
+    shared: &Shared,
+    ctx: &FetchCtx,
+    v: &StoredResponse,
+    state: &EntryState,
+    request: &HeaderMap,
+    head: bool,
+    fwd_status: Option<u16>,
+) -> Response<CacheBody<ResBody>> {
+    record_request(Outcome::Stale);
+    tracing::debug!(key = %ctx.key, ?fwd_status, "stale-if-error");
+    let params = StatusParams {
+        fwd: Some(Fwd::Stale),
+        fwd_status,
+        ttl: Some(ttl_of(state)),
+        detail: Some("stale-if-error"),
+        ..StatusParams::default()
+    };
+    from_stored(shared, v, state, request, head, &params)
+}
+
+/// Calls the inner service for a GET or HEAD, revalidating `ctx.stale` when it has
+/// validators, and stores what may be stored.
+async fn fetch<S, B, ResBody>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    parts: Parts,
+    body: B,
+    ctx: FetchCtx,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+{
+    let client = parts.clone();
+    let head = client.method == Method::HEAD;
+    let mut parts = parts;
+    let mut sent_validators = false;
+    if let Some(v) = &ctx.stale
+        && v.has_validator()
+        && !head
+    {
+        parts.headers.remove(header::IF_NONE_MATCH);
+        parts.headers.remove(header::IF_MODIFIED_SINCE);
+        if let Some(e) = &v.etag {
+            parts.headers.insert(header::IF_NONE_MATCH, e.clone());
+        }
+        if let Some(lm) = &v.last_modified {
+            parts.headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
+        }
+        sent_validators = true;
+    }
+    let request_instant = shared.clock.now();
+    let result = inner.call(Request::from_parts(parts, body)).await;
+    let response_instant = shared.clock.now();
+
+    let resp = match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            if let Some((v, state)) = stale_if_error_allows(&shared, &ctx, response_instant) {
+                return Ok(serve_stale_on_error(
+                    &shared,
+                    &ctx,
+                    &v,
+                    &state,
+                    &client.headers,
+                    head,
+                    None,
+                ));
+            }
+            return Err(e);
+        }
+    };
+    let status = resp.status();
+    if matches!(status.as_u16(), 500 | 502 | 503 | 504)
+        && let Some((v, state)) = stale_if_error_allows(&shared, &ctx, response_instant)
+    {
+        return Ok(serve_stale_on_error(
+            &shared,
+            &ctx,
+            &v,
+            &state,
+            &client.headers,
+            head,
+            Some(status.as_u16()),
+        ));
+    }
+
+    if status == StatusCode::NOT_MODIFIED
+        && sent_validators
+        && let Some(v) = &ctx.stale
+    {
+        return Ok(revalidated(
+            &shared,
+            &ctx,
+            &client,
+            v,
+            resp,
+            request_instant,
+            response_instant,
+        ));
+    }
+
+    let fwd_status = Some(status.as_u16());
+    let fail = |reason: NotStorable, resp: Response<ResBody>| {
+        record_request(Outcome::Uncacheable);
+        tracing::debug!(key = %ctx.key, reason = reason.as_str(), "response not stored");
+        let params = StatusParams {
+            fwd: Some(ctx.fwd),
+            fwd_status,
+            detail: Some(reason.as_str()),
+            ..StatusParams::default()
+        };
+        passthrough(&shared, resp, &params)
+    };
+    if head {
+        return Ok(fail(NotStorable::Method, resp));
+    }
+    let (dirs, targeted) = effective_directives(resp.headers(), shared.config.target.as_ref());
+    if let Err(reason) = check_storable(
+        shared.config.mode,
+        &client.method,
+        &ctx.req_dirs,
+        client.headers.contains_key(header::AUTHORIZATION),
+        status,
+        resp.headers(),
+        &dirs,
+        targeted,
+    ) {
+        return Ok(fail(reason, resp));
+    }
+    let vary = match parse_vary(resp.headers()) {
+        Vary::None => Vec::new(),
+        Vary::Fields(names) => names,
+        Vary::Star => return Ok(fail(NotStorable::VaryStar, resp)),
+        Vary::Unusable => return Ok(fail(NotStorable::VaryUnusable, resp)),
+    };
+    let max = shared.config.max_body_bytes;
+    let declared = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) || resp.body().size_hint().lower() > max as u64 {
+        return Ok(fail(NotStorable::TooLarge, resp));
+    }
+
+    let (resp_parts, body) = resp.into_parts();
+    let bytes = match buffer(body, max).await {
+        Buffered::Complete(bytes) => bytes,
+        Buffered::Partial {
+            frames,
+            rest,
+            error,
+            reason,
+        } => {
+            record_request(Outcome::Uncacheable);
+            tracing::debug!(key = %ctx.key, reason = reason.as_str(), "response not stored");
+            let params = StatusParams {
+                fwd: Some(ctx.fwd),
+                fwd_status,
+                detail: Some(reason.as_str()),
+                ..StatusParams::default()
+            };
+            let mut out = Response::from_parts(resp_parts, CacheBody::replay(frames, rest, error));
+            decorate(&shared, out.headers_mut(), &params);
+            return Ok(out);
+        }
+    };
+
+    let stored = build_stored(
+        &shared,
+        &client,
+        &resp_parts,
+        resp_parts.headers.clone(),
+        bytes,
+        &dirs,
+        targeted,
+        &vary,
+        request_instant,
+        response_instant,
+    );
+    let stored = Arc::new(stored);
+    let inserted = shared.l1.insert_variant(
+        &ctx.key,
+        stored.clone(),
+        shared.config.max_variants,
+        response_instant,
+    );
+    let state = stored.state(&shared.clock, response_instant);
+    record_request(Outcome::Miss);
+    tracing::debug!(key = %ctx.key, stored = inserted, background = ctx.background, "response stored");
+    let params = StatusParams {
+        fwd: Some(ctx.fwd),
+        fwd_status,
+        stored: inserted,
+        ttl: Some(ttl_of(&state)),
+        ..StatusParams::default()
+    };
+    // Validators the cache added replaced the client's; answer the client's own conditions here.
+    let request = if sent_validators {
+        &client.headers
+    } else {
+        &HeaderMap::new()
+    };
+    Ok(from_stored(
+        &shared, &stored, &state, request, false, &params,
+    ))
+}
+
+/// Applies a 304 from the origin to the stored response and answers from the result.
+fn revalidated<ResBody: Body>(
+    shared: &Shared,
+    ctx: &FetchCtx,
+    client: &Parts,
+    v: &Arc<StoredResponse>,
+    resp: Response<ResBody>,
+    request_instant: Instant,
+    response_instant: Instant,
+) -> Response<CacheBody<ResBody>> {
+    if !policy::not_modified_matches(v.etag.as_ref(), resp.headers()) {
+        // The 304 describes another representation: the stored one can no longer be trusted.
+        shared.l1.invalidate(&ctx.key);
+        record_request(Outcome::Uncacheable);
+        let params = StatusParams {
+            fwd: Some(ctx.fwd),
+            fwd_status: Some(304),
+            detail: Some("validator-mismatch"),
+            ..StatusParams::default()
+        };
+        return passthrough(shared, resp, &params);
+    }
+    let (resp_parts, _body) = resp.into_parts();
+    let merged = policy::merge_not_modified(&v.headers, &resp_parts.headers);
+    let (dirs, targeted) = effective_directives(&merged, shared.config.target.as_ref());
+    let mut head_parts = resp_parts;
+    head_parts.status = v.status;
+    let vary: Vec<HeaderName> = v.vary.iter().map(|(n, _)| n.clone()).collect();
+    let storable = check_storable(
+        shared.config.mode,
+        &Method::GET,
+        &ctx.req_dirs,
+        client.headers.contains_key(header::AUTHORIZATION),
+        v.status,
+        &merged,
+        &dirs,
+        targeted,
+    )
+    .is_ok();
+    let mut fresh = build_stored(
+        shared,
+        client,
+        &head_parts,
+        merged,
+        v.body.clone(),
+        &dirs,
+        targeted,
+        &vary,
+        request_instant,
+        response_instant,
+    );
+    // The variant keeps the selecting values it was stored with.
+    fresh.vary = v.vary.clone();
+    let fresh = Arc::new(fresh);
+    let inserted = storable
+        && shared.l1.insert_variant(
+            &ctx.key,
+            fresh.clone(),
+            shared.config.max_variants,
+            response_instant,
+        );
+    if !storable {
+        shared.l1.invalidate(&ctx.key);
+    }
+    let state = fresh.state(&shared.clock, response_instant);
+    record_request(Outcome::Revalidated);
+    tracing::debug!(key = %ctx.key, "revalidated with 304");
+    let params = StatusParams {
+        fwd: Some(ctx.fwd),
+        fwd_status: Some(304),
+        stored: inserted,
+        ttl: Some(ttl_of(&state)),
+        ..StatusParams::default()
+    };
+    from_stored(
+        shared,
+        &fresh,
+        &state,
+        &client.headers,
+        client.method == Method::HEAD,
+        &params,
+    )
+}
+
+/// Fields that describe the connection, not the response (RFC 9110 §7.6.1).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_stored(
+    shared: &Shared,
+    client: &Parts,
+    resp: &http::response::Parts,
+    mut headers: HeaderMap,
+    body: Bytes,
+    dirs: &crate::directives::ResponseDirectives,
+    targeted: bool,
+    vary: &[HeaderName],
+    request_instant: Instant,
+    response_instant: Instant,
+) -> StoredResponse {
+    let config = &shared.config;
+    let response_time = shared.clock.unix(response_instant);
+    let delay = response_instant.saturating_duration_since(request_instant);
+    let corrected_initial_age = policy::corrected_initial_age(&headers, response_time, delay);
+    let lifetime = policy::freshness_lifetime(
+        config.mode,
+        resp.status,
+        &headers,
+        dirs,
+        targeted,
+        response_time,
+        &config.heuristic,
+    );
+    let mut tag_list = Vec::new();
+    if let Some(t) = &config.tag_header {
+        tags::from_header(&headers, t, &mut tag_list);
+        if config.strip_tag_header {
+            headers.remove(t);
+        }
+    }
+    if let Some(f) = &config.tags_fn {
+        for t in f(client, resp) {
+            tags::push(&mut tag_list, &t);
+        }
+    }
+    headers.remove(header::AGE);
+    if let Some(conn) = headers
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    {
+        for name in conn.split(',') {
+            if let Ok(n) = HeaderName::from_bytes(name.trim().as_bytes()) {
+                headers.remove(n);
+            }
+        }
+    }
+    let hop: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
+    for n in hop {
+        headers.remove(n);
+    }
+    if !headers.contains_key(header::CONTENT_LENGTH) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    let etag = headers.get(header::ETAG).cloned();
+    let last_modified = headers.get(header::LAST_MODIFIED).cloned();
+    let modified_secs = last_modified
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::date::parse_http_date)
+        .or_else(|| policy::date_value(&headers));
+    let shared_mode = config.mode == CacheMode::Shared;
+    StoredResponse {
+        status: resp.status,
+        version: resp.version,
+        vary: vary
+            .iter()
+            .map(|n| (n.clone(), normalized_value(&client.headers, n)))
+            .collect(),
+        response_instant,
+        corrected_initial_age,
+        lifetime,
+        no_cache: dirs.no_cache,
+        must_revalidate: dirs.must_revalidate
+            || (shared_mode && (dirs.proxy_revalidate || dirs.s_maxage.is_some())),
+        stale_while_revalidate: Duration::from_secs(dirs.stale_while_revalidate.unwrap_or(0)),
+        stale_if_error: Duration::from_secs(dirs.stale_if_error.unwrap_or(0)),
+        etag,
+        last_modified,
+        modified_secs,
+        fetch_time: delay,
+        tags: tag_list.into_boxed_slice(),
+        soft_purged_at: AtomicU64::new(0),
+        headers,
+        body,
+    }
+}
+
+enum Buffered<B: Body> {
+    Complete(Bytes),
+    Partial {
+        frames: VecDeque<Frame<Bytes>>,
+        rest: Option<Pin<Box<B>>>,
+        error: Option<B::Error>,
+        reason: NotStorable,
+    },
+}
+
+/// Reads the body up to `max` bytes. Past that, or on trailers or an error, hands back what
+/// was read and the rest so the client still gets the whole body.
+async fn buffer<B: Body<Data = Bytes>>(body: B, max: usize) -> Buffered<B> {
+    let mut body = Box::pin(body);
+    let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
+    let mut total = 0usize;
+    loop {
+        match poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Some(d) = frame.data_ref() {
+                    total = total.saturating_add(d.len());
+                    let too_large = total > max;
+                    frames.push_back(frame);
+                    if too_large {
+                        return Buffered::Partial {
+                            frames,
+                            rest: Some(body),
+                            error: None,
+                            reason: NotStorable::TooLarge,
+                        };
+                    }
+                } else {
+                    frames.push_back(frame);
+                    return Buffered::Partial {
+                        frames,
+                        rest: Some(body),
+                        error: None,
+                        reason: NotStorable::Trailers,
+                    };
+                }
+            }
+            Some(Err(e)) => {
+                return Buffered::Partial {
+                    frames,
+                    rest: None,
+                    error: Some(e),
+                    reason: NotStorable::BodyError,
+                };
+            }
+        }
+    }
+    let bytes = if frames.len() == 1 {
+        frames
+            .pop_front()
+            .and_then(|f| f.into_data().ok())
+            .unwrap_or_default()
+    } else {
+        let mut buf = BytesMut::with_capacity(total);
+        for f in frames {
+            if let Ok(d) = f.into_data() {
+                buf.extend_from_slice(&d);
+            }
+        }
+        buf.freeze()
+    };
+    Buffered::Complete(bytes)
+}
+
+/// Methods other than GET and HEAD: forwarded; unsafe ones invalidate on success (§4.4).
+async fn other_method<S, B, ResBody>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    parts: Parts,
+    body: B,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+{
+    let target = policy::is_unsafe(&parts.method).then(|| invalidation_base(&parts));
+    let resp = inner.call(Request::from_parts(parts, body)).await?;
+    let status = resp.status();
+    if let Some(Some(base)) = target
+        && (status.is_success() || status.is_redirection())
+    {
+        invalidate_after_unsafe(&shared, &base, resp.headers());
+    }
+    record_request(Outcome::Bypass);
+    let params = StatusParams {
+        fwd: Some(Fwd::Method),
+        fwd_status: Some(status.as_u16()),
+        ..StatusParams::default()
+    };
+    Ok(passthrough(&shared, resp, &params))
+}
+
+/// A GET for the request's target, carrying only its `Host`: the base for invalidation keys.
+fn invalidation_base(parts: &Parts) -> Option<Parts> {
+    let mut b = Request::builder()
+        .method(Method::GET)
+        .uri(parts.uri.clone());
+    if let Some(a) = authority_of(parts) {
+        b = b.header(header::HOST, a);
+    }
+    b.body(()).ok().map(|r| r.into_parts().0)
+}
+
+fn invalidate_after_unsafe(shared: &Shared, base: &Parts, headers: &HeaderMap) {
+    let keys = &shared.config.key;
+    let mut removed = Vec::new();
+    if let Some(k) = keys.key(base) {
+        shared.l1.invalidate(&k);
+        removed.push(k);
+    }
+    let origin_scheme = base.uri.scheme_str().unwrap_or("http");
+    let origin_authority = authority_of(base).unwrap_or("");
+    for field in [header::LOCATION, header::CONTENT_LOCATION] {
+        let Some(value) = headers.get(&field).and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
+        let Some(uri) = resolve(value, base) else {
+            continue;
+        };
+        if let Some(a) = uri.authority() {
+            // Only the same origin (§4.4): another host's entries are not ours to drop.
+            let same = a.as_str().eq_ignore_ascii_case(origin_authority)
+                && uri
+                    .scheme_str()
+                    .unwrap_or("http")
+                    .eq_ignore_ascii_case(origin_scheme);
+            if !same {
+                continue;
+            }
+        }
+        if let Some(k) = keys.key_for_uri(&uri, Some(base)) {
+            shared.l1.invalidate(&k);
+            removed.push(k);
+        }
+    }
+    tracing::debug!(?removed, "invalidated after unsafe method");
+}
+
+/// Resolves a URI reference against the request target (absolute, absolute-path or
+/// relative-path references).
+fn resolve(reference: &str, base: &Parts) -> Option<Uri> {
+    let reference = reference.trim();
+    if reference.is_empty() || reference.len() > 8192 {
+        return None;
+    }
+    if reference.contains("://") || reference.starts_with('/') && !reference.starts_with("//") {
+        return reference.parse().ok();
+    }
+    if reference.starts_with("//") {
+        return format!("{}:{}", base.uri.scheme_str().unwrap_or("http"), reference)
+            .parse()
+            .ok();
+    }
+    let path = base.uri.path();
+    let dir = path.rfind('/').map_or("/", |i| &path[..=i]);
+    format!("{dir}{reference}").parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_status_format() {
+        let v = cache_status_value(
+            "tower-cache",
+            &StatusParams {
+                fwd: Some(Fwd::UriMiss),
+                fwd_status: Some(200),
+                stored: true,
+                ttl: Some(60),
+                ..StatusParams::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            v,
+            "tower-cache; fwd=uri-miss; fwd-status=200; stored; ttl=60"
+        );
+        let v = cache_status_value(
+            "c",
+            &StatusParams {
+                hit: true,
+                ttl: Some(-3),
+                detail: Some("stale-while-revalidate"),
+                ..StatusParams::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(v, "c; hit; ttl=-3; detail=stale-while-revalidate");
+    }
+
+    #[test]
+    fn resolves_references() {
+        let base = Request::get("/a/b")
+            .header("host", "h")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        assert_eq!(resolve("/x", &base).unwrap(), "/x");
+        assert_eq!(resolve("c", &base).unwrap(), "/a/c");
+        assert_eq!(resolve("http://h/y", &base).unwrap(), "http://h/y");
+        assert_eq!(resolve("//h/z", &base).unwrap(), "http://h/z");
+        assert!(resolve("", &base).is_none());
+    }
+}
