@@ -1,4 +1,5 @@
 //! Coalescing behaviour through a real axum `Router`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // helpers of test code
 
 use std::convert::Infallible;
 use std::sync::Arc;

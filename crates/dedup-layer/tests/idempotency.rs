@@ -1,4 +1,5 @@
 //! `Idempotency-Key` behaviour through a real axum `Router`, with the in-memory store.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // helpers of test code
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -54,10 +55,10 @@ impl Handler {
                         let h = h.clone();
                         async move {
                             let n = h.calls.fetch_add(1, Ordering::SeqCst) + 1;
-                            if h.gated {
-                                if let Ok(p) = h.gate.acquire().await {
-                                    p.forget();
-                                }
+                            if h.gated
+                                && let Ok(p) = h.gate.acquire().await
+                            {
+                                p.forget();
                             }
                             let want = headers
                                 .get("x-want")

@@ -1,5 +1,6 @@
 //! The Redis idempotency store against a real redis-server: sharing across instances, lock expiry, outages.
 #![cfg(feature = "redis")]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // helpers of test code
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -51,10 +52,10 @@ impl Handler {
                     let h = h.clone();
                     async move {
                         let n = h.calls.fetch_add(1, Ordering::SeqCst) + 1;
-                        if let Some(gate) = &h.gate {
-                            if let Ok(p) = gate.acquire().await {
-                                p.forget();
-                            }
+                        if let Some(gate) = &h.gate
+                            && let Ok(p) = gate.acquire().await
+                        {
+                            p.forget();
                         }
                         (
                             StatusCode::CREATED,
