@@ -101,6 +101,15 @@ impl Problem {
         )
     }
 
+    fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "/problems/internal",
+            "Internal error",
+            "the request could not be completed",
+        )
+    }
+
     fn not_found(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
@@ -164,12 +173,7 @@ impl Problem {
             ),
             other => {
                 tracing::error!(error = %other, "request failed");
-                Self::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "/problems/internal",
-                    "Internal error",
-                    "the request could not be completed",
-                )
+                Self::internal()
             }
         }
     }
@@ -202,7 +206,13 @@ impl From<Error> for Problem {
 
 impl From<crate::store::StoreError> for Problem {
     fn from(error: crate::store::StoreError) -> Self {
-        Self::from_error(&Error::from_store(error, std::path::Path::new("")))
+        match error {
+            crate::store::StoreError::WriterClosed => Self::from_error(&Error::Closed),
+            other => {
+                tracing::error!(error = %other, "query failed");
+                Self::internal()
+            }
+        }
     }
 }
 
