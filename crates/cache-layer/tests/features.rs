@@ -1,0 +1,657 @@
+//! Stale rules, tags and purge, the admin router, keys, body limits, tiers and metrics.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use bytes::Bytes;
+use cache_layer::{CacheLayer, admin};
+use common::*;
+use http::{Request, Response};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full};
+use tower::{Layer, ServiceExt, service_fn};
+
+// ---- the layer fits axum ----
+
+#[test]
+fn layer_and_service_are_clone_send_sync() {
+    fn assert_bounds<T: Clone + Send + Sync + 'static>() {}
+    assert_bounds::<CacheLayer>();
+    assert_bounds::<cache_layer::CacheHandle>();
+    assert_bounds::<cache_layer::Cache<axum::routing::Route>>();
+    // Router::layer requires Infallible errors to stay Infallible; this compiles only if they do.
+    let _app: Router = Router::new()
+        .route("/", axum::routing::get(|| async { "x" }))
+        .layer(CacheLayer::new());
+}
+
+// ---- stale-while-revalidate ----
+
+#[tokio::test(start_paused = true)]
+async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let app = Router::new()
+        .route(
+            "/",
+            axum::routing::get(move || {
+                let c = c.clone();
+                async move {
+                    let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                    if n > 1 {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    (
+                        [("cache-control", "max-age=1, stale-while-revalidate=60")],
+                        format!("call {n}"),
+                    )
+                }
+            }),
+        )
+        .layer(CacheLayer::new());
+    get(&app, "/").await;
+    advance(5.0).await;
+    let many = futures_join(&app, 20).await;
+    for r in &many {
+        assert_eq!(r.text(), "call 1");
+        assert!(
+            r.cache_status().contains("detail=stale-while-revalidate"),
+            "{}",
+            r.cache_status()
+        );
+    }
+    // Let the single refresh finish (it sleeps 1 s on the paused clock).
+    advance(2.0).await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "one refresh for twenty stale hits"
+    );
+    assert_eq!(get(&app, "/").await.text(), "call 2");
+}
+
+async fn futures_join(app: &Router, n: usize) -> Vec<Resp> {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let app = app.clone();
+        set.spawn(async move { get(&app, "/").await });
+    }
+    let mut out = Vec::new();
+    while let Some(r) = set.join_next().await {
+        out.push(r.unwrap());
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_while_revalidate_window_ends() {
+    let (app, calls) = origin(CacheLayer::new(), |n, _| {
+        numbered(
+            n,
+            &[("cache-control", "max-age=1, stale-while-revalidate=10")],
+        )
+    });
+    get(&app, "/").await;
+    advance(20.0).await;
+    let r = get(&app, "/").await;
+    assert_eq!(r.text(), "call 2", "past the window the origin answers");
+    assert_eq!(calls.get(), 2);
+}
+
+// ---- stale-if-error ----
+
+#[tokio::test(start_paused = true)]
+async fn stale_if_error_on_5xx() {
+    let (app, calls) = origin(CacheLayer::new(), |n, _| {
+        if n > 1 {
+            return reply(503, &[], "down");
+        }
+        numbered(n, &[("cache-control", "max-age=1, stale-if-error=60")])
+    });
+    get(&app, "/").await;
+    advance(5.0).await;
+    let r = get(&app, "/").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "call 1");
+    assert!(
+        r.cache_status().contains("fwd=stale; fwd-status=503"),
+        "{}",
+        r.cache_status()
+    );
+    assert!(r.cache_status().contains("detail=stale-if-error"));
+    advance(60.0).await;
+    assert_eq!(
+        get(&app, "/").await.status,
+        503,
+        "past the window the error goes through"
+    );
+    assert_eq!(calls.get(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_if_error_from_the_request() {
+    let (app, _calls) = origin(CacheLayer::new(), |n, _| {
+        if n > 1 {
+            return reply(500, &[], "boom");
+        }
+        numbered(n, &[("cache-control", "max-age=1")])
+    });
+    get(&app, "/").await;
+    advance(5.0).await;
+    assert_eq!(get(&app, "/").await.status, 500);
+    let r = get_with(&app, "/", &[("cache-control", "stale-if-error=30")]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "call 1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_if_error_on_inner_error() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let svc = service_fn(move |_req: Request<Full<Bytes>>| {
+        let n = n.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                Ok(Response::builder()
+                    .header("cache-control", "max-age=1, stale-if-error=60")
+                    .body(Full::new(Bytes::from_static(b"first")))
+                    .unwrap())
+            } else {
+                Err(std::io::Error::other("origin unreachable"))
+            }
+        }
+    });
+    let svc = CacheLayer::new().layer(svc);
+    let req = || {
+        Request::get("/")
+            .header("host", "h")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    svc.clone().oneshot(req()).await.unwrap();
+    advance(5.0).await;
+    let r = svc.clone().oneshot(req()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["cache-status"]
+            .to_str()
+            .unwrap()
+            .contains("stale-if-error")
+    );
+    assert_eq!(r.into_body().collect().await.unwrap().to_bytes(), "first");
+    advance(120.0).await;
+    let e = svc.clone().oneshot(req()).await;
+    assert!(
+        e.is_err(),
+        "past the window the inner error is returned unchanged"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn must_revalidate_disables_stale_if_error() {
+    let (app, _calls) = origin(CacheLayer::new(), |n, _| {
+        if n > 1 {
+            return reply(503, &[], "down");
+        }
+        numbered(
+            n,
+            &[(
+                "cache-control",
+                "max-age=1, stale-if-error=60, must-revalidate",
+            )],
+        )
+    });
+    get(&app, "/").await;
+    advance(5.0).await;
+    assert_eq!(get(&app, "/").await.status, 503);
+}
+
+// ---- early refresh ----
+
+#[tokio::test(start_paused = true)]
+async fn early_refresh_starts_one_background_fetch() {
+    let l = CacheLayer::builder()
+        .early_refresh(Some(1e9))
+        .build()
+        .unwrap();
+    let handle = l.handle();
+    let (app, calls) = origin(l, |n, _| numbered(n, &[("cache-control", "max-age=60")]));
+    get(&app, "/").await;
+    let r = get(&app, "/").await;
+    assert_eq!(r.text(), "call 1", "the hit is served at once");
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(calls.get(), 2);
+    assert_eq!(handle.refreshes_in_flight(), 0);
+    assert_eq!(get(&app, "/").await.text(), "call 2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn early_refresh_is_off_by_default() {
+    let (app, calls) = origin(CacheLayer::new(), |n, _| {
+        numbered(n, &[("cache-control", "max-age=60")])
+    });
+    for _ in 0..5 {
+        get(&app, "/").await;
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(calls.get(), 1);
+}
+
+// ---- tags and purge ----
+
+#[tokio::test(start_paused = true)]
+async fn tags_purge_and_are_stripped() {
+    let l = CacheLayer::new();
+    let handle = l.handle();
+    let (app, calls) = origin(l, |n, req| {
+        let tag = if req.uri().path().starts_with("/rooms/1") {
+            "room:1 all"
+        } else {
+            "room:2, all"
+        };
+        numbered(n, &[("cache-control", "max-age=60"), ("cache-tag", tag)])
+    });
+    let a = get(&app, "/rooms/1").await;
+    assert_eq!(a.header("cache-tag"), None, "stripped by default");
+    get(&app, "/rooms/1/messages").await;
+    get(&app, "/rooms/2").await;
+    assert_eq!(handle.purge_tag("room:1"), 2);
+    assert_eq!(calls.get(), 3);
+    get(&app, "/rooms/1").await;
+    get(&app, "/rooms/2").await;
+    assert_eq!(calls.get(), 4, "only room:1 entries went");
+    assert_eq!(handle.purge_tag("all"), 2);
+    assert_eq!(handle.purge_tag("all"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn tag_header_kept_when_configured_and_tags_fn() {
+    let l = CacheLayer::builder()
+        .tag_header(Some("Surrogate-Key"))
+        .strip_tag_header(false)
+        .tags_fn(|req, _res| vec![format!("path:{}", req.uri.path())])
+        .build()
+        .unwrap();
+    let handle = l.handle();
+    let (app, calls) = origin(l, |n, _| {
+        numbered(
+            n,
+            &[("cache-control", "max-age=60"), ("surrogate-key", "k1")],
+        )
+    });
+    let a = get(&app, "/p").await;
+    assert_eq!(a.header("surrogate-key"), Some("k1"));
+    assert_eq!(get(&app, "/p").await.header("surrogate-key"), Some("k1"));
+    assert_eq!(handle.purge_tag("path:/p"), 1);
+    get(&app, "/p").await;
+    assert_eq!(handle.purge_tag("k1"), 1);
+    assert_eq!(calls.get(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn purge_by_url_and_prefix() {
+    let l = CacheLayer::new();
+    let handle = l.handle();
+    let (app, calls) = origin(l, |n, _| numbered(n, &[("cache-control", "max-age=60")]));
+    for p in ["/a", "/api/1", "/api/2", "/b"] {
+        get(&app, p).await;
+    }
+    assert_eq!(handle.purge_url("http://example.com/a"), 1);
+    assert_eq!(handle.purge_url("not a url"), 0);
+    assert_eq!(handle.purge_prefix("http://example.com/api/"), 2);
+    for p in ["/a", "/api/1", "/api/2", "/b"] {
+        get(&app, p).await;
+    }
+    assert_eq!(calls.get(), 7, "only /b was still stored");
+}
+
+#[tokio::test(start_paused = true)]
+async fn soft_purge_keeps_stale_rules() {
+    let l = CacheLayer::new();
+    let handle = l.handle();
+    let (app, calls) = origin(l, |n, _| {
+        numbered(
+            n,
+            &[
+                ("cache-control", "max-age=600, stale-while-revalidate=60"),
+                ("cache-tag", "t"),
+            ],
+        )
+    });
+    get(&app, "/").await;
+    assert_eq!(handle.soft_purge_tag("t"), 1);
+    let r = get(&app, "/").await;
+    assert_eq!(r.text(), "call 1", "served stale while revalidating");
+    assert!(
+        r.cache_status().contains("stale-while-revalidate"),
+        "{}",
+        r.cache_status()
+    );
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(calls.get(), 2);
+    assert_eq!(get(&app, "/").await.text(), "call 2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn soft_purge_without_stale_window_revalidates() {
+    let l = CacheLayer::new();
+    let handle = l.handle();
+    let (app, calls) = origin(l, |n, req| {
+        if req.headers().contains_key("if-none-match") {
+            return reply(304, &[("etag", "\"e\"")], "");
+        }
+        numbered(n, &[("cache-control", "max-age=600"), ("etag", "\"e\"")])
+    });
+    get(&app, "/").await;
+    assert_eq!(handle.soft_purge_url("http://example.com/"), 1);
+    let r = get(&app, "/").await;
+    assert!(
+        r.cache_status().contains("fwd-status=304"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(r.text(), "call 1");
+    assert_eq!(calls.get(), 2);
+}
+
+// ---- admin router ----
+
+#[tokio::test]
+async fn admin_requires_the_bearer_token() {
+    let l = CacheLayer::new();
+    let handle = l.handle();
+    let (app, calls) = origin(l, |n, _| {
+        numbered(n, &[("cache-control", "max-age=60"), ("cache-tag", "t")])
+    });
+    let admin = admin::router(handle.clone(), "s3cret");
+    get(&app, "/x").await;
+    let purge = |auth: Option<&str>, body: &str| {
+        let mut b = Request::post("/purge").header("content-type", "application/json");
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        b.body(Body::from(body.to_owned())).unwrap()
+    };
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("Bearer s3cre"),
+        Some("Basic s3cret"),
+    ] {
+        let r = send(&admin, purge(auth, r#"{"tags":["t"]}"#)).await;
+        assert_eq!(r.status, 401);
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    }
+    assert_eq!(
+        handle.entry_count(),
+        1,
+        "unauthenticated calls change nothing"
+    );
+    get(&app, "/x").await;
+    assert_eq!(calls.get(), 1);
+
+    let bad = send(&admin, purge(Some("Bearer s3cret"), "{nope")).await;
+    assert_eq!(bad.status, 400);
+    let ok = send(&admin, purge(Some("Bearer s3cret"), r#"{"tags":["t"]}"#)).await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.text(), r#"{"purged":1}"#);
+    get(&app, "/x").await;
+    assert_eq!(calls.get(), 2);
+    let soft = send(
+        &admin,
+        purge(
+            Some("Bearer s3cret"),
+            r#"{"urls":["http://example.com/x"],"soft":true}"#,
+        ),
+    )
+    .await;
+    assert_eq!(soft.text(), r#"{"purged":1}"#);
+}
+
+// ---- keys ----
+
+#[tokio::test(start_paused = true)]
+async fn ignored_query_parameters_share_an_entry() {
+    let l = CacheLayer::builder()
+        .ignore_query_params(["utm_source", "fbclid"])
+        .build()
+        .unwrap();
+    let (app, calls) = origin(l, |n, _| numbered(n, &[("cache-control", "max-age=60")]));
+    get(&app, "/p?id=1&utm_source=a").await;
+    get(&app, "/p?utm_source=b&id=1&fbclid=z").await;
+    assert_eq!(calls.get(), 1);
+    get(&app, "/p?id=2&utm_source=a").await;
+    assert_eq!(calls.get(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn host_is_part_of_the_default_key() {
+    let (app, calls) = origin(CacheLayer::new(), |n, _| {
+        numbered(n, &[("cache-control", "max-age=60")])
+    });
+    send(
+        &app,
+        Request::get("/")
+            .header("host", "a.example")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    send(
+        &app,
+        Request::get("/")
+            .header("host", "A.EXAMPLE")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    send(
+        &app,
+        Request::get("/")
+            .header("host", "b.example")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(calls.get(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn key_fn_replaces_the_key_and_can_bypass() {
+    let l = CacheLayer::builder()
+        .key_fn(|parts| {
+            if parts.uri.path().starts_with("/nocache") {
+                None
+            } else {
+                Some(parts.uri.path().to_owned())
+            }
+        })
+        .build()
+        .unwrap();
+    let (app, calls) = origin(l, |n, _| numbered(n, &[("cache-control", "max-age=60")]));
+    get(&app, "/p?x=1").await;
+    get(&app, "/p?x=2").await;
+    assert_eq!(calls.get(), 1, "the query is not in this key");
+    let b = get(&app, "/nocache").await;
+    assert!(
+        b.cache_status().contains("fwd=bypass"),
+        "{}",
+        b.cache_status()
+    );
+    get(&app, "/nocache").await;
+    assert_eq!(calls.get(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn range_requests_bypass() {
+    let (app, calls) = origin(CacheLayer::new(), |n, _| {
+        numbered(n, &[("cache-control", "max-age=60")])
+    });
+    get(&app, "/").await;
+    get_with(&app, "/", &[("range", "bytes=0-1")]).await;
+    assert_eq!(calls.get(), 2);
+}
+
+// ---- body limits ----
+
+struct Chunks(VecDeque<Bytes>);
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn oversized_bodies_stream_through_uncached() {
+    let l = CacheLayer::builder().max_body_bytes(1500).build().unwrap();
+    let (app, calls) = origin(l, |_, req| {
+        let chunks: VecDeque<Bytes> = (0..4u8)
+            .map(|i| Bytes::from(vec![b'a' + i; 1000]))
+            .collect();
+        let mut r = Response::builder().header("cache-control", "max-age=60");
+        if req.uri().path() == "/declared" {
+            r = r.header("content-length", "4000");
+        }
+        r.body(Body::new(Chunks(chunks))).unwrap()
+    });
+    for path in ["/streamed", "/declared"] {
+        let a = get(&app, path).await;
+        assert_eq!(a.body.len(), 4000, "{path}");
+        assert_eq!(&a.body[..1000], &[b'a'; 1000][..]);
+        assert_eq!(&a.body[3000..], &[b'd'; 1000][..]);
+        assert!(
+            a.cache_status().contains("detail=too-large"),
+            "{}",
+            a.cache_status()
+        );
+        let b = get(&app, path).await;
+        assert_eq!(b.body.len(), 4000);
+    }
+    assert_eq!(calls.get(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn multi_chunk_bodies_under_the_limit_are_stored_whole() {
+    let (app, calls) = origin(CacheLayer::new(), |_, _| {
+        let chunks: VecDeque<Bytes> = (0..3u8).map(|i| Bytes::from(vec![b'x' + i; 10])).collect();
+        Response::builder()
+            .header("cache-control", "max-age=60")
+            .body(Body::new(Chunks(chunks)))
+            .unwrap()
+    });
+    let a = get(&app, "/").await;
+    let b = get(&app, "/").await;
+    assert_eq!(a.body, b.body);
+    assert_eq!(b.body.len(), 30);
+    assert_eq!(b.header("content-length"), Some("30"));
+    assert_eq!(calls.get(), 1);
+}
+
+// ---- tier bounds ----
+
+#[tokio::test(start_paused = true)]
+async fn ttl_cap_bounds_residence() {
+    let l = CacheLayer::builder()
+        .ttl_cap(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let (app, calls) = origin(l, |n, _| numbered(n, &[("cache-control", "max-age=60")]));
+    get(&app, "/").await;
+    advance(0.05).await;
+    get(&app, "/").await;
+    assert_eq!(calls.get(), 1);
+    advance(0.1).await;
+    get(&app, "/").await;
+    assert_eq!(calls.get(), 2);
+}
+
+#[tokio::test]
+async fn memory_is_bounded_by_bytes_and_the_tag_index_follows_evictions() {
+    let l = CacheLayer::builder()
+        .max_capacity_bytes(64 * 1024)
+        .build()
+        .unwrap();
+    let handle = l.handle();
+    let (app, _calls) = origin(l, |_, _| {
+        Response::builder()
+            .header("cache-control", "max-age=600")
+            .header("cache-tag", "bulk")
+            .body(Body::from(vec![b'z'; 4096]))
+            .unwrap()
+    });
+    for i in 0..200 {
+        get(&app, &format!("/item/{i}")).await;
+    }
+    handle.run_pending_tasks();
+    assert!(
+        handle.weighted_size() <= 64 * 1024,
+        "{} bytes",
+        handle.weighted_size()
+    );
+    assert!(
+        handle.entry_count() <= 16,
+        "{} entries",
+        handle.entry_count()
+    );
+    assert_eq!(
+        handle.tag_index_len(),
+        handle.entry_count(),
+        "evicted keys leave the tag index"
+    );
+    assert!(handle.purge_tag("bulk") as u64 <= 16);
+}
+
+#[test]
+fn builder_rejects_bad_values() {
+    let e = CacheLayer::builder()
+        .max_capacity_bytes(0)
+        .build()
+        .unwrap_err();
+    assert_eq!(e.field(), "max_capacity_bytes");
+    assert!(e.to_string().contains("max_capacity_bytes"));
+    assert_eq!(
+        CacheLayer::builder()
+            .tag_header(Some("bad header"))
+            .build()
+            .unwrap_err()
+            .field(),
+        "tag_header"
+    );
+    assert_eq!(
+        CacheLayer::builder()
+            .early_refresh(Some(-1.0))
+            .build()
+            .unwrap_err()
+            .field(),
+        "early_refresh"
+    );
+    assert_eq!(
+        CacheLayer::builder()
+            .heuristic(2.0, Duration::from_secs(1))
+            .build()
+            .unwrap_err()
+            .field(),
+        "heuristic"
+    );
+}
