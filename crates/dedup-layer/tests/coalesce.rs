@@ -596,3 +596,53 @@ fn layer_and_service_are_send_sync_clone() {
         .route("/", get(|| async { "" }))
         .layer(DedupLayer::new());
 }
+
+#[test]
+fn outcomes_are_counted() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let layer = DedupLayer::new();
+            let handle = layer.handle();
+            let gate = Gate::new();
+            let app = counting_app(&layer, &gate);
+            let tasks: Vec<_> = (0..5)
+                .map(|_| tokio::spawn(send(app.clone(), get_req("/r"))))
+                .collect();
+            until("4 waiters", || gate.calls() == 1 && handle.waiters() == 4).await;
+            gate.open(1);
+            for task in tasks {
+                assert_eq!(task.await.unwrap().0, StatusCode::OK);
+            }
+            assert_empty(&handle);
+        })
+    });
+    let mut leader = 0;
+    let mut coalesced = 0;
+    let mut inflight = None;
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let key = key.key();
+        match (key.name(), value) {
+            (dedup_layer::names::DEDUP_REQUESTS_TOTAL, DebugValue::Counter(n)) => {
+                match key.labels().next().map(|l| l.value().to_owned()).as_deref() {
+                    Some("leader") => leader = n,
+                    Some("coalesced") => coalesced = n,
+                    other => panic!("unexpected outcome {other:?}"),
+                }
+            }
+            (dedup_layer::names::DEDUP_INFLIGHT, DebugValue::Gauge(g)) => {
+                inflight = Some(g.into_inner())
+            }
+            _ => {}
+        }
+    }
+    assert_eq!((leader, coalesced), (1, 4));
+    assert_eq!(inflight, Some(0.0));
+}
