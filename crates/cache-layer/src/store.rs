@@ -52,10 +52,15 @@ impl Clock {
             .saturating_add(1)
     }
 
-    pub(crate) fn from_stamp(&self, stamp: u64) -> Instant {
+    pub(crate) fn instant_of_stamp(&self, stamp: u64) -> Instant {
         self.base + Duration::from_nanos(stamp.saturating_sub(1))
     }
 }
+
+/// Selecting header fields of a variant and the normalised request values they had.
+pub(crate) type VaryValues = Box<[(HeaderName, Option<Box<[u8]>>)]>;
+
+type TagMap = HashMap<Arc<str>, HashMap<Arc<str>, u64>>;
 
 /// One stored response: what a hit sends, and what freshness and validation need.
 ///
@@ -66,7 +71,7 @@ pub struct StoredResponse {
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
     /// Selecting header fields and their normalised request values (`None`: absent).
-    pub(crate) vary: Box<[(HeaderName, Option<Box<[u8]>>)]>,
+    pub(crate) vary: VaryValues,
     pub(crate) response_instant: Instant,
     pub(crate) corrected_initial_age: Duration,
     pub(crate) lifetime: Duration,
@@ -134,7 +139,7 @@ impl StoredResponse {
         let purged = self.soft_purged_at.load(Ordering::Relaxed);
         if purged != 0 {
             // A soft purge ends freshness at the purge time; the stale-* windows start there.
-            let at = clock.from_stamp(purged);
+            let at = clock.instant_of_stamp(purged);
             let age_at_purge = self
                 .corrected_initial_age
                 .saturating_add(at.saturating_duration_since(self.response_instant));
@@ -234,7 +239,7 @@ pub trait Tier: Send + Sync + fmt::Debug + 'static {
 /// Maps tags to the keys whose entries carry them; bounded in pairs.
 #[derive(Debug, Default)]
 pub(crate) struct TagIndex {
-    map: Mutex<HashMap<Arc<str>, HashMap<Arc<str>, u64>>>,
+    map: Mutex<TagMap>,
     pairs: AtomicU64,
     max_pairs: u64,
 }
@@ -247,7 +252,7 @@ impl TagIndex {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, HashMap<Arc<str>, u64>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TagMap> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 

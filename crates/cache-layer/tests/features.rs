@@ -1,4 +1,5 @@
 //! Stale rules, tags and purge, the admin router, keys, body limits, tiers and metrics.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

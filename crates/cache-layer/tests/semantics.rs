@@ -1,4 +1,5 @@
 //! RFC 9111 rules, each through a real axum Router with tokio's paused clock.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
