@@ -1,0 +1,143 @@
+//! breaker-layer vs bare axum vs tower-resilience's circuit breaker, same handler, same run.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use breaker_layer::{BreakerLayer, CircuitBreaker};
+use criterion::{Criterion, Throughput};
+use http::{Request, Response};
+use tower::{Layer, Service, ServiceExt, service_fn};
+use tower_resilience_circuitbreaker::CircuitBreakerLayer;
+
+fn ours() -> BreakerLayer {
+    BreakerLayer::new(CircuitBreaker::builder().name("peers").build().unwrap())
+}
+
+fn theirs() -> CircuitBreakerLayer {
+    CircuitBreakerLayer::builder().failure_rate_threshold(0.5).sliding_window_size(100).build().unwrap()
+}
+
+fn app() -> Router {
+    Router::new().route("/", get(|| async { "hello" }))
+}
+
+fn request() -> Request<Body> {
+    Request::get("/").body(Body::empty()).unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// The cheapest possible inner service, so the breaker's own cost dominates.
+fn trivial() -> impl Service<Request<()>, Response = Response<Body>, Error = Infallible, Future: Send> + Clone + Send {
+    service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(Body::empty())) })
+}
+
+async fn drive<S, R, F>(svc: &mut S, make: F)
+where
+    S: Service<R>,
+    S::Error: std::fmt::Debug,
+    F: Fn() -> R,
+{
+    let ready = svc.ready().await.unwrap();
+    black_box(ready.call(make()).await.unwrap());
+}
+
+fn closed_path(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("closed_path");
+    g.throughput(Throughput::Elements(1));
+    let core = CircuitBreaker::builder().name("core").build().unwrap();
+    g.bench_function("breaker-layer core try_acquire+record", |b| {
+        b.iter(|| {
+            if let Ok(p) = black_box(&core).try_acquire() {
+                p.success();
+            }
+        })
+    });
+    let mk = || Request::new(());
+    let mut bare = trivial();
+    g.bench_function("service bare", |b| b.to_async(&rt).iter(|| drive_ref(&mut bare, mk)));
+    let mut with_ours = ours().layer(trivial());
+    g.bench_function("service breaker-layer", |b| b.to_async(&rt).iter(|| drive_ref(&mut with_ours, mk)));
+    let mut with_theirs = theirs().layer(trivial());
+    g.bench_function("service tower-resilience", |b| b.to_async(&rt).iter(|| drive_ref(&mut with_theirs, mk)));
+    g.finish();
+}
+
+/// `to_async().iter` wants a future per iteration that does not borrow across iterations; the services are cheap
+/// to clone (an `Arc` each), so clone like a server would per connection.
+fn drive_ref<S, R, F>(svc: &mut S, make: F) -> impl Future<Output = ()> + use<S, R, F>
+where
+    S: Service<R> + Clone,
+    S::Error: std::fmt::Debug,
+    F: Fn() -> R,
+{
+    let mut svc = svc.clone();
+    async move { drive(&mut svc, make).await }
+}
+
+fn axum_group(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("axum");
+    g.throughput(Throughput::Elements(1));
+    let mut bare = app();
+    g.bench_function("bare", |b| b.to_async(&rt).iter(|| drive_ref(&mut bare, request)));
+    let mut with_ours = app().layer(ours());
+    g.bench_function("breaker-layer", |b| b.to_async(&rt).iter(|| drive_ref(&mut with_ours, request)));
+    let mut with_theirs = theirs().layer(app());
+    g.bench_function("tower-resilience", |b| b.to_async(&rt).iter(|| drive_ref(&mut with_theirs, request)));
+    g.finish();
+}
+
+/// Interleaved rounds; the median per-request time of each variant gives the ratios.
+fn ratio_report() {
+    const ROUNDS: usize = 15;
+    const REQUESTS: usize = 20_000;
+    let rt = runtime();
+    let mut bare = app();
+    let mut with_ours = app().layer(ours());
+    let mut with_theirs = theirs().layer(app());
+    let mut times = [Vec::new(), Vec::new(), Vec::new()];
+    rt.block_on(async {
+        for _ in 0..ROUNDS {
+            let t = Instant::now();
+            for _ in 0..REQUESTS {
+                drive(&mut bare, request).await;
+            }
+            times[0].push(t.elapsed());
+            let t = Instant::now();
+            for _ in 0..REQUESTS {
+                drive(&mut with_ours, request).await;
+            }
+            times[1].push(t.elapsed());
+            let t = Instant::now();
+            for _ in 0..REQUESTS {
+                drive(&mut with_theirs, request).await;
+            }
+            times[2].push(t.elapsed());
+        }
+    });
+    let per = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[ROUNDS / 2].as_secs_f64() * 1e9 / REQUESTS as f64
+    };
+    let [b, o, t] = &mut times;
+    let (b, o, t) = (per(b), per(o), per(t));
+    eprintln!("ratio report: bare axum {b:.0} ns/req; breaker-layer {o:.0} ns/req; tower-resilience {t:.0} ns/req");
+    eprintln!("ratio report: throughput vs bare axum: breaker-layer {:.3}, tower-resilience {:.3}", b / o, b / t);
+}
+
+fn main() {
+    let mut c = Criterion::default().measurement_time(Duration::from_secs(3)).configure_from_args();
+    closed_path(&mut c);
+    axum_group(&mut c);
+    c.final_summary();
+    ratio_report();
+}
