@@ -701,6 +701,25 @@ where
         Vary::Star => return Ok(fail(NotStorable::VaryStar, resp)),
         Vary::Unusable => return Ok(fail(NotStorable::VaryUnusable, resp)),
     };
+    // A response that is stale on arrival and has no validator could never be used again.
+    let has_validator = resp.headers().contains_key(header::ETAG)
+        || resp.headers().contains_key(header::LAST_MODIFIED);
+    if !has_validator
+        && dirs.stale_while_revalidate.is_none()
+        && dirs.stale_if_error.is_none()
+        && policy::freshness_lifetime(
+            shared.config.mode,
+            status,
+            resp.headers(),
+            &dirs,
+            targeted,
+            shared.clock.unix(response_instant),
+            &shared.config.heuristic,
+        )
+        .is_zero()
+    {
+        return Ok(fail(NotStorable::NoFreshness, resp));
+    }
     let max = shared.config.max_body_bytes;
     let declared = resp
         .headers()
