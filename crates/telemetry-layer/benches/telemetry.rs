@@ -51,6 +51,7 @@ struct Env {
     app: Router,
     url: hyper::Uri,
     client: Client<HttpConnector, Empty<Bytes>>,
+    dispatch: Option<tracing::Dispatch>,
     _telemetry: Option<Telemetry>,
 }
 
@@ -81,11 +82,12 @@ impl Env {
             t.otel_layer()
                 .map(|layer| tracing::Dispatch::new(tracing_subscriber::registry().with(layer)))
         });
+        let thread_dispatch = dispatch.clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .on_thread_start(move || {
-                if let Some(dispatch) = &dispatch {
+                if let Some(dispatch) = &thread_dispatch {
                     std::mem::forget(tracing::dispatcher::set_default(dispatch));
                 }
             })
@@ -112,6 +114,7 @@ impl Env {
             app,
             url: format!("http://{addr}/users/42").parse().unwrap(),
             client,
+            dispatch,
             _telemetry: telemetry,
         }
     }
@@ -141,6 +144,8 @@ impl Env {
     }
 
     fn in_process(&self) {
+        // `block_on` runs on the bench thread, which needs the same subscriber as the workers.
+        let _default = self.dispatch.as_ref().map(tracing::dispatcher::set_default);
         self.runtime.block_on(async {
             let response = self
                 .app

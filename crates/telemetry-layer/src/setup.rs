@@ -544,11 +544,13 @@ fn otel_layer<S>(tracer: SdkTracer) -> OpenTelemetryLayer<S, SdkTracer>
 where
     S: Subscriber + for<'span> LookupSpan<'span>,
 {
-    // Source locations and thread ids cost attributes on every span and say nothing about HTTP.
+    // Source locations, thread ids and the target cost attributes on every span and say nothing about
+    // HTTP.
     tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_location(false)
         .with_threads(false)
+        .with_target(false)
         .with_tracked_inactivity(false)
 }
 
