@@ -35,9 +35,25 @@ impl fmt::Debug for KeyMaker {
 
 impl KeyMaker {
     pub(crate) fn key(&self, parts: &Parts) -> Option<String> {
+        let mut out = String::new();
+        self.key_into(parts, &mut out).then_some(out)
+    }
+
+    /// Writes the key into `out` (cleared first); false when the request bypasses the cache.
+    pub(crate) fn key_into(&self, parts: &Parts, out: &mut String) -> bool {
+        out.clear();
         match self {
-            Self::Default { ignored_query } => Some(default_key(parts, ignored_query)),
-            Self::Custom(f) => f(parts),
+            Self::Default { ignored_query } => {
+                default_key_into(parts, ignored_query, out);
+                true
+            }
+            Self::Custom(f) => match f(parts) {
+                Some(k) => {
+                    *out = k;
+                    true
+                }
+                None => false,
+            },
         }
     }
 
@@ -89,13 +105,19 @@ pub(crate) fn authority_of(parts: &Parts) -> Option<&str> {
 
 /// `scheme://authority/path?query` with the authority lowercased and the listed query
 /// parameters removed.
+#[cfg(test)]
 pub(crate) fn default_key(parts: &Parts, ignored_query: &[String]) -> String {
+    let mut key = String::new();
+    default_key_into(parts, ignored_query, &mut key);
+    key
+}
+
+fn default_key_into(parts: &Parts, ignored_query: &[String], key: &mut String) {
     let scheme = parts.uri.scheme_str().unwrap_or("http");
     let authority = authority_of(parts).unwrap_or("");
     let path = parts.uri.path();
     let query = parts.uri.query().unwrap_or("");
-    let mut key =
-        String::with_capacity(scheme.len() + 3 + authority.len() + path.len() + query.len() + 2);
+    key.reserve(scheme.len() + 3 + authority.len() + path.len() + query.len() + 2);
     key.push_str(scheme);
     key.push_str("://");
     for c in authority.chars() {
@@ -103,12 +125,12 @@ pub(crate) fn default_key(parts: &Parts, ignored_query: &[String]) -> String {
     }
     key.push_str(if path.is_empty() { "/" } else { path });
     if query.is_empty() {
-        return key;
+        return;
     }
     if ignored_query.is_empty() {
         key.push('?');
         key.push_str(query);
-        return key;
+        return;
     }
     let mut first = true;
     for pair in query.split('&') {
@@ -120,7 +142,22 @@ pub(crate) fn default_key(parts: &Parts, ignored_query: &[String]) -> String {
         key.push_str(pair);
         first = false;
     }
-    key
+}
+
+thread_local! {
+    static KEY_BUFFER: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
+}
+
+/// A key buffer reused across requests on this thread, so a hit allocates no key.
+pub(crate) fn take_buffer() -> String {
+    KEY_BUFFER.with(|b| b.take())
+}
+
+/// Returns a buffer for reuse (dropped when it grew unusually large).
+pub(crate) fn recycle_buffer(buf: String) {
+    if buf.capacity() <= 4096 {
+        KEY_BUFFER.with(|b| b.set(buf));
+    }
 }
 
 #[cfg(test)]

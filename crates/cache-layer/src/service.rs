@@ -115,30 +115,48 @@ struct StatusParams {
 }
 
 fn cache_status_value(name: &str, p: &StatusParams) -> Option<HeaderValue> {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(name.len() + 48);
-    s.push_str(name);
+    use std::io::Write;
+    // Formatted on the stack and copied once into the header value.
+    let mut buf = [0u8; 256];
+    let mut w = std::io::Cursor::new(&mut buf[..]);
+    let _ = w.write_all(name.as_bytes());
     if p.hit {
-        s.push_str("; hit");
+        let _ = w.write_all(b"; hit");
     }
     if let Some(f) = p.fwd {
-        s.push_str("; fwd=");
-        s.push_str(f.as_str());
+        let _ = write!(w, "; fwd={}", f.as_str());
     }
     if let Some(st) = p.fwd_status {
-        let _ = write!(s, "; fwd-status={st}");
+        let _ = write!(w, "; fwd-status={st}");
     }
     if p.stored {
-        s.push_str("; stored");
+        let _ = w.write_all(b"; stored");
     }
     if let Some(t) = p.ttl {
-        let _ = write!(s, "; ttl={t}");
+        let _ = write!(w, "; ttl={t}");
     }
     if let Some(d) = p.detail {
-        s.push_str("; detail=");
-        s.push_str(d);
+        let _ = write!(w, "; detail={d}");
     }
-    HeaderValue::from_maybe_shared(Bytes::from(s)).ok()
+    let len = usize::try_from(w.position()).unwrap_or(0);
+    HeaderValue::from_bytes(&buf[..len]).ok()
+}
+
+/// `Age` values below 100 s come from static strings, so most hits allocate nothing for it.
+fn age_value(secs: u64) -> HeaderValue {
+    const AGES: [&str; 100] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+        "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31",
+        "32", "33", "34", "35", "36", "37", "38", "39", "40", "41", "42", "43", "44", "45", "46",
+        "47", "48", "49", "50", "51", "52", "53", "54", "55", "56", "57", "58", "59", "60", "61",
+        "62", "63", "64", "65", "66", "67", "68", "69", "70", "71", "72", "73", "74", "75", "76",
+        "77", "78", "79", "80", "81", "82", "83", "84", "85", "86", "87", "88", "89", "90", "91",
+        "92", "93", "94", "95", "96", "97", "98", "99",
+    ];
+    match usize::try_from(secs).ok().and_then(|i| AGES.get(i)) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(secs),
+    }
 }
 
 fn ttl_of(state: &EntryState) -> i64 {
@@ -175,9 +193,10 @@ where
         if parts.headers.contains_key(header::RANGE) {
             return self.bypass(shared, parts, body, "range");
         }
-        let Some(key) = shared.config.key.key(&parts) else {
+        let mut key = crate::key::take_buffer();
+        if !shared.config.key.key_into(&parts, &mut key) {
             return self.bypass(shared, parts, body, "key");
-        };
+        }
         let req_dirs = if parts.headers.contains_key(header::CACHE_CONTROL)
             || parts.headers.contains_key(header::PRAGMA)
         {
@@ -217,7 +236,7 @@ where
                     ttl: Some(ttl_of(&state)),
                     ..StatusParams::default()
                 };
-                hit(
+                let resp = hit(
                     &shared,
                     &key,
                     &v,
@@ -226,7 +245,9 @@ where
                     head,
                     Outcome::Hit,
                     params,
-                )
+                );
+                crate::key::recycle_buffer(key);
+                resp
             }
             Usability::StaleAllowed => {
                 let params = StatusParams {
@@ -235,7 +256,7 @@ where
                     detail: Some("max-stale"),
                     ..StatusParams::default()
                 };
-                hit(
+                let resp = hit(
                     &shared,
                     &key,
                     &v,
@@ -244,7 +265,9 @@ where
                     head,
                     Outcome::Stale,
                     params,
-                )
+                );
+                crate::key::recycle_buffer(key);
+                resp
             }
             Usability::RequestForbids => {
                 if req_dirs.only_if_cached {
@@ -453,8 +476,9 @@ fn from_stored<ResBody: Body>(
     head: bool,
     params: &StatusParams,
 ) -> Response<CacheBody<ResBody>> {
-    let mut headers = v.headers.clone();
-    headers.insert(header::AGE, HeaderValue::from(state.current_age.as_secs()));
+    let mut headers = HeaderMap::with_capacity(v.headers.len() + 2);
+    headers.extend(v.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+    headers.insert(header::AGE, age_value(state.current_age.as_secs()));
     if shared.config.cache_status
         && let Some(value) = cache_status_value(&shared.config.name, params)
     {
