@@ -656,3 +656,62 @@ fn builder_rejects_bad_values() {
         "heuristic"
     );
 }
+
+// ---- metrics ----
+
+#[test]
+fn metrics_count_outcomes_and_sizes() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let (app, _calls) = origin(CacheLayer::new(), |n, req| {
+                if req.uri().path() == "/nostore" {
+                    return numbered(n, &[("cache-control", "no-store")]);
+                }
+                numbered(n, &[("cache-control", "max-age=60")])
+            });
+            get(&app, "/a").await;
+            get(&app, "/a").await;
+            get(&app, "/a").await;
+            get(&app, "/nostore").await;
+            send(&app, Request::post("/a").header("host", "example.com").body(Body::empty()).unwrap()).await;
+        });
+    });
+    let snapshot = snapshotter.snapshot().into_vec();
+    let counter = |outcome: &str| {
+        snapshot
+            .iter()
+            .find(|(k, _, _, _)| {
+                k.key().name() == cache_layer::metrics::CACHE_REQUESTS_TOTAL
+                    && k.key().labels().any(|l| l.key() == "outcome" && l.value() == outcome)
+                    && k.key().labels().any(|l| l.key() == "tier" && l.value() == "l1")
+            })
+            .map(|(_, _, _, v)| match v {
+                DebugValue::Counter(n) => *n,
+                _ => 0,
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(counter("miss"), 1);
+    assert_eq!(counter("hit"), 2);
+    assert_eq!(counter("uncacheable"), 1);
+    assert_eq!(counter("bypass"), 1);
+    let gauge = |name: &str| {
+        snapshot
+            .iter()
+            .find(|(k, _, _, _)| k.key().name() == name)
+            .map(|(_, _, _, v)| match v {
+                DebugValue::Gauge(g) => g.into_inner(),
+                _ => -1.0,
+            })
+    };
+    assert_eq!(gauge(cache_layer::metrics::CACHE_ENTRIES), Some(0.0), "the POST invalidated /a");
+    assert!(gauge(cache_layer::metrics::CACHE_BYTES).is_some());
+    let evictions = snapshot
+        .iter()
+        .any(|(k, _, _, _)| k.key().name() == cache_layer::metrics::CACHE_EVICTIONS_TOTAL);
+    assert!(evictions, "the invalidation is counted");
+}
