@@ -476,14 +476,35 @@ fn from_stored<ResBody: Body>(
     head: bool,
     params: &StatusParams,
 ) -> Response<CacheBody<ResBody>> {
-    let mut headers = HeaderMap::with_capacity(v.headers.len() + 2);
-    headers.extend(v.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
-    headers.insert(header::AGE, age_value(state.current_age.as_secs()));
-    if shared.config.cache_status
-        && let Some(value) = cache_status_value(&shared.config.name, params)
-    {
-        headers.append(CACHE_STATUS, value);
-    }
+    let age = state.current_age.as_secs();
+    // Plain fresh hits in the same second send the same fields: reuse the last map built.
+    let reusable = params.hit && params.fwd.is_none() && params.detail.is_none();
+    let snapshot = if reusable {
+        v.hit_headers.try_lock().ok().and_then(|g| {
+            g.as_ref()
+                .filter(|(a, _)| *a == age)
+                .map(|(_, h)| h.clone())
+        })
+    } else {
+        None
+    };
+    let mut headers = match snapshot {
+        Some(h) => h,
+        None => {
+            let mut headers = HeaderMap::with_capacity(v.headers.len() + 2);
+            headers.extend(v.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+            headers.insert(header::AGE, age_value(age));
+            if shared.config.cache_status
+                && let Some(value) = cache_status_value(&shared.config.name, params)
+            {
+                headers.append(CACHE_STATUS, value);
+            }
+            if reusable && let Ok(mut g) = v.hit_headers.try_lock() {
+                *g = Some((age, headers.clone()));
+            }
+            headers
+        }
+    };
     let conditional = (v.status == StatusCode::OK)
         && (request.contains_key(header::IF_NONE_MATCH)
             || request.contains_key(header::IF_MODIFIED_SINCE))
@@ -1005,6 +1026,7 @@ fn build_stored(
         fetch_time: delay,
         tags: tag_list.into_boxed_slice(),
         soft_purged_at: AtomicU64::new(0),
+        hit_headers: std::sync::Mutex::new(None),
         headers,
         body,
     }

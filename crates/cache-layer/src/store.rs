@@ -88,6 +88,8 @@ pub struct StoredResponse {
     pub(crate) tags: Box<[Arc<str>]>,
     /// Clock stamp of a soft purge, 0 when none.
     pub(crate) soft_purged_at: AtomicU64,
+    /// Fields of the last plain hit and the age (seconds) they were built for.
+    pub(crate) hit_headers: Mutex<Option<(u64, HeaderMap)>>,
 }
 
 impl fmt::Debug for StoredResponse {
@@ -159,7 +161,8 @@ impl StoredResponse {
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 32)
             .sum();
-        self.body.len() + headers + 256
+        // Fields count twice: the stored map and the reusable map of the last hit.
+        self.body.len() + 2 * headers + 256
     }
 
     pub(crate) fn has_validator(&self) -> bool {

@@ -665,7 +665,10 @@ fn metrics_count_outcomes_and_sizes() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     metrics::with_local_recorder(&recorder, || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let (app, _calls) = origin(CacheLayer::new(), |n, req| {
                 if req.uri().path() == "/nostore" {
@@ -677,7 +680,14 @@ fn metrics_count_outcomes_and_sizes() {
             get(&app, "/a").await;
             get(&app, "/a").await;
             get(&app, "/nostore").await;
-            send(&app, Request::post("/a").header("host", "example.com").body(Body::empty()).unwrap()).await;
+            send(
+                &app,
+                Request::post("/a")
+                    .header("host", "example.com")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
         });
     });
     let snapshot = snapshotter.snapshot().into_vec();
@@ -686,8 +696,12 @@ fn metrics_count_outcomes_and_sizes() {
             .iter()
             .find(|(k, _, _, _)| {
                 k.key().name() == cache_layer::metrics::CACHE_REQUESTS_TOTAL
-                    && k.key().labels().any(|l| l.key() == "outcome" && l.value() == outcome)
-                    && k.key().labels().any(|l| l.key() == "tier" && l.value() == "l1")
+                    && k.key()
+                        .labels()
+                        .any(|l| l.key() == "outcome" && l.value() == outcome)
+                    && k.key()
+                        .labels()
+                        .any(|l| l.key() == "tier" && l.value() == "l1")
             })
             .map(|(_, _, _, v)| match v {
                 DebugValue::Counter(n) => *n,
@@ -708,7 +722,11 @@ fn metrics_count_outcomes_and_sizes() {
                 _ => -1.0,
             })
     };
-    assert_eq!(gauge(cache_layer::metrics::CACHE_ENTRIES), Some(0.0), "the POST invalidated /a");
+    assert_eq!(
+        gauge(cache_layer::metrics::CACHE_ENTRIES),
+        Some(0.0),
+        "the POST invalidated /a"
+    );
     assert!(gauge(cache_layer::metrics::CACHE_BYTES).is_some());
     let evictions = snapshot
         .iter()

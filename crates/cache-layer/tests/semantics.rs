@@ -37,6 +37,32 @@ async fn max_age_response_is_stored_and_hit() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn repeated_hits_update_age_and_ttl() {
+    let (app, calls) = origin(layer(), |n, _| {
+        numbered(n, &[("cache-control", "max-age=60")])
+    });
+    get(&app, "/").await;
+    for _ in 0..3 {
+        let r = get(&app, "/").await;
+        assert_eq!(r.header("age"), Some("0"));
+        assert_eq!(r.cache_status(), "tower-cache; hit; ttl=60");
+    }
+    advance(3.0).await;
+    let r = get(&app, "/").await;
+    assert_eq!(r.header("age"), Some("3"));
+    assert_eq!(r.cache_status(), "tower-cache; hit; ttl=57");
+    let h = get_with(&app, "/", &[("if-none-match", "*")]).await;
+    assert_eq!(
+        h.status, 304,
+        "a conditional hit does not reuse the plain hit's fields"
+    );
+    assert!(h.body.is_empty());
+    assert!(!h.cache_status().is_empty());
+    assert_eq!(get(&app, "/").await.header("content-length"), Some("6"));
+    assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn no_store_is_not_stored() {
     let (app, calls) = origin(layer(), |n, _| {
         numbered(n, &[("cache-control", "no-store, max-age=60")])
