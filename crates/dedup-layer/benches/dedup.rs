@@ -1,7 +1,14 @@
-//! Throughput of `DedupLayer` against bare axum over real loopback TCP, and handler calls per identical burst.
+//! Cost of `DedupLayer` against bare axum, measured in-process, and handler calls per identical burst.
 //!
-//! Run with `cargo bench -p dedup-layer --bench dedup`. Besides criterion's figures it prints the
-//! dedup/bare throughput ratio measured in the same run and the handler calls per burst.
+//! Run with `cargo bench -p dedup-layer --bench dedup`. The `Router` is driven through `tower::ServiceExt`
+//! on a current-thread runtime (no TCP, no scheduler noise), so the figures are the layer's own cost:
+//!
+//! - `unique_keys/{bare_axum,dedup_layer}`: sequential GETs with distinct query strings (nothing to coalesce).
+//! - `unique_keys_concurrent/…`: the same with 64 requests in flight at once on the one thread.
+//! - `identical_burst`: 100 identical GETs held in the handler until all have joined; asserts one call per burst.
+//!
+//! After criterion's figures it prints the dedup/bare throughput ratio from interleaved trials in the same run.
+//! For instruction counts (stable on a shared machine) see `benches/request_cost.rs`.
 #![allow(
     missing_docs,
     clippy::print_stdout,
@@ -9,41 +16,30 @@
     clippy::expect_used
 )]
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::body::Body;
 use axum::routing::get;
-use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use dedup_layer::{DedupHandle, DedupLayer};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::{Request, Uri};
+use http_body_util::BodyExt;
 use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
+use tower::ServiceExt;
 
-const CONCURRENCY: usize = 64;
+const BATCH: usize = 64;
 const BURST: usize = 100;
-
-type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+const DISTINCT_URIS: usize = 4096;
 
 fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
-}
-
-async fn serve(app: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
 }
 
 fn app() -> Router {
@@ -53,72 +49,85 @@ fn app() -> Router {
     )
 }
 
-fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(CONCURRENCY)
-        .build_http()
+/// Pre-parsed distinct URIs, so both variants pay the same (tiny) cost to build a request.
+fn uris() -> Vec<Uri> {
+    (0..DISTINCT_URIS)
+        .map(|n| format!("/r?n={n}").parse().unwrap())
+        .collect()
 }
 
-/// `CONCURRENCY` concurrent GETs with distinct query strings (nothing to coalesce).
-async fn unique_round(client: &HttpClient, addr: SocketAddr, counter: &AtomicUsize) {
-    let mut tasks = Vec::with_capacity(CONCURRENCY);
-    for _ in 0..CONCURRENCY {
-        let n = counter.fetch_add(1, Ordering::Relaxed);
-        let uri: http::Uri = format!("http://{addr}/r?n={n}").parse().unwrap();
-        let client = client.clone();
-        tasks.push(tokio::spawn(async move {
-            let response = client.get(uri).await.unwrap();
-            assert!(response.status().is_success());
-            response.into_body().collect().await.unwrap();
-        }));
+async fn one(app: &Router, uri: Uri) {
+    let req = Request::get(uri).body(Body::empty()).unwrap();
+    let response = app.clone().oneshot(req).await.unwrap();
+    assert!(response.status().is_success());
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), 39);
+}
+
+/// `BATCH` requests one after the other.
+async fn sequential(app: &Router, uris: &[Uri], next: &mut usize) {
+    for _ in 0..BATCH {
+        *next = (*next + 1) % uris.len();
+        one(app, uris[*next].clone()).await;
     }
-    for task in tasks {
-        task.await.unwrap();
-    }
+}
+
+/// `BATCH` requests in flight at once, interleaved on the current thread.
+async fn concurrent(app: &Router, uris: &[Uri], next: &mut usize) {
+    let futures = (0..BATCH).map(|_| {
+        *next = (*next + 1) % uris.len();
+        one(app, uris[*next].clone())
+    });
+    futures_util::future::join_all(futures).await;
 }
 
 fn unique_keys(c: &mut Criterion) {
     let rt = runtime();
-    let (bare, dedup) = rt.block_on(async {
-        (
-            serve(app()).await,
-            serve(app().layer(DedupLayer::new())).await,
-        )
-    });
-    let client = rt.block_on(async { client() });
-    let counter = AtomicUsize::new(0);
+    let uris = uris();
+    let layer = DedupLayer::new();
+    let handle = layer.handle();
+    let bare = app();
+    let dedup = app().layer(layer);
+    let mut next = 0;
 
-    let mut group = c.benchmark_group("unique_keys");
-    group.throughput(Throughput::Elements(CONCURRENCY as u64));
-    group.measurement_time(Duration::from_secs(5));
-    group.sample_size(30);
-    group.bench_function("bare_axum", |b| {
-        b.to_async(&rt)
-            .iter(|| unique_round(&client, bare, &counter))
-    });
-    group.bench_function("dedup_layer", |b| {
-        b.to_async(&rt)
-            .iter(|| unique_round(&client, dedup, &counter))
-    });
-    group.finish();
+    for (name, concurrently) in [("unique_keys", false), ("unique_keys_concurrent", true)] {
+        let mut group = c.benchmark_group(name);
+        group.throughput(Throughput::Elements(BATCH as u64));
+        group.measurement_time(Duration::from_secs(4));
+        for (variant, router) in [("bare_axum", &bare), ("dedup_layer", &dedup)] {
+            group.bench_function(variant, |b| {
+                b.iter(|| {
+                    rt.block_on(async {
+                        if concurrently {
+                            concurrent(router, &uris, &mut next).await;
+                        } else {
+                            sequential(router, &uris, &mut next).await;
+                        }
+                    })
+                })
+            });
+        }
+        group.finish();
+    }
+    assert_eq!(handle.inflight(), 0);
 
-    // Ratio in the same run: alternate the two servers and keep each one's best of several trials.
-    let rounds = 300;
+    // Ratio in the same run: interleave short trials of both and keep each one's best.
+    let rounds = 200;
     let mut best = [Duration::MAX; 2];
-    for _ in 0..6 {
-        for (i, addr) in [bare, dedup].into_iter().enumerate() {
+    for _ in 0..15 {
+        for (i, router) in [&bare, &dedup].into_iter().enumerate() {
             let start = Instant::now();
             rt.block_on(async {
                 for _ in 0..rounds {
-                    unique_round(&client, addr, &counter).await;
+                    sequential(router, &uris, &mut next).await;
                 }
             });
             best[i] = best[i].min(start.elapsed());
         }
     }
-    let per_sec = |d: Duration| (rounds * CONCURRENCY) as f64 / d.as_secs_f64();
+    let per_sec = |d: Duration| (rounds * BATCH) as f64 / d.as_secs_f64();
     println!(
-        "unique keys over TCP: bare {:.0} req/s, dedup {:.0} req/s, ratio {:.3}",
+        "unique keys in-process: bare {:.0} req/s, dedup {:.0} req/s, ratio {:.3}",
         per_sec(best[0]),
         per_sec(best[1]),
         per_sec(best[1]) / per_sec(best[0])
@@ -145,19 +154,13 @@ fn burst_app(layer: &DedupLayer, calls: &Arc<AtomicUsize>, gate: &Arc<Semaphore>
 }
 
 /// `BURST` identical GETs; the handler is held until all of them have joined, then released.
-async fn burst_round(
-    client: &HttpClient,
-    addr: SocketAddr,
-    handle: &DedupHandle,
-    gate: &Semaphore,
-) {
-    let uri: http::Uri = format!("http://{addr}/r").parse().unwrap();
+async fn burst_round(app: &Router, handle: &DedupHandle, gate: &Semaphore) {
     let tasks: Vec<_> = (0..BURST)
         .map(|_| {
-            let client = client.clone();
-            let uri = uri.clone();
+            let app = app.clone();
             tokio::spawn(async move {
-                let response = client.get(uri).await.unwrap();
+                let req = Request::get("/r").body(Body::empty()).unwrap();
+                let response = app.oneshot(req).await.unwrap();
                 response.into_body().collect().await.unwrap().to_bytes()
             })
         })
@@ -177,22 +180,20 @@ fn identical_bursts(c: &mut Criterion) {
     let handle = layer.handle();
     let calls = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(0));
-    let addr = rt.block_on(serve(burst_app(&layer, &calls, &gate)));
-    let client = rt.block_on(async { client() });
+    let app = burst_app(&layer, &calls, &gate);
 
-    let bursts = AtomicUsize::new(0);
+    let mut bursts = 0usize;
     let mut group = c.benchmark_group("identical_burst");
     group.throughput(Throughput::Elements(BURST as u64));
     group.sample_size(20);
     group.bench_function("100_identical_gets", |b| {
-        b.to_async(&rt).iter(|| async {
-            bursts.fetch_add(1, Ordering::Relaxed);
-            burst_round(&client, addr, &handle, &gate).await;
+        b.iter(|| {
+            bursts += 1;
+            rt.block_on(burst_round(&app, &handle, &gate));
         })
     });
     group.finish();
 
-    let bursts = bursts.load(Ordering::Relaxed);
     let calls = calls.load(Ordering::SeqCst);
     println!(
         "identical bursts: {bursts} bursts of {BURST}, {calls} handler calls, {:.3} calls per burst",

@@ -40,6 +40,7 @@ pub mod idempotency;
 mod inflight;
 mod key;
 mod layer;
+mod metric;
 pub mod names;
 mod problem;
 mod service;

@@ -1,23 +1,24 @@
 //! [`Dedup`]: the coalescing service.
 //!
-//! Leaders run their inner call in a spawned task on a ready clone of the inner service; waiters wait on its slot.
+//! A leader calls the inner service itself and drives the work inline; waiters wait on its slot.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, header};
+use http::{Request, Response};
 use http_body::Body;
-use tokio::sync::oneshot;
+use tokio::runtime::Handle;
 use tower_service::Service;
 
-use crate::body::{BoxError, Buffered, DedupBody, buffer};
-use crate::future::{LeaderResult, ResponseFuture};
-use crate::inflight::{self, Joined, Outcome, SharedResponse, SlotGuard, Subscription};
+use crate::body::{BoxError, DedupBody};
+use crate::future::{Detached, LeaderResult, Leading, ResponseFuture};
+use crate::inflight::{Joined, Outcome, Waiting};
 use crate::layer::{OnWaiterTimeout, Shared};
-use crate::names;
+use crate::metric;
 use crate::problem::Problem;
 
 /// The coalescing service made by [`DedupLayer`](crate::DedupLayer).
@@ -75,16 +76,6 @@ impl<S: fmt::Debug> fmt::Debug for Dedup<S> {
     }
 }
 
-fn count(outcome: &'static str) {
-    metrics::counter!(names::DEDUP_REQUESTS_TOTAL, names::LABEL_OUTCOME => outcome).increment(1);
-}
-
-/// Takes the service that `poll_ready` made ready, leaving a fresh clone in its place.
-fn take_ready<S: Clone>(inner: &mut S) -> S {
-    let clone = inner.clone();
-    std::mem::replace(inner, clone)
-}
-
 impl<S, B, ResBody> Service<Request<B>> for Dedup<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -113,30 +104,36 @@ where
         let Some(key) = key else {
             return ResponseFuture::inner(self.inner.call(req));
         };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            count(names::OUTCOME_BYPASSED);
-            return ResponseFuture::inner(self.inner.call(req));
-        };
         match self.shared.inflight.join(key.into_bytes()) {
             Joined::Full => {
-                count(names::OUTCOME_BYPASSED);
+                metric::count(&metric::BYPASSED);
                 tracing::debug!("in-flight map full; request runs uncoalesced");
                 ResponseFuture::inner(self.inner.call(req))
             }
-            Joined::Leader(subscription, guard) => {
-                count(names::OUTCOME_LEADER);
-                let service = take_ready(&mut self.inner);
-                let (tx, rx) = oneshot::channel();
-                let task = runtime.spawn(lead(service, req, guard, tx, config.max_body_bytes));
-                subscription.set_abort_handle(task.abort_handle());
-                ResponseFuture::leader(rx, subscription)
+            Joined::Leader(lead) => {
+                metric::count(&metric::LEADER);
+                // The ready service is called right here; the work runs inline in the caller's future.
+                let future = Box::pin(self.inner.call(req));
+                ResponseFuture::leader(Leading::new(
+                    future,
+                    lead,
+                    config.max_body_bytes,
+                    detach::<S::Future, ResBody, S::Error>,
+                ))
             }
-            Joined::Waiter(subscription, rx) => {
+            Joined::Waiter(waiting) => {
+                if config.waiter_timeout.is_some() && Handle::try_current().is_err() {
+                    // No runtime to time the wait with: run alone rather than wait unbounded.
+                    drop(waiting);
+                    metric::count(&metric::BYPASSED);
+                    return ResponseFuture::inner(self.inner.call(req));
+                }
                 tracing::trace!("joining an identical request in flight");
-                let service = take_ready(&mut self.inner);
+                // Readiness stays with `self.inner`; the waiter drives its own clone to readiness if it
+                // ends up calling it.
+                let service = self.inner.clone();
                 ResponseFuture::waiter(Box::pin(wait(
-                    subscription,
-                    rx,
+                    waiting,
                     service,
                     req,
                     config.waiter_timeout,
@@ -147,78 +144,40 @@ where
     }
 }
 
-/// The leader's task: call the inner service, buffer the answer, hand it to the leader's caller and the waiters.
-async fn lead<S, B, ResBody>(
-    mut service: S,
-    req: Request<B>,
-    guard: SlotGuard,
-    tx: oneshot::Sender<LeaderResult<ResBody, S::Error>>,
-    max_body_bytes: usize,
-) where
-    S: Service<Request<B>, Response = Response<ResBody>>,
-    ResBody: Body<Data = Bytes> + Unpin,
-    ResBody::Error: Into<BoxError>,
+/// Moves a leader whose caller left into its own task, so the waiters still get the answer.
+fn detach<F, B, E>(leading: Leading<F, B, E>)
+where
+    F: Future<Output = Result<Response<B>, E>> + Send + 'static,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+    E: Send + 'static,
 {
-    let response = match service.call(req).await {
-        Ok(response) => response,
-        Err(error) => {
-            tracing::debug!("inner service failed; waiters get 500");
-            guard.publish(Outcome::Failed);
-            let _ = tx.send(Err(error));
-            return;
-        }
-    };
-    if response.headers().contains_key(header::SET_COOKIE) {
-        tracing::debug!("response sets a cookie; waiters run their own request");
-        guard.publish(Outcome::Bypass);
-        let _ = tx.send(Ok(response.map(DedupBody::inner)));
+    let Ok(runtime) = Handle::try_current() else {
+        tracing::debug!("no runtime to finish the detached request on; waiters get 500");
         return;
-    }
-    let (parts, body) = response.into_parts();
-    match buffer(body, max_body_bytes).await {
-        Buffered::Complete { data, trailers } => {
-            if guard.close() > 0 {
-                let shared = SharedResponse {
-                    status: parts.status,
-                    version: parts.version,
-                    headers: parts.headers.clone(),
-                    body: data.clone(),
-                    trailers: trailers.clone(),
-                };
-                guard.publish(Outcome::Shared(Arc::new(shared)));
-            } else {
-                guard.publish(Outcome::Bypass);
-            }
-            let body = DedupBody::full_with_trailers(data, trailers);
-            let _ = tx.send(Ok(Response::from_parts(parts, body)));
-        }
-        Buffered::TooLarge { chunks, rest } => {
-            tracing::debug!("response body above the buffer limit; waiters run their own request");
-            guard.publish(Outcome::Bypass);
-            let _ = tx.send(Ok(Response::from_parts(
-                parts,
-                DedupBody::replay(chunks, None, rest),
-            )));
-        }
-        Buffered::Failed {
-            chunks,
-            error,
-            rest,
-        } => {
-            tracing::debug!("response body failed; waiters get 500");
-            guard.publish(Outcome::Failed);
-            let _ = tx.send(Ok(Response::from_parts(
-                parts,
-                DedupBody::replay(chunks, Some(error), rest),
-            )));
-        }
+    };
+    let registry = leading.abort_registry();
+    let task = runtime.spawn(Detached(leading));
+    if let Some(registry) = registry {
+        registry.register(task.abort_handle());
     }
 }
 
+/// Runs the inner service on `service`, first driving it to readiness.
+async fn call_own<S, B, ResBody>(mut service: S, req: Request<B>) -> LeaderResult<ResBody, S::Error>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+{
+    std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
+    service
+        .call(req)
+        .await
+        .map(|response| response.map(DedupBody::inner))
+}
+
 async fn wait<S, B, ResBody>(
-    subscription: Subscription,
-    rx: tokio::sync::watch::Receiver<Option<Outcome>>,
-    mut service: S,
+    waiting: Waiting,
+    service: S,
     req: Request<B>,
     timeout: Option<Duration>,
     on_timeout: OnWaiterTimeout,
@@ -227,38 +186,30 @@ where
     S: Service<Request<B>, Response = Response<ResBody>>,
 {
     let outcome = match timeout {
-        Some(timeout) => tokio::time::timeout(timeout, inflight::outcome(rx))
-            .await
-            .ok(),
-        None => Some(inflight::outcome(rx).await),
+        Some(timeout) => tokio::time::timeout(timeout, waiting.outcome()).await.ok(),
+        None => Some(waiting.outcome().await),
     };
     // Leave the slot before running anything of our own, so an abandoned leader can be cancelled.
-    drop(subscription);
+    drop(waiting);
     match outcome {
         Some(Outcome::Shared(response)) => {
-            count(names::OUTCOME_COALESCED);
+            metric::count(&metric::COALESCED);
             Ok(response.to_response())
         }
         Some(Outcome::Failed) => {
-            count(names::OUTCOME_COALESCED);
+            metric::count(&metric::COALESCED);
             Ok(Problem::LeaderFailed.response())
         }
         Some(Outcome::Bypass) => {
-            count(names::OUTCOME_BYPASSED);
-            service
-                .call(req)
-                .await
-                .map(|response| response.map(DedupBody::inner))
+            metric::count(&metric::BYPASSED);
+            call_own(service, req).await
         }
         None => {
-            count(names::OUTCOME_TIMEOUT);
+            metric::count(&metric::TIMEOUT);
             tracing::debug!("waiter timed out");
             match on_timeout {
                 OnWaiterTimeout::GatewayTimeout => Ok(Problem::WaiterTimeout.response()),
-                OnWaiterTimeout::RunOwnRequest => service
-                    .call(req)
-                    .await
-                    .map(|response| response.map(DedupBody::inner)),
+                OnWaiterTimeout::RunOwnRequest => call_own(service, req).await,
             }
         }
     }

@@ -21,7 +21,7 @@ use super::header::parse_key;
 use super::layer::{Config, OnStoreError};
 use super::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 use crate::body::{BoxError, Buffered, DedupBody, buffer};
-use crate::names;
+use crate::metric;
 use crate::problem::Problem;
 use crate::store::{Begin, Fingerprint, IdempotencyStore, LockToken, StoredResponse};
 
@@ -72,8 +72,8 @@ impl<S: fmt::Debug, St> fmt::Debug for Idempotency<S, St> {
     }
 }
 
-fn count(outcome: &'static str) {
-    metrics::counter!(names::DEDUP_IDEMPOTENCY_TOTAL, names::LABEL_OUTCOME => outcome).increment(1);
+fn count(key: &'static metrics::Key) {
+    metric::count(key);
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -127,7 +127,7 @@ where
         let mut values = req.headers().get_all(IDEMPOTENCY_KEY).iter();
         let key = match (values.next(), values.next()) {
             (None, _) if config.required => {
-                count(names::IDEMPOTENCY_MISSING);
+                count(&metric::IDEM_MISSING);
                 return ResponseFuture::problem(Problem::MissingKey);
             }
             (None, _) => return ResponseFuture::inner(self.inner.call(req)),
@@ -135,7 +135,7 @@ where
             (Some(_), Some(_)) => None,
         };
         let Some(key) = key else {
-            count(names::IDEMPOTENCY_INVALID);
+            count(&metric::IDEM_INVALID);
             return ResponseFuture::problem(Problem::InvalidKey);
         };
         let (parts, body) = req.into_parts();
@@ -173,7 +173,7 @@ where
     let bytes = match Limited::new(body, config.max_request_bytes).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(error) => {
-            count(names::IDEMPOTENCY_INVALID);
+            count(&metric::IDEM_INVALID);
             return Ok(if error.is::<LengthLimitError>() {
                 Problem::BodyTooLarge.response()
             } else {
@@ -194,7 +194,7 @@ where
     };
     match begin {
         Begin::Started(token) => {
-            count(names::IDEMPOTENCY_NEW);
+            count(&metric::IDEM_NEW);
             let (tx, rx) = oneshot::channel();
             let lock = Lock {
                 config: config.clone(),
@@ -211,15 +211,15 @@ where
             }
         }
         Begin::InProgress => {
-            count(names::IDEMPOTENCY_CONFLICT);
+            count(&metric::IDEM_CONFLICT);
             Ok(Problem::KeyInUse.response())
         }
         Begin::Mismatch => {
-            count(names::IDEMPOTENCY_MISMATCH);
+            count(&metric::IDEM_MISMATCH);
             Ok(Problem::KeyMismatch.response())
         }
         Begin::Completed(stored) => {
-            count(names::IDEMPOTENCY_REPLAYED);
+            count(&metric::IDEM_REPLAYED);
             tracing::debug!("replaying a stored idempotent response");
             let mut response = stored.to_response();
             response
@@ -241,7 +241,7 @@ where
     S: Service<Request<B>, Response = Response<ResBody>>,
     B: From<Bytes>,
 {
-    count(names::IDEMPOTENCY_STORE_ERROR);
+    count(&metric::IDEM_STORE_ERROR);
     match config.on_store_error {
         OnStoreError::Reject => {
             tracing::warn!(%error, "idempotency store unavailable; answering 503");
@@ -278,11 +278,11 @@ impl<St: IdempotencyStore> Lock<St> {
         match result {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
-                count(names::IDEMPOTENCY_STORE_ERROR);
+                count(&metric::IDEM_STORE_ERROR);
                 tracing::warn!(%error, "could not store the idempotent response; the lock will expire");
             }
             Err(_) => {
-                count(names::IDEMPOTENCY_STORE_ERROR);
+                count(&metric::IDEM_STORE_ERROR);
                 tracing::warn!("storing the idempotent response timed out; the lock will expire");
             }
         }
@@ -303,7 +303,7 @@ async fn release<St: IdempotencyStore>(config: Arc<Config<St>>, key: String, tok
     let result =
         tokio::time::timeout(config.store_timeout, config.store.release(&key, &token)).await;
     if !matches!(result, Ok(Ok(()))) {
-        count(names::IDEMPOTENCY_STORE_ERROR);
+        count(&metric::IDEM_STORE_ERROR);
         tracing::warn!("could not release an idempotency lock; it will expire");
     }
 }
