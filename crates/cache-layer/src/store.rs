@@ -53,7 +53,9 @@ impl Clock {
     }
 
     pub(crate) fn instant_of_stamp(&self, stamp: u64) -> Instant {
-        self.base + Duration::from_nanos(stamp.saturating_sub(1))
+        self.base
+            .checked_add(Duration::from_nanos(stamp.saturating_sub(1)))
+            .unwrap_or(self.base)
     }
 }
 
