@@ -1,7 +1,12 @@
 //! cache-layer's L1 hit against peers on the same handler, in one run: bare axum,
 //! `cache_layer::CacheLayer`, `http_cache_tower_server::ServerCacheLayer` (moka manager) and
 //! `axum_response_cache::CacheLayer`. Each cached variant is warmed so every measured request is a hit.
-#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    missing_docs
+)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,7 +29,10 @@ fn handler(calls: Arc<AtomicUsize>) -> Router {
         get(move || async move {
             calls.fetch_add(1, Ordering::Relaxed);
             (
-                [("cache-control", "public, max-age=3600"), ("content-type", "application/json")],
+                [
+                    ("cache-control", "public, max-age=3600"),
+                    ("content-type", "application/json"),
+                ],
                 Bytes::from_static(&PAYLOAD),
             )
         }),
@@ -37,21 +45,28 @@ fn variants() -> Vec<(&'static str, Router, Arc<AtomicUsize>)> {
     let handler = |i: usize| handler(counters[i].clone());
     let apps = vec![
         ("bare_axum", handler(0)),
-        ("cache_layer", handler(1).layer(cache_layer::CacheLayer::new())),
+        (
+            "cache_layer",
+            handler(1).layer(cache_layer::CacheLayer::new()),
+        ),
         (
             "http_cache_tower_server",
             // Its error type is a BoxError, so axum needs HandleErrorLayer in front of it.
             handler(2).layer(
                 tower::ServiceBuilder::new()
-                    .layer(axum::error_handling::HandleErrorLayer::new(|_: tower::BoxError| async {
-                        http::StatusCode::INTERNAL_SERVER_ERROR
-                    }))
-                    .layer(http_cache_tower_server::ServerCacheLayer::new(http_cache::MokaManager::default())),
+                    .layer(axum::error_handling::HandleErrorLayer::new(
+                        |_: tower::BoxError| async { http::StatusCode::INTERNAL_SERVER_ERROR },
+                    ))
+                    .layer(http_cache_tower_server::ServerCacheLayer::new(
+                        http_cache::MokaManager::default(),
+                    )),
             ),
         ),
         (
             "axum_response_cache",
-            handler(3).layer(axum_response_cache::CacheLayer::with_lifespan(Duration::from_secs(3600))),
+            handler(3).layer(axum_response_cache::CacheLayer::with_lifespan(
+                Duration::from_secs(3600),
+            )),
         ),
     ];
     apps.into_iter()
@@ -61,7 +76,10 @@ fn variants() -> Vec<(&'static str, Router, Arc<AtomicUsize>)> {
 }
 
 fn request() -> Request<Body> {
-    Request::get("http://bench.local/item").header("host", "bench.local").body(Body::empty()).unwrap()
+    Request::get("http://bench.local/item")
+        .header("host", "bench.local")
+        .body(Body::empty())
+        .unwrap()
 }
 
 async fn once(app: &Router) -> usize {
@@ -71,7 +89,10 @@ async fn once(app: &Router) -> usize {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn hits(c: &mut Criterion) {
@@ -93,7 +114,10 @@ fn ratio_report() {
         rt.block_on(once(app));
         rt.block_on(once(app));
     }
-    let warm: Vec<usize> = apps.iter().map(|(_, _, c)| c.load(Ordering::Relaxed)).collect();
+    let warm: Vec<usize> = apps
+        .iter()
+        .map(|(_, _, c)| c.load(Ordering::Relaxed))
+        .collect();
     let n = 50_000;
     let mut best = vec![0f64; apps.len()];
     for _ in 0..5 {
