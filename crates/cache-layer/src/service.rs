@@ -193,6 +193,13 @@ where
         if parts.headers.contains_key(header::RANGE) {
             return self.bypass(shared, parts, body, "range");
         }
+        // Preconditions other than the validators the cache evaluates itself go to the origin.
+        if parts.headers.contains_key(header::IF_MATCH)
+            || parts.headers.contains_key(header::IF_UNMODIFIED_SINCE)
+            || parts.headers.contains_key(header::IF_RANGE)
+        {
+            return self.bypass(shared, parts, body, "precondition");
+        }
         let mut key = crate::key::take_buffer();
         if !shared.config.key.key_into(&parts, &mut key) {
             return self.bypass(shared, parts, body, "key");

@@ -733,3 +733,33 @@ fn metrics_count_outcomes_and_sizes() {
         .any(|(k, _, _, _)| k.key().name() == cache_layer::metrics::CACHE_EVICTIONS_TOTAL);
     assert!(evictions, "the invalidation is counted");
 }
+
+#[tokio::test(start_paused = true)]
+async fn other_preconditions_go_to_the_origin() {
+    let (app, calls) = origin(CacheLayer::new(), |n, req| {
+        if req.headers().contains_key("if-match") {
+            return reply(412, &[], "");
+        }
+        numbered(n, &[("cache-control", "max-age=60"), ("etag", "\"a\"")])
+    });
+    get(&app, "/").await;
+    let r = get_with(&app, "/", &[("if-match", "\"b\"")]).await;
+    assert_eq!(r.status, 412);
+    assert!(
+        r.cache_status().contains("detail=precondition"),
+        "{}",
+        r.cache_status()
+    );
+    get_with(
+        &app,
+        "/",
+        &[("if-unmodified-since", "Sun, 06 Nov 1994 08:49:37 GMT")],
+    )
+    .await;
+    assert_eq!(calls.get(), 3);
+    assert_eq!(
+        get(&app, "/").await.text(),
+        "call 1",
+        "the stored response is untouched"
+    );
+}

@@ -6,7 +6,8 @@
 //! `Cache-Status` field saying what the cache did; nothing else is added.
 //!
 //! The `Host` field is rewritten to the upstream's authority, so the upstream sees requests
-//! addressed to itself. The cache key still uses the `Host` the client sent.
+//! addressed to itself. The cache key still uses the `Host` the client sent. Forwarded requests
+//! gain a `Via: 1.1 cache-proxy` entry; responses are not changed.
 //!
 //! An unreachable upstream gets `502 Bad Gateway` as `application/problem+json`.
 //!
@@ -243,6 +244,15 @@ impl Service<Request<Body>> for Upstream {
         {
             parts.headers.insert(header::HOST, v);
         }
+        // RFC 9110 §7.6.3: a gateway adds itself to Via on requests it forwards.
+        let via = match parts.version {
+            http::Version::HTTP_10 => "1.0 cache-proxy",
+            http::Version::HTTP_2 => "2 cache-proxy",
+            _ => "1.1 cache-proxy",
+        };
+        parts
+            .headers
+            .append(header::VIA, HeaderValue::from_static(via));
         parts.uri = target;
         parts.version = http::Version::HTTP_11;
         let client = self.client.clone();

@@ -170,6 +170,7 @@ async fn method_query_body_and_headers_are_forwarded_without_hop_by_hop() {
     assert_eq!(r.body, "POST x=1&y=2 payload");
     let seen = r.headers["x-seen"].to_str().unwrap();
     assert!(seen.contains("x-kept"), "{seen}");
+    assert!(seen.split(',').any(|h| h == "via"), "Via added: {seen}");
     for gone in ["x-secret", "keep-alive", "proxy-authorization"] {
         assert!(
             !seen.split(',').any(|h| h == gone),
