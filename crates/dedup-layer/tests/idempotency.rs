@@ -11,7 +11,9 @@ use axum::extract::Path;
 use axum::routing::post;
 use bytes::Bytes;
 use dedup_layer::IdempotencyLayer;
-use dedup_layer::store::MemoryStore;
+use dedup_layer::store::{
+    Begin, Fingerprint, IdempotencyStore, LockToken, MemoryStore, StoreError, StoredResponse,
+};
 use http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use tokio::sync::Semaphore;
@@ -45,7 +47,7 @@ impl Handler {
     }
 
     /// `POST /orders/{id}`: answers 201 with the call number, or what the `x-want` header asks for.
-    fn app(&self, layer: IdempotencyLayer<MemoryStore>) -> Router {
+    fn app<St: IdempotencyStore>(&self, layer: IdempotencyLayer<St>) -> Router {
         let h = self.clone();
         Router::new()
             .route(
@@ -380,5 +382,115 @@ async fn large_responses_are_streamed_and_replayed_without_body() {
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(headers["idempotent-replayed"], "true");
     assert!(body.is_empty());
+    assert_eq!(h.calls(), 1);
+}
+
+/// A memory store whose `try_begin` answers late while `late` is set: the lock is taken, but the reply
+/// arrives after the layer's store timeout (as when Redis runs the script and the network then stalls).
+#[derive(Clone)]
+struct LateReplies {
+    inner: MemoryStore,
+    late: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl IdempotencyStore for LateReplies {
+    async fn try_begin(
+        &self,
+        key: &str,
+        token: &LockToken,
+        fingerprint: &Fingerprint,
+        lock_ttl: Duration,
+    ) -> Result<Begin, StoreError> {
+        let begun = self
+            .inner
+            .try_begin(key, token, fingerprint, lock_ttl)
+            .await;
+        if self.late.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        begun
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        token: &LockToken,
+        fingerprint: &Fingerprint,
+        response: &StoredResponse,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .complete(key, token, fingerprint, response, ttl)
+            .await
+    }
+
+    async fn release(&self, key: &str, token: &LockToken) -> Result<(), StoreError> {
+        self.inner.release(key, token).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lock_taken_after_the_store_timeout_is_released() {
+    let h = Handler::open();
+    let late = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let store = LateReplies {
+        inner: MemoryStore::default(),
+        late: late.clone(),
+    };
+    let layer = IdempotencyLayer::builder(store)
+        .store_timeout(Duration::from_secs(1))
+        .lock_ttl(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let app = h.app(layer);
+    let (status, headers, body) = send(app.clone(), req("/orders/1", Some("\"k\""), "a")).await;
+    assert_problem(status, &headers, &body, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(h.calls(), 0);
+
+    // The store answers on time again. The lock the timed-out call took must not block the retry
+    // for the whole lock TTL.
+    late.store(false, Ordering::SeqCst);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let (status, headers, body) = send(app, req("/orders/1", Some("\"k\""), "a")).await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "{:?}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(headers.get("idempotent-replayed").is_none());
+    assert_eq!(h.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_requests_with_one_key_run_once() {
+    let h = Handler::gated();
+    let app = h.app(IdempotencyLayer::new(MemoryStore::default()));
+    let tasks: Vec<_> = (0..50)
+        .map(|_| tokio::spawn(send(app.clone(), req("/orders/1", Some("\"same\""), "a"))))
+        .collect();
+    // Every request but the one holding the lock is answered without the handler.
+    until("49 answered", || {
+        tasks.iter().filter(|t| t.is_finished()).count() == 49
+    })
+    .await;
+    assert_eq!(h.calls(), 1);
+    let mut conflicts = 0;
+    let mut running = Vec::new();
+    for task in tasks {
+        if task.is_finished() {
+            let (status, headers, body) = task.await.unwrap();
+            assert_problem(status, &headers, &body, StatusCode::CONFLICT);
+            conflicts += 1;
+        } else {
+            running.push(task);
+        }
+    }
+    h.gate.add_permits(1);
+    assert_eq!(running.len(), 1);
+    for task in running {
+        assert_eq!(task.await.unwrap().0, StatusCode::CREATED);
+    }
+    assert_eq!(conflicts, 49);
     assert_eq!(h.calls(), 1);
 }

@@ -151,13 +151,14 @@ async fn locks_expire_and_only_their_holder_releases_them() {
     let server = RedisServer::start().unwrap();
     let store = store(&server);
     let fp = Fingerprint::from_bytes([1; 32]);
-    let Begin::Started(token) = store
-        .try_begin("k", &fp, Duration::from_secs(30))
-        .await
-        .unwrap()
-    else {
-        panic!("expected the lock");
-    };
+    let token = LockToken::random();
+    assert_eq!(
+        store
+            .try_begin("k", &token, &fp, Duration::from_secs(30))
+            .await
+            .unwrap(),
+        Begin::Started
+    );
     // A crashed holder's lock is bounded by its PX.
     let ttl: i64 = server
         .cli(&["PTTL", "idem:k"])
@@ -169,7 +170,7 @@ async fn locks_expire_and_only_their_holder_releases_them() {
 
     assert_eq!(
         store
-            .try_begin("k", &fp, Duration::from_secs(30))
+            .try_begin("k", &LockToken::random(), &fp, Duration::from_secs(30))
             .await
             .unwrap(),
         Begin::InProgress
@@ -178,6 +179,7 @@ async fn locks_expire_and_only_their_holder_releases_them() {
         store
             .try_begin(
                 "k",
+                &LockToken::random(),
                 &Fingerprint::from_bytes([2; 32]),
                 Duration::from_secs(30)
             )
@@ -188,7 +190,7 @@ async fn locks_expire_and_only_their_holder_releases_them() {
     store.release("k", &LockToken::random()).await.unwrap();
     assert_eq!(
         store
-            .try_begin("k", &fp, Duration::from_secs(30))
+            .try_begin("k", &LockToken::random(), &fp, Duration::from_secs(30))
             .await
             .unwrap(),
         Begin::InProgress
@@ -196,17 +198,17 @@ async fn locks_expire_and_only_their_holder_releases_them() {
     store.release("k", &token).await.unwrap();
     assert!(matches!(
         store
-            .try_begin("k", &fp, Duration::from_secs(30))
+            .try_begin("k", &LockToken::random(), &fp, Duration::from_secs(30))
             .await
             .unwrap(),
-        Begin::Started(_)
+        Begin::Started
     ));
 
     // Garbage in the key is a store error, not a panic or a replay.
     server.cli(&["SET", "idem:bad", "Rxx"]).unwrap();
     assert!(
         store
-            .try_begin("bad", &fp, Duration::from_secs(30))
+            .try_begin("bad", &LockToken::random(), &fp, Duration::from_secs(30))
             .await
             .is_err()
     );

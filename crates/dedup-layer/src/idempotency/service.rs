@@ -182,26 +182,42 @@ where
         }
     };
     let fingerprint = fingerprint(&parts, &bytes);
+    // Armed before asking: if the store takes the lock but its answer is lost (timeout, error, this future
+    // dropped), the lock is released rather than blocking the client's retries for the whole lock TTL.
+    let mut lock = Lock {
+        config: config.clone(),
+        key,
+        token: LockToken::random(),
+        armed: true,
+        held: false,
+    };
     let begin = tokio::time::timeout(
         config.store_timeout,
-        config.store.try_begin(&key, &fingerprint, config.lock_ttl),
+        config
+            .store
+            .try_begin(&lock.key, &lock.token, &fingerprint, config.lock_ttl),
     )
     .await;
     let begin = match begin {
         Ok(Ok(begin)) => begin,
-        Ok(Err(error)) => return store_failed(&config, service, parts, bytes, &error).await,
-        Err(_) => return store_failed(&config, service, parts, bytes, &"timed out").await,
+        Ok(Err(error)) => {
+            drop(lock);
+            return store_failed(&config, service, parts, bytes, &error).await;
+        }
+        Err(_) => {
+            drop(lock);
+            return store_failed(&config, service, parts, bytes, &"timed out").await;
+        }
     };
+    if begin != Begin::Started {
+        // Someone else's lock or record: ours was never taken.
+        lock.armed = false;
+    }
     match begin {
-        Begin::Started(token) => {
+        Begin::Started => {
             count(&metric::IDEM_NEW);
+            lock.held = true;
             let (tx, rx) = oneshot::channel();
-            let lock = Lock {
-                config: config.clone(),
-                key,
-                token,
-                armed: true,
-            };
             let req = Request::from_parts(parts, B::from(bytes));
             // Detached so a disconnecting client does not abort a half-done write.
             tokio::spawn(run_first(service, req, lock, fingerprint, tx));
@@ -257,12 +273,14 @@ where
     }
 }
 
-/// The held lock of one key; released on drop unless completed, so panics and aborts free the key.
+/// The lock of one key, taken or being taken; released on drop unless completed, so panics and aborts free the key.
 struct Lock<St: IdempotencyStore> {
     config: Arc<Config<St>>,
     key: String,
     token: LockToken,
     armed: bool,
+    /// The store confirmed the lock; before that a failed release is expected (the store may be down).
+    held: bool,
 }
 
 impl<St: IdempotencyStore> Lock<St> {
@@ -294,15 +312,21 @@ impl<St: IdempotencyStore> Lock<St> {
             self.config.clone(),
             std::mem::take(&mut self.key),
             self.token,
+            self.held,
         )
         .await;
     }
 }
 
-async fn release<St: IdempotencyStore>(config: Arc<Config<St>>, key: String, token: LockToken) {
+async fn release<St: IdempotencyStore>(
+    config: Arc<Config<St>>,
+    key: String,
+    token: LockToken,
+    held: bool,
+) {
     let result =
         tokio::time::timeout(config.store_timeout, config.store.release(&key, &token)).await;
-    if !matches!(result, Ok(Ok(()))) {
+    if held && !matches!(result, Ok(Ok(()))) {
         count(&metric::IDEM_STORE_ERROR);
         tracing::warn!("could not release an idempotency lock; it will expire");
     }
@@ -321,6 +345,7 @@ impl<St: IdempotencyStore> Drop for Lock<St> {
                 self.config.clone(),
                 std::mem::take(&mut self.key),
                 self.token,
+                self.held,
             ));
         }
     }

@@ -111,11 +111,12 @@ impl IdempotencyStore for MemoryStore {
     async fn try_begin(
         &self,
         key: &str,
+        token: &LockToken,
         fingerprint: &Fingerprint,
         lock_ttl: Duration,
     ) -> Result<Begin, StoreError> {
         let now = Instant::now();
-        let token = LockToken::random();
+        let token = *token;
         let fingerprint = *fingerprint;
         let result = self
             .cache
@@ -134,7 +135,7 @@ impl IdempotencyStore for MemoryStore {
             })
             .await;
         Ok(match result {
-            CompResult::Inserted(_) | CompResult::ReplacedWith(_) => Begin::Started(token),
+            CompResult::Inserted(_) | CompResult::ReplacedWith(_) => Begin::Started,
             CompResult::Unchanged(entry) => match &**entry.value() {
                 Entry::Lock { fingerprint: f, .. } if *f == fingerprint => Begin::InProgress,
                 Entry::Record {
@@ -210,15 +211,23 @@ mod tests {
     async fn lock_complete_replay_expire() {
         let store = MemoryStore::new(100);
         let ttl = Duration::from_secs(60);
-        let Begin::Started(token) = store.try_begin("k", &fp(1), ttl).await.unwrap() else {
-            panic!("expected a fresh lock");
-        };
+        let token = LockToken::random();
         assert_eq!(
-            store.try_begin("k", &fp(1), ttl).await.unwrap(),
+            store.try_begin("k", &token, &fp(1), ttl).await.unwrap(),
+            Begin::Started
+        );
+        assert_eq!(
+            store
+                .try_begin("k", &LockToken::random(), &fp(1), ttl)
+                .await
+                .unwrap(),
             Begin::InProgress
         );
         assert_eq!(
-            store.try_begin("k", &fp(2), ttl).await.unwrap(),
+            store
+                .try_begin("k", &LockToken::random(), &fp(2), ttl)
+                .await
+                .unwrap(),
             Begin::Mismatch
         );
         assert!(
@@ -232,17 +241,26 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            store.try_begin("k", &fp(1), ttl).await.unwrap(),
+            store
+                .try_begin("k", &LockToken::random(), &fp(1), ttl)
+                .await
+                .unwrap(),
             Begin::Completed(resp())
         );
         assert_eq!(
-            store.try_begin("k", &fp(2), ttl).await.unwrap(),
+            store
+                .try_begin("k", &LockToken::random(), &fp(2), ttl)
+                .await
+                .unwrap(),
             Begin::Mismatch
         );
         tokio::time::advance(Duration::from_secs(3601)).await;
         assert!(matches!(
-            store.try_begin("k", &fp(2), ttl).await.unwrap(),
-            Begin::Started(_)
+            store
+                .try_begin("k", &LockToken::random(), &fp(2), ttl)
+                .await
+                .unwrap(),
+            Begin::Started
         ));
     }
 
@@ -250,22 +268,35 @@ mod tests {
     async fn release_needs_the_token_and_locks_expire() {
         let store = MemoryStore::new(100);
         let ttl = Duration::from_secs(60);
-        let Begin::Started(token) = store.try_begin("k", &fp(1), ttl).await.unwrap() else {
-            panic!("expected a fresh lock");
-        };
+        let token = LockToken::random();
+        assert_eq!(
+            store.try_begin("k", &token, &fp(1), ttl).await.unwrap(),
+            Begin::Started
+        );
         store.release("k", &LockToken::random()).await.unwrap();
         assert_eq!(
-            store.try_begin("k", &fp(1), ttl).await.unwrap(),
+            store
+                .try_begin("k", &LockToken::random(), &fp(1), ttl)
+                .await
+                .unwrap(),
             Begin::InProgress
         );
         store.release("k", &token).await.unwrap();
-        let Begin::Started(_) = store.try_begin("k", &fp(1), ttl).await.unwrap() else {
-            panic!("released key must be free");
-        };
+        assert_eq!(
+            store
+                .try_begin("k", &LockToken::random(), &fp(1), ttl)
+                .await
+                .unwrap(),
+            Begin::Started,
+            "released key must be free"
+        );
         tokio::time::advance(Duration::from_secs(61)).await;
         assert!(matches!(
-            store.try_begin("k", &fp(1), ttl).await.unwrap(),
-            Begin::Started(_)
+            store
+                .try_begin("k", &LockToken::random(), &fp(1), ttl)
+                .await
+                .unwrap(),
+            Begin::Started
         ));
     }
 

@@ -212,8 +212,9 @@ impl<'a> Reader<'a> {
 /// What [`IdempotencyStore::try_begin`] found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Begin {
-    /// The key was free: the caller now holds its lock and must complete or release it.
-    Started(LockToken),
+    /// The key was free: the caller now holds its lock (with the token it passed) and must complete or
+    /// release it.
+    Started,
     /// Another request with the same key and fingerprint holds the lock.
     InProgress,
     /// The key completed with the same fingerprint: replay this.
@@ -254,12 +255,16 @@ impl std::error::Error for StoreError {}
 
 /// Keeps idempotency locks and records. Implementations must make `try_begin` atomic per key.
 ///
-/// Keys passed in are already scoped per client by the layer.
+/// Keys passed in are already scoped per client by the layer. The caller picks the lock token before
+/// `try_begin`, so that if the answer is lost (timeout, cancellation) it can still release a lock the store
+/// may have taken; `release` with a token that does not hold the key must do nothing.
 pub trait IdempotencyStore: Clone + Send + Sync + 'static {
-    /// Takes the key's lock for `lock_ttl` if the key is free (absent or expired), or reports what holds it.
+    /// Takes the key's lock with `token` for `lock_ttl` if the key is free (absent or expired), or reports
+    /// what holds it.
     fn try_begin(
         &self,
         key: &str,
+        token: &LockToken,
         fingerprint: &Fingerprint,
         lock_ttl: Duration,
     ) -> impl Future<Output = Result<Begin, StoreError>> + Send;

@@ -236,17 +236,17 @@ impl IdempotencyStore for RedisStore {
     async fn try_begin(
         &self,
         key: &str,
+        token: &LockToken,
         fingerprint: &Fingerprint,
         lock_ttl: Duration,
     ) -> Result<Begin, StoreError> {
-        let token = LockToken::random();
-        let lock = lock_value(&token, fingerprint);
+        let lock = lock_value(token, fingerprint);
         let ttl = millis(lock_ttl).to_string();
         let current: Option<Vec<u8>> = self
             .run(&self.inner.begin, key, &[&lock, ttl.as_bytes()])
             .await?;
         let Some(current) = current else {
-            return Ok(Begin::Started(token));
+            return Ok(Begin::Started);
         };
         let corrupt = || StoreError::new("corrupt idempotency value");
         match current.split_first() {
