@@ -1,4 +1,4 @@
-//! In-process idempotency store on a bounded moka cache.
+//! In-process idempotency store on a moka cache bounded by entries and bytes.
 //!
 //! Expiry is checked on tokio's clock (so paused-time tests work); moka's own expiry only reclaims memory.
 
@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use moka::future::Cache;
 use moka::ops::compute::{CompResult, Op};
+use moka::policy::EvictionPolicy;
 use tokio::time::Instant;
+
+use crate::error::ConfigError;
 
 use super::{Begin, Fingerprint, IdempotencyStore, LockToken, StoreError, StoredResponse};
 
@@ -39,7 +42,27 @@ impl Entry {
             Entry::Lock { ttl, .. } | Entry::Record { ttl, .. } => *ttl,
         }
     }
+
+    /// Approximate heap bytes held, key excluded.
+    fn bytes(&self) -> u64 {
+        let stored = match self {
+            Entry::Lock { .. } => 0,
+            Entry::Record { response, .. } => {
+                let headers: usize = response
+                    .headers()
+                    .iter()
+                    .map(|(name, value)| name.as_str().len() + value.len() + HEADER_OVERHEAD)
+                    .sum();
+                headers + response.body().len()
+            }
+        };
+        (stored + ENTRY_OVERHEAD) as u64
+    }
 }
+
+/// Bookkeeping bytes counted per entry (map slot, `Arc`, expiry) and per stored header.
+const ENTRY_OVERHEAD: usize = 160;
+const HEADER_OVERHEAD: usize = 48;
 
 struct EntryExpiry;
 
@@ -64,15 +87,21 @@ impl moka::Expiry<String, Arc<Entry>> for EntryExpiry {
     }
 }
 
-/// Idempotency records in this process's memory, bounded by entry count.
+/// Idempotency records in this process's memory, bounded by entry count and by bytes.
 ///
 /// Fits a single instance; several instances need a shared store such as `RedisStore` (feature `redis`).
-/// When the bound is reached, the least useful entries are evicted, which forgets their keys.
+/// When a bound is reached, the least recently used entries are evicted, which forgets their keys; a fresh
+/// lock is never refused.
 ///
 /// ```
 /// use dedup_layer::{IdempotencyLayer, store::MemoryStore};
 ///
-/// let layer = IdempotencyLayer::builder(MemoryStore::new(10_000)).build().unwrap();
+/// let store = MemoryStore::builder()
+///     .max_entries(10_000)
+///     .max_bytes(32 * 1024 * 1024)
+///     .build()
+///     .unwrap();
+/// let layer = IdempotencyLayer::builder(store).build().unwrap();
 /// # let _ = layer;
 /// ```
 #[derive(Clone)]
@@ -89,18 +118,88 @@ impl std::fmt::Debug for MemoryStore {
 }
 
 impl Default for MemoryStore {
-    /// Holds up to 100 000 keys.
+    /// Holds up to 100 000 keys and 64 MiB.
     fn default() -> Self {
-        Self::new(100_000)
+        MemoryStoreBuilder::default().assemble()
     }
 }
 
 impl MemoryStore {
-    /// A store holding at most `max_entries` keys (locks and records together).
+    /// A store holding at most `max_entries` keys (locks and records together) and the default 64 MiB.
+    /// A `max_entries` of zero is taken as one.
     pub fn new(max_entries: u64) -> Self {
+        MemoryStoreBuilder::default()
+            .max_entries(max_entries.max(1))
+            .assemble()
+    }
+
+    /// A builder to set both bounds.
+    pub fn builder() -> MemoryStoreBuilder {
+        MemoryStoreBuilder::default()
+    }
+}
+
+/// Builder for [`MemoryStore`]; every setter documents its default.
+#[must_use]
+#[derive(Debug)]
+pub struct MemoryStoreBuilder {
+    max_entries: u64,
+    max_bytes: u64,
+}
+
+impl Default for MemoryStoreBuilder {
+    fn default() -> Self {
+        MemoryStoreBuilder {
+            max_entries: 100_000,
+            max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl MemoryStoreBuilder {
+    /// Most keys kept (locks and records together).
+    ///
+    /// Defaults to 100 000. Must be at least 1.
+    pub fn max_entries(mut self, max: u64) -> Self {
+        self.max_entries = max;
+        self
+    }
+
+    /// Most bytes kept: stored bodies and headers plus a fixed per-entry overhead. Keep it well above the
+    /// layer's `max_response_bytes`, or large records are evicted as soon as they are stored.
+    ///
+    /// Defaults to 64 MiB. Must be at least 1.
+    pub fn max_bytes(mut self, max: u64) -> Self {
+        self.max_bytes = max;
+        self
+    }
+
+    /// Checks the bounds and builds the store.
+    pub fn build(self) -> Result<MemoryStore, ConfigError> {
+        if self.max_entries == 0 {
+            return Err(ConfigError::new("max_entries", "must be at least 1"));
+        }
+        if self.max_bytes == 0 {
+            return Err(ConfigError::new("max_bytes", "must be at least 1"));
+        }
+        Ok(self.assemble())
+    }
+
+    fn assemble(self) -> MemoryStore {
+        let max_bytes = self.max_bytes.max(1);
+        // One weight bounds both: every entry weighs at least max_bytes / max_entries (rounded up), so no
+        // more than max_entries fit in max_bytes.
+        let floor = max_bytes.div_ceil(self.max_entries.max(1));
         MemoryStore {
             cache: Cache::builder()
-                .max_capacity(max_entries)
+                .max_capacity(max_bytes)
+                .weigher(move |key: &String, entry: &Arc<Entry>| {
+                    let bytes = (key.len() as u64).saturating_add(entry.bytes());
+                    u32::try_from(bytes.max(floor)).unwrap_or(u32::MAX)
+                })
+                // LRU rather than TinyLFU admission: a new lock must always be kept, or a concurrent
+                // duplicate would find the key free and run the operation twice.
+                .eviction_policy(EvictionPolicy::lru())
                 .expire_after(EntryExpiry)
                 .build(),
         }
@@ -298,6 +397,113 @@ mod tests {
                 .unwrap(),
             Begin::Started
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_lock_survives_a_full_store() {
+        let store = MemoryStore::new(500);
+        let ttl = Duration::from_secs(60);
+        for n in 0..500 {
+            let key = format!("old-{n}");
+            let token = LockToken::random();
+            store.try_begin(&key, &token, &fp(1), ttl).await.unwrap();
+            store
+                .complete(&key, &token, &fp(1), &resp(), ttl)
+                .await
+                .unwrap();
+            // Retries make the old records look popular.
+            for _ in 0..5 {
+                store
+                    .try_begin(&key, &LockToken::random(), &fp(1), ttl)
+                    .await
+                    .unwrap();
+            }
+        }
+        store.cache.run_pending_tasks().await;
+        assert_eq!(
+            store
+                .try_begin("new", &LockToken::random(), &fp(1), ttl)
+                .await
+                .unwrap(),
+            Begin::Started
+        );
+        store.cache.run_pending_tasks().await;
+        assert_eq!(
+            store
+                .try_begin("new", &LockToken::random(), &fp(1), ttl)
+                .await
+                .unwrap(),
+            Begin::InProgress,
+            "a lock must not be dropped on admission, or the operation runs twice"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn records_are_bounded_by_bytes_and_entries() {
+        let store = MemoryStore::builder()
+            .max_entries(1_000)
+            .max_bytes(1024 * 1024)
+            .build()
+            .unwrap();
+        let ttl = Duration::from_secs(60);
+        let big = StoredResponse::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            bytes::Bytes::from(vec![b'x'; 64 * 1024]),
+        );
+        for n in 0..100 {
+            let key = format!("k{n}");
+            let token = LockToken::random();
+            store.try_begin(&key, &token, &fp(1), ttl).await.unwrap();
+            store
+                .complete(&key, &token, &fp(1), &big, ttl)
+                .await
+                .unwrap();
+        }
+        store.cache.run_pending_tasks().await;
+        let stored: usize = store
+            .cache
+            .iter()
+            .map(|(_, entry)| match &*entry {
+                Entry::Record { response, .. } => response.body().len(),
+                Entry::Lock { .. } => 0,
+            })
+            .sum();
+        assert!(stored <= 1024 * 1024, "{stored} bytes kept");
+        assert!(
+            stored >= 512 * 1024,
+            "the bound is used, not undershot: {stored}"
+        );
+
+        let few = MemoryStore::builder().max_entries(5).build().unwrap();
+        for n in 0..50 {
+            let key = format!("k{n}");
+            few.try_begin(&key, &LockToken::random(), &fp(1), ttl)
+                .await
+                .unwrap();
+        }
+        few.cache.run_pending_tasks().await;
+        assert!(few.cache.entry_count() <= 5, "{}", few.cache.entry_count());
+    }
+
+    #[test]
+    fn zero_bounds_are_rejected() {
+        assert_eq!(
+            MemoryStore::builder()
+                .max_entries(0)
+                .build()
+                .unwrap_err()
+                .field(),
+            "max_entries"
+        );
+        assert_eq!(
+            MemoryStore::builder()
+                .max_bytes(0)
+                .build()
+                .unwrap_err()
+                .field(),
+            "max_bytes"
+        );
     }
 
     fn resp() -> StoredResponse {
