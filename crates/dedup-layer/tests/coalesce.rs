@@ -646,3 +646,228 @@ fn outcomes_are_counted() {
     assert_eq!((leader, coalesced), (1, 4));
     assert_eq!(inflight, Some(0.0));
 }
+
+/// A body of two chunks; the second waits for `gate` (and `reached` is set once it does).
+fn gated_body(n: usize, gate: Arc<Semaphore>, reached: Arc<AtomicBool>) -> Body {
+    let stream = futures_util::stream::unfold(0u8, move |state| {
+        let gate = gate.clone();
+        let reached = reached.clone();
+        async move {
+            match state {
+                0 => Some((Ok::<_, Infallible>(Bytes::from(format!("head {n}|"))), 1)),
+                1 => {
+                    reached.store(true, Ordering::SeqCst);
+                    gate.acquire().await.unwrap().forget();
+                    Some((Ok(Bytes::from_static(b"tail")), 2))
+                }
+                _ => None,
+            }
+        }
+    });
+    Body::from_stream(stream)
+}
+
+fn streaming_app(
+    layer: &DedupLayer,
+    gate: &Gate,
+    body_gate: &Arc<Semaphore>,
+    reached: &Arc<AtomicBool>,
+) -> Router {
+    let g = gate.clone();
+    let body_gate = body_gate.clone();
+    let reached = reached.clone();
+    Router::new()
+        .route(
+            "/r",
+            get(move || {
+                let g = g.clone();
+                let body_gate = body_gate.clone();
+                let reached = reached.clone();
+                async move { gated_body(g.pass().await, body_gate, reached) }
+            }),
+        )
+        .layer(layer.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nobody_waiting_the_body_streams_and_a_later_request_leads_afresh() {
+    let layer = DedupLayer::new();
+    let handle = layer.handle();
+    let gate = Gate::new();
+    let body_gate = Arc::new(Semaphore::new(0));
+    let reached = Arc::new(AtomicBool::new(false));
+    let app = streaming_app(&layer, &gate, &body_gate, &reached);
+    gate.open(2);
+
+    // The head arrives while the body is still held: nothing is buffered for an absent audience.
+    let first = app.clone().oneshot(get_req("/r")).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(handle.inflight(), 0, "the key is free once the head is out");
+
+    // An identical request now is not a waiter of a finished slot: it runs its own handler.
+    let second = app.clone().oneshot(get_req("/r")).await.unwrap();
+    assert_eq!(gate.calls(), 2);
+    body_gate.add_permits(2);
+    let first = first.into_body().collect().await.unwrap().to_bytes();
+    let second = second.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&first[..], b"head 1|tail");
+    assert_eq!(&second[..], b"head 2|tail");
+    assert_empty(&handle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_caller_leaving_while_its_body_is_buffered_hands_the_work_off() {
+    let layer = DedupLayer::new();
+    let handle = layer.handle();
+    let gate = Gate::new();
+    let body_gate = Arc::new(Semaphore::new(0));
+    let reached = Arc::new(AtomicBool::new(false));
+    let app = streaming_app(&layer, &gate, &body_gate, &reached);
+
+    let leader = tokio::spawn(send(app.clone(), get_req("/r")));
+    until("leader in handler", || gate.calls() == 1).await;
+    let waiter = tokio::spawn(send(app.clone(), get_req("/r")));
+    until("1 waiter", || handle.waiters() == 1).await;
+    gate.open(1);
+    until("leader buffering the body", || {
+        reached.load(Ordering::SeqCst)
+    })
+    .await;
+
+    leader.abort();
+    assert!(leader.await.unwrap_err().is_cancelled());
+    assert_eq!(handle.inflight(), 1, "the buffering goes on for the waiter");
+    body_gate.add_permits(1);
+    let (status, _, body) = waiter.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"head 1|tail");
+    assert_eq!(gate.calls(), 1);
+    assert_empty(&handle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpolled_leader_dropped_with_a_waiter_still_answers_it() {
+    let layer = DedupLayer::new();
+    let handle = layer.handle();
+    let gate = Gate::new();
+    let g = gate.clone();
+    let router: Router = Router::new().route(
+        "/r",
+        get(move || {
+            let g = g.clone();
+            async move { format!("answer {}", g.pass().await) }
+        }),
+    );
+    let service = tower::Layer::layer(&layer, router);
+
+    // Alone: dropping frees the key and never runs the handler.
+    let mut svc = service.clone();
+    let alone = ServiceExt::<Request<Body>>::ready(&mut svc)
+        .await
+        .unwrap()
+        .call(get_req("/r"));
+    assert_eq!(handle.inflight(), 1);
+    drop(alone);
+    assert_eq!(handle.inflight(), 0);
+    assert_eq!(gate.calls(), 0);
+
+    // With a waiter: the never-polled work is detached and answers the waiter.
+    let leader = ServiceExt::<Request<Body>>::ready(&mut svc)
+        .await
+        .unwrap()
+        .call(get_req("/r"));
+    let waiter = tokio::spawn(service.clone().oneshot(get_req("/r")));
+    until("1 waiter", || handle.waiters() == 1).await;
+    drop(leader);
+    gate.open(1);
+    let response = waiter.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"answer 1");
+    assert_eq!(gate.calls(), 1);
+    assert_empty(&handle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_leave_the_inner_readiness_alone() {
+    // Two permits: the leader's call holds one. A waiter must not sit on the other while it waits,
+    // or every further identical request blocks in `poll_ready` instead of joining.
+    let layer = DedupLayer::new();
+    let handle = layer.handle();
+    let gate = Gate::new();
+    let g = gate.clone();
+    let inner = tower::limit::ConcurrencyLimit::new(
+        tower::service_fn(move |_req: Request<Body>| {
+            let g = g.clone();
+            async move {
+                let n = g.pass().await;
+                Ok::<_, Infallible>(http::Response::new(Body::from(format!("answer {n}"))))
+            }
+        }),
+        2,
+    );
+    let service = tower::Layer::layer(&layer, inner);
+    let tasks: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(service.clone().oneshot(get_req("/r"))))
+        .collect();
+    until("4 waiters behind one leader", || {
+        gate.calls() == 1 && handle.waiters() == 4
+    })
+    .await;
+    gate.open(1);
+    for task in tasks {
+        let response = task.await.unwrap().unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"answer 1");
+    }
+    assert_eq!(gate.calls(), 1);
+    assert_empty(&handle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_joins_and_completions_never_hang_or_mix_answers() {
+    let layer = DedupLayer::new();
+    let handle = layer.handle();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let app = Router::new()
+        .route(
+            "/r/{round}",
+            get(
+                move |axum::extract::Path(round): axum::extract::Path<u32>| {
+                    let c = c.clone();
+                    async move {
+                        c.fetch_add(1, Ordering::SeqCst);
+                        for _ in 0..round % 4 {
+                            tokio::task::yield_now().await;
+                        }
+                        format!("round {round}")
+                    }
+                },
+            ),
+        )
+        .layer(layer.clone());
+    let run = async {
+        let mut requests = 0;
+        for round in 0..400u32 {
+            let k = 1 + (round as usize % 6);
+            requests += k;
+            let tasks: Vec<_> = (0..k)
+                .map(|_| tokio::spawn(send(app.clone(), get_req(&format!("/r/{round}")))))
+                .collect();
+            for task in tasks {
+                let (status, _, body) = task.await.unwrap();
+                assert_eq!(status, StatusCode::OK);
+                assert_eq!(body, format!("round {round}").as_bytes());
+            }
+        }
+        requests
+    };
+    // A bound, not a wait: a lost wake-up would hang here forever.
+    let requests = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("every request answered");
+    let calls = calls.load(Ordering::SeqCst);
+    assert!((400..=requests).contains(&calls), "{calls} calls");
+    assert_empty(&handle);
+}
