@@ -22,6 +22,7 @@
 #[cfg(feature = "admin")]
 pub mod admin;
 mod body;
+mod codec;
 pub mod date;
 pub mod directives;
 mod fields;

@@ -45,6 +45,12 @@ impl Clock {
         (self.base_unix + at.saturating_duration_since(self.base)).as_secs()
     }
 
+    /// Unix milliseconds at `at`, for tiers that outlive this process.
+    pub(crate) fn unix_millis(&self, at: Instant) -> u64 {
+        u64::try_from((self.base_unix + at.saturating_duration_since(self.base)).as_millis())
+            .unwrap_or(u64::MAX)
+    }
+
     /// Nanoseconds since this clock was made, plus one (0 is reserved for "never").
     pub(crate) fn stamp(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.base).as_nanos())
