@@ -68,6 +68,7 @@ mod export;
 mod layer;
 mod metrics;
 pub mod names;
+mod otlp;
 mod service;
 mod setup;
 

@@ -70,17 +70,47 @@ impl Shared {
     }
 }
 
-/// `{method} {route}`, or `{method}` alone, formatted only if a subscriber records the span.
-struct SpanName<'a> {
-    method: MethodLabel,
-    route: Option<&'a str>,
+/// The span name `{method} {route}` (or `{method}` alone), assembled on the stack for the usual route
+/// lengths, so naming a span costs one copy instead of a formatting pass and a growing `String`.
+struct SpanName {
+    buf: [u8; SPAN_NAME_INLINE],
+    len: usize,
+    long: Option<String>,
 }
 
-impl std::fmt::Display for SpanName<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.route {
-            Some(route) => write!(f, "{} {}", self.method.span_name(), route),
-            None => f.write_str(self.method.span_name()),
+const SPAN_NAME_INLINE: usize = 128;
+
+impl SpanName {
+    fn new(method: MethodLabel, route: Option<&str>) -> Self {
+        let method = method.span_name();
+        let mut name = Self {
+            buf: [0; SPAN_NAME_INLINE],
+            len: 0,
+            long: None,
+        };
+        match route {
+            None => name.push(method),
+            Some(route) if method.len() + 1 + route.len() <= SPAN_NAME_INLINE => {
+                name.push(method);
+                name.push(" ");
+                name.push(route);
+            }
+            Some(route) => name.long = Some(format!("{method} {route}")),
+        }
+        name
+    }
+
+    fn push(&mut self, part: &str) {
+        let end = self.len + part.len();
+        self.buf[self.len..end].copy_from_slice(part.as_bytes());
+        self.len = end;
+    }
+
+    fn as_str(&self) -> &str {
+        match &self.long {
+            Some(long) => long,
+            // Whole `&str`s were copied in, so the bytes are UTF-8.
+            None => std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default(),
         }
     }
 }
@@ -191,7 +221,7 @@ fn make_span<B>(
     let span = tracing::info_span!(
         target: "telemetry_layer",
         "HTTP request",
-        otel.name = %SpanName { method, route: route_str },
+        otel.name = SpanName::new(method, route_str).as_str(),
         otel.kind = "server",
         otel.status_code = Empty,
         http.request.method = method.as_str(),

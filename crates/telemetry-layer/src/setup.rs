@@ -12,7 +12,6 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracer, SdkTracerProvider};
@@ -31,6 +30,7 @@ use crate::names::{
     DEFAULT_DURATION_BUCKETS, DEFAULT_SIZE_BUCKETS, HTTP_SERVER_REQUEST_BODY_SIZE,
     HTTP_SERVER_REQUEST_DURATION, HTTP_SERVER_RESPONSE_BODY_SIZE,
 };
+use crate::otlp::OtlpExporter;
 
 /// Content type of the Prometheus text exposition format served by [`Telemetry::metrics_router`].
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
@@ -474,25 +474,35 @@ impl TelemetryBuilder {
                 });
             }
         }
-        let endpoint = self
-            .otlp_endpoint
-            .as_ref()
-            .map(|base| format!("{}/v1/traces", base.trim_end_matches('/')));
-        let env_endpoint = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"));
-        let Some(target) = endpoint.clone().or(env_endpoint) else {
-            return Ok(None);
+        // The builder's base endpoint, else the traces endpoint as is, else the base endpoint from the
+        // environment, the last two as the OTLP exporter specification resolves them.
+        let target = match (
+            &self.otlp_endpoint,
+            env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        ) {
+            (Some(base), _) => traces_url(base),
+            (None, Some(traces)) => traces.trim().to_owned(),
+            (None, None) => match env("OTEL_EXPORTER_OTLP_ENDPOINT") {
+                Some(base) => traces_url(&base),
+                None => return Ok(None),
+            },
         };
-        if target
-            .trim_start()
-            .to_ascii_lowercase()
-            .starts_with("https:")
-        {
+        if target.to_ascii_lowercase().starts_with("https:") {
             return Err(TelemetryError::InvalidConfig {
                 field: "OTEL_EXPORTER_OTLP_ENDPOINT",
                 reason: format!(
                     "`{target}` uses https; the built-in OTLP client speaks plain http (send to a local collector or Jaeger on port 4318)"
                 ),
+            });
+        }
+        let endpoint: http::Uri = target.parse().map_err(|e| TelemetryError::InvalidConfig {
+            field: "OTEL_EXPORTER_OTLP_ENDPOINT",
+            reason: format!("`{target}` is not a valid URL: {e}"),
+        })?;
+        if endpoint.scheme_str() != Some("http") || endpoint.host().is_none() {
+            return Err(TelemetryError::InvalidConfig {
+                field: "OTEL_EXPORTER_OTLP_ENDPOINT",
+                reason: format!("`{target}` is not an http:// URL"),
             });
         }
         let protocol = env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
@@ -505,6 +515,20 @@ impl TelemetryBuilder {
                 reason: format!("`{protocol}` is not supported; use `http/protobuf` (port 4318)"),
             });
         }
+        let compression = env("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION")
+            .or_else(|| env("OTEL_EXPORTER_OTLP_COMPRESSION"));
+        if let Some(compression) = compression.as_deref().map(str::trim)
+            && compression != "none"
+        {
+            return Err(TelemetryError::InvalidConfig {
+                field: "OTEL_EXPORTER_OTLP_COMPRESSION",
+                reason: format!("`{compression}` is not supported; spans are sent uncompressed"),
+            });
+        }
+        let headers = env("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+            .or_else(|| env("OTEL_EXPORTER_OTLP_HEADERS"))
+            .map(|list| parse_headers(&list))
+            .unwrap_or_default();
         let timeout = env("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
             .or_else(|| env("OTEL_EXPORTER_OTLP_TIMEOUT"))
             .and_then(|ms| ms.trim().parse::<u64>().ok())
@@ -512,17 +536,7 @@ impl TelemetryBuilder {
 
         let client =
             ExportClient::new(timeout).map_err(|e| TelemetryError::Exporter(e.to_string()))?;
-        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .with_timeout(timeout)
-            .with_http_client(client);
-        if let Some(endpoint) = endpoint {
-            exporter = exporter.with_endpoint(endpoint);
-        }
-        let exporter = exporter
-            .build()
-            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+        let exporter = OtlpExporter::new(client, endpoint, headers);
 
         let service_name = env("OTEL_SERVICE_NAME").unwrap_or_else(|| self.service_name.clone());
         let resource = if self.read_env {
@@ -552,6 +566,49 @@ where
         .with_threads(false)
         .with_target(false)
         .with_tracked_inactivity(false)
+}
+
+/// `{base}/v1/traces`, the OTLP/HTTP traces path under a base endpoint.
+fn traces_url(base: &str) -> String {
+    format!("{}/v1/traces", base.trim().trim_end_matches('/'))
+}
+
+/// `OTEL_EXPORTER_OTLP_HEADERS`: `key=value` pairs separated by commas, values percent-encoded. Entries that
+/// are not a valid header are skipped.
+fn parse_headers(list: &str) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    list.split(',')
+        .filter_map(|entry| {
+            let (name, value) = entry.split_once('=')?;
+            let name = http::HeaderName::from_bytes(name.trim().as_bytes()).ok()?;
+            let value = http::HeaderValue::from_bytes(&percent_decode(value.trim())).ok()?;
+            Some((name, value))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied(),
+            bytes.get(i + 2).copied(),
+        ) {
+            (b'%', Some(hi), Some(lo)) if hex(hi).is_some() && hex(lo).is_some() => {
+                let value = hex(hi).unwrap_or(0) * 16 + hex(lo).unwrap_or(0);
+                out.push(value as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 fn checked_buckets(field: &'static str, buckets: &[f64]) -> Result<Vec<f64>, TelemetryError> {
