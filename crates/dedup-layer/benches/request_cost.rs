@@ -13,11 +13,11 @@
 //! valgrind --tool=callgrind --callgrind-out-file=/dev/null BIN dedup 12000
 //! ```
 //!
-//! A third argument `tcp` sends the requests over one kept-alive loopback connection (server and client on the
-//! same thread) instead of calling the `Router` directly; callgrind then counts the user-space cost of the whole
-//! HTTP exchange.
+//! A third argument `http` sends raw HTTP/1.1 requests to hyper's server over an in-memory pipe instead of
+//! calling the `Router` directly; callgrind then counts the whole server-side exchange, deterministically
+//! (no sockets, no client library).
 //!
-//! Without arguments (as under `cargo bench`) it runs both variants once and prints their wall-clock rate.
+//! Without arguments (as under `cargo bench`) it runs each variant once and prints its wall-clock rate.
 #![allow(
     missing_docs,
     clippy::print_stdout,
@@ -30,13 +30,11 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
-use bytes::Bytes;
 use dedup_layer::DedupLayer;
 use http::{Request, Uri};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::ServiceExt;
 
 /// `bare`: no layer; `noop`: a layer that adds nothing (the floor any `Router::layer` pays); `dedup`.
@@ -53,7 +51,7 @@ fn app(variant: &str) -> Router {
 }
 
 #[inline(never)]
-fn run(variant: &str, requests: usize, tcp: bool) -> usize {
+fn run(variant: &str, requests: usize, http: bool) -> usize {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -61,25 +59,34 @@ fn run(variant: &str, requests: usize, tcp: bool) -> usize {
     let app = app(variant);
     rt.block_on(async {
         let mut bytes = 0;
-        if tcp {
-            // Server and client share the one thread; a single kept-alive connection.
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-            let client: Client<HttpConnector, Empty<Bytes>> =
-                Client::builder(TokioExecutor::new()).build_http();
-            let uris: Vec<Uri> = (0..4096)
-                .map(|n| format!("http://{addr}/r?n={n}").parse().unwrap())
-                .collect();
-            for i in 0..requests {
-                let response = client.get(uris[i % uris.len()].clone()).await.unwrap();
-                bytes += response
-                    .into_body()
-                    .collect()
+        if http {
+            // hyper's HTTP/1.1 server over an in-memory pipe, fed raw requests: the whole server-side
+            // exchange (parsing, axum, the layer, encoding) without sockets or a client library.
+            let (mut client, server) = tokio::io::duplex(64 * 1024);
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            tokio::spawn(async move {
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(server), service)
                     .await
-                    .unwrap()
-                    .to_bytes()
-                    .len();
+                    .unwrap();
+            });
+            let requests_bytes: Vec<Vec<u8>> = (0..4096)
+                .map(|n| format!("GET /r?n={n} HTTP/1.1\r\nhost: bench\r\n\r\n").into_bytes())
+                .collect();
+            let mut buf = vec![0u8; 4096];
+            for i in 0..requests {
+                client
+                    .write_all(&requests_bytes[i % requests_bytes.len()])
+                    .await
+                    .unwrap();
+                // The answer is small and arrives whole; read until its body's end.
+                let mut len = 0;
+                while !buf[..len].ends_with(b"few dozen bytes....") {
+                    let n = client.read(&mut buf[len..]).await.unwrap();
+                    assert!(n > 0, "connection closed");
+                    len += n;
+                }
+                bytes += 39;
             }
         } else {
             let uris: Vec<Uri> = (0..4096)
@@ -108,8 +115,8 @@ fn main() {
     match args.first().map(String::as_str) {
         Some(variant @ ("bare" | "noop" | "dedup")) => {
             let requests = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(10_000);
-            let tcp = args.get(2).is_some_and(|t| t == "tcp");
-            let bytes = run(variant, requests, tcp);
+            let http = args.get(2).is_some_and(|t| t == "http");
+            let bytes = run(variant, requests, http);
             assert_eq!(bytes, requests * 39);
         }
         _ => {

@@ -166,7 +166,7 @@ impl<F, B, E> Leading<F, B, E> {
 
     /// Where the task driving this detached work registers its abort handle.
     pub(crate) fn abort_registry(&self) -> Option<crate::inflight::AbortRegistry> {
-        self.lead.as_ref().map(Lead::abort_registry)
+        self.lead.as_ref().and_then(Lead::abort_registry)
     }
 }
 

@@ -1,14 +1,15 @@
-//! The bounded map of keys in flight, each with a slot that fans the leader's outcome out to its waiters.
+//! The bounded map of keys in flight; the first waiter on a key adds a slot that fans the outcome out.
 //!
 //! Every entry is removed by an RAII guard ([`Lead`]) owned by whoever drives the leader's work, so panics and
-//! cancellations never leak keys. A key is removed before its outcome is published, under the map lock, so
-//! nobody can join a slot whose outcome has already been handed out.
+//! cancellations never leak keys. An entry leaves the map before its outcome is handed out, under the map lock,
+//! so nobody can join a slot whose outcome has already been given.
 
 use std::borrow::Borrow;
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use bytes::Bytes;
@@ -53,22 +54,58 @@ pub(crate) enum Outcome {
     Failed,
 }
 
-/// A key with its hash computed once (keyed SipHash), so map operations do not rehash the bytes.
-#[derive(Debug, PartialEq, Eq)]
-struct HashedKey {
+/// Identifies one map entry: its key's hash and a number unique to its leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct EntryId {
     hash: u64,
-    bytes: Vec<u8>,
+    serial: u64,
 }
 
-impl Hash for HashedKey {
+impl Hash for EntryId {
     fn hash<H: Hasher>(&self, state: &mut H) {
         state.write_u64(self.hash);
     }
 }
 
-/// Passes a precomputed `u64` through; only ever fed by [`HashedKey`].
+/// A key with its hash computed once (keyed SipHash), so map operations never rehash the bytes.
+///
+/// Joiners look entries up by bytes; a leader or waiter finds its own entry by [`EntryId`] (two entries in
+/// the map never share bytes or serial, so both lookups agree on equality, as `Borrow` requires).
+#[derive(Debug)]
+struct MapKey {
+    id: EntryId,
+    bytes: Vec<u8>,
+}
+
+impl Hash for MapKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.id.hash);
+    }
+}
+
+impl PartialEq for MapKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for MapKey {}
+
+impl Borrow<EntryId> for MapKey {
+    fn borrow(&self) -> &EntryId {
+        &self.id
+    }
+}
+
+/// Passes a precomputed `u64` through; only ever fed by [`MapKey`] and [`EntryId`].
 #[derive(Default)]
 struct PrehashedHasher(u64);
+
+impl fmt::Debug for PrehashedHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PrehashedHasher")
+    }
+}
 
 impl Hasher for PrehashedHasher {
     fn finish(&self) -> u64 {
@@ -76,7 +113,7 @@ impl Hasher for PrehashedHasher {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        // Not reached (HashedKey writes a u64); mixes the bytes anyway so the hasher stays correct.
+        // Not reached (keys write a u64); mixes the bytes anyway so the hasher stays correct.
         for &b in bytes {
             self.0 = self.0.rotate_left(8) ^ u64::from(b);
         }
@@ -87,49 +124,40 @@ impl Hasher for PrehashedHasher {
     }
 }
 
+/// One key in flight. Lives inside the map, so a leader that finishes alone allocates nothing for it.
 #[derive(Debug)]
+struct Entry {
+    id: EntryId,
+    /// The leader's caller while it is there, plus waiters.
+    subscribers: usize,
+    waiters: usize,
+    /// Created by the first waiter: where the outcome is handed over.
+    slot: Option<Arc<Slot>>,
+}
+
+/// The waiters' side of an entry: the outcome, once, and the wake-up.
+#[derive(Debug, Default)]
 pub(crate) struct Slot {
-    key: HashedKey,
-    /// The leader's caller while it is there, plus waiters. Changed only under the map lock.
-    subscribers: AtomicUsize,
-    /// Waiters only. Changed only under the map lock.
-    waiters: AtomicUsize,
-    /// Set under the map lock when the entry leaves the map; no one joins after that.
-    finished: AtomicBool,
-    /// Set under the map lock when the last waiter of a detached leader left and cancelled it.
-    abandoned: AtomicBool,
     outcome: OnceLock<Outcome>,
     notify: Notify,
     /// Cancels the detached task driving the leader's work, once its caller has gone.
     abort: Mutex<Option<AbortHandle>>,
+    /// Set when the last waiter of a detached leader left and cancelled it.
+    abandoned: AtomicBool,
 }
 
-/// The map's entry: the slot, looked up by its key.
-#[derive(Debug)]
-struct Entry(Arc<Slot>);
-
-impl Borrow<HashedKey> for Entry {
-    fn borrow(&self) -> &HashedKey {
-        &self.0.key
+impl Slot {
+    fn hand_out(&self, outcome: Outcome) {
+        let _ = self.outcome.set(outcome);
+        self.notify.notify_waiters();
     }
 }
 
-impl Hash for Entry {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.key.hash(state);
-    }
+#[derive(Debug, Default)]
+struct Map {
+    entries: HashMap<MapKey, Entry, BuildHasherDefault<PrehashedHasher>>,
+    next_serial: u64,
 }
-
-impl PartialEq for Entry {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.key == other.0.key
-    }
-}
-
-impl Eq for Entry {}
-
-// `Entry` hashes and compares only its slot's key, which never changes (the slot's counters do).
-type Map = HashSet<Entry, BuildHasherDefault<PrehashedHasher>>;
 
 /// The in-flight map shared by every service built from one layer.
 #[derive(Debug)]
@@ -138,12 +166,6 @@ pub(crate) struct Inflight {
     hasher: RandomState,
     max: usize,
     cancel_when_abandoned: bool,
-}
-
-impl std::fmt::Debug for PrehashedHasher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PrehashedHasher")
-    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -178,80 +200,80 @@ impl Inflight {
 
     /// Becomes the key's leader, or a waiter on the leader already in flight.
     pub(crate) fn join(self: &Arc<Self>, key: Vec<u8>) -> Joined {
-        let key = HashedKey {
-            hash: self.hasher.hash_one(key.as_slice()),
+        let mut key = MapKey {
+            id: EntryId {
+                hash: self.hasher.hash_one(key.as_slice()),
+                serial: 0,
+            },
             bytes: key,
         };
         let mut map = lock(&self.map);
-        if let Some(Entry(slot)) = map.get(&key) {
-            slot.subscribers.fetch_add(1, Ordering::Relaxed);
-            slot.waiters.fetch_add(1, Ordering::Relaxed);
-            let slot = slot.clone();
+        if let Some(entry) = map.entries.get_mut(&key) {
+            let id = entry.id;
+            entry.subscribers += 1;
+            entry.waiters += 1;
+            let slot = entry.slot.get_or_insert_with(Arc::default).clone();
             drop(map);
             return Joined::Waiter(Waiting {
                 inflight: self.clone(),
+                id,
                 slot,
             });
         }
-        if map.len() >= self.max {
+        if map.entries.len() >= self.max {
             return Joined::Full;
         }
-        let slot = Arc::new(Slot {
+        map.next_serial = map.next_serial.wrapping_add(1);
+        key.id.serial = map.next_serial;
+        let id = key.id;
+        map.entries.insert(
             key,
-            subscribers: AtomicUsize::new(1),
-            waiters: AtomicUsize::new(0),
-            finished: AtomicBool::new(false),
-            abandoned: AtomicBool::new(false),
-            outcome: OnceLock::new(),
-            notify: Notify::new(),
-            abort: Mutex::new(None),
-        });
-        map.insert(Entry(slot.clone()));
+            Entry {
+                id,
+                subscribers: 1,
+                waiters: 0,
+                slot: None,
+            },
+        );
         drop(map);
         metric::inflight(1.0);
         Joined::Leader(Lead {
             inflight: self.clone(),
-            slot,
+            id,
             published: false,
         })
     }
 
-    /// Removes `slot`'s entry if it is still in the map. Call with the map locked.
-    #[allow(clippy::mutable_key_type)] // see `Map`
-    fn remove(&self, map: &mut Map, slot: &Slot) -> bool {
-        if slot.finished.swap(true, Ordering::Relaxed) {
-            return false;
-        }
-        map.remove(&slot.key);
-        true
+    /// Removes the entry `id` (if still there) and returns its waiter count and slot.
+    fn remove(&self, map: &mut Map, id: &EntryId) -> Option<(usize, Option<Arc<Slot>>)> {
+        let (_, entry) = map.entries.remove_entry(id)?;
+        Some((entry.waiters, entry.slot))
     }
 
     pub(crate) fn len(&self) -> usize {
-        lock(&self.map).len()
+        lock(&self.map).entries.len()
     }
 
     pub(crate) fn waiters(&self) -> usize {
-        lock(&self.map)
-            .iter()
-            .map(|Entry(slot)| slot.waiters.load(Ordering::Relaxed))
-            .sum()
+        lock(&self.map).entries.values().map(|e| e.waiters).sum()
     }
 }
 
-/// A waiter's interest in a slot. Dropping the last interest in a detached leader cancels it when so configured.
+/// A waiter's interest in an entry. Dropping the last interest in a detached leader cancels it when so configured.
 #[derive(Debug)]
 pub(crate) struct Waiting {
     inflight: Arc<Inflight>,
+    id: EntryId,
     slot: Arc<Slot>,
 }
 
 impl Waiting {
-    /// Waits for the leader's outcome. The outcome is always published (the [`Lead`] guard does it on drop),
+    /// Waits for the leader's outcome. The outcome is always handed out (the [`Lead`] guard does it on drop),
     /// so this ends as soon as the leader does.
     pub(crate) async fn outcome(&self) -> Outcome {
         loop {
             let mut notified = pin!(self.slot.notify.notified());
-            // Register before checking, so a publish between the check and the await is not missed.
+            // Register before checking, so a hand-out between the check and the await is not missed.
             notified.as_mut().enable();
             if let Some(outcome) = self.slot.outcome.get() {
                 return outcome.clone();
@@ -264,19 +286,21 @@ impl Waiting {
 impl Drop for Waiting {
     fn drop(&mut self) {
         let mut map = lock(&self.inflight.map);
-        self.slot.waiters.fetch_sub(1, Ordering::Relaxed);
-        let left = self.slot.subscribers.fetch_sub(1, Ordering::Relaxed) - 1;
-        if left == 0
-            && self.inflight.cancel_when_abandoned
-            && self.inflight.remove(&mut map, &self.slot)
-        {
-            self.slot.abandoned.store(true, Ordering::Relaxed);
-            drop(map);
-            metric::inflight(-1.0);
-            if let Some(handle) = lock(&self.slot.abort).take() {
-                tracing::debug!("every caller left; cancelling the in-flight request");
-                handle.abort();
-            }
+        let Some(entry) = map.entries.get_mut(&self.id) else {
+            return;
+        };
+        entry.waiters -= 1;
+        entry.subscribers -= 1;
+        if entry.subscribers > 0 || !self.inflight.cancel_when_abandoned {
+            return;
+        }
+        self.inflight.remove(&mut map, &self.id);
+        self.slot.abandoned.store(true, Ordering::Relaxed);
+        drop(map);
+        metric::inflight(-1.0);
+        if let Some(handle) = lock(&self.slot.abort).take() {
+            tracing::debug!("every caller left; cancelling the in-flight request");
+            handle.abort();
         }
     }
 }
@@ -285,7 +309,7 @@ impl Drop for Waiting {
 #[derive(Debug)]
 pub(crate) struct Lead {
     inflight: Arc<Inflight>,
-    slot: Arc<Slot>,
+    id: EntryId,
     published: bool,
 }
 
@@ -294,29 +318,21 @@ impl Lead {
     /// leaves the key in the map (later identical requests still join).
     pub(crate) fn finish_if_alone(mut self) -> Option<Lead> {
         let mut map = lock(&self.inflight.map);
-        if self.slot.waiters.load(Ordering::Relaxed) > 0 {
+        if map
+            .entries
+            .get(&self.id)
+            .is_some_and(|entry| entry.waiters > 0)
+        {
             drop(map);
             return Some(self);
         }
-        let removed = self.inflight.remove(&mut map, &self.slot);
+        let removed = self.inflight.remove(&mut map, &self.id).is_some();
         drop(map);
         if removed {
             metric::inflight(-1.0);
         }
         self.published = true;
         None
-    }
-
-    /// Frees the key so later requests start afresh, and returns how many waiters will read the outcome.
-    pub(crate) fn close(&self) -> usize {
-        let mut map = lock(&self.inflight.map);
-        let removed = self.inflight.remove(&mut map, &self.slot);
-        let waiters = self.slot.waiters.load(Ordering::Relaxed);
-        drop(map);
-        if removed {
-            metric::inflight(-1.0);
-        }
-        waiters
     }
 
     /// Frees the key and hands `outcome` to the waiters.
@@ -327,30 +343,42 @@ impl Lead {
     /// Frees the key and, if anyone waits, hands them the outcome `make` builds.
     pub(crate) fn publish_with(mut self, make: impl FnOnce() -> Outcome) {
         self.published = true;
-        if self.close() > 0 {
-            let _ = self.slot.outcome.set(make());
-            self.slot.notify.notify_waiters();
+        if let Some(slot) = self.close() {
+            slot.hand_out(make());
         }
+    }
+
+    /// Frees the key; returns the slot if waiters are there to read an outcome.
+    fn close(&self) -> Option<Arc<Slot>> {
+        let mut map = lock(&self.inflight.map);
+        let removed = self.inflight.remove(&mut map, &self.id);
+        drop(map);
+        let (waiters, slot) = removed?;
+        metric::inflight(-1.0);
+        slot.filter(|_| waiters > 0)
     }
 
     /// The leader's caller leaves before the work is done: decides whether the work goes on without it.
     pub(crate) fn caller_left(&self) -> Departure {
         let mut map = lock(&self.inflight.map);
-        let left = self.slot.subscribers.fetch_sub(1, Ordering::Relaxed) - 1;
-        if left > 0 || !self.inflight.cancel_when_abandoned {
+        let Some(entry) = map.entries.get_mut(&self.id) else {
+            return Departure::Cancel;
+        };
+        entry.subscribers -= 1;
+        if entry.subscribers > 0 || !self.inflight.cancel_when_abandoned {
             return Departure::Detach;
         }
-        let removed = self.inflight.remove(&mut map, &self.slot);
+        self.inflight.remove(&mut map, &self.id);
         drop(map);
-        if removed {
-            metric::inflight(-1.0);
-        }
+        metric::inflight(-1.0);
         Departure::Cancel
     }
 
-    /// A handle to register the detached task's [`AbortHandle`] with, once it is spawned.
-    pub(crate) fn abort_registry(&self) -> AbortRegistry {
-        AbortRegistry(self.slot.clone())
+    /// Where the task driving this detached work registers its abort handle, if waiters can cancel it.
+    pub(crate) fn abort_registry(&self) -> Option<AbortRegistry> {
+        let map = lock(&self.inflight.map);
+        let slot = map.entries.get(&self.id)?.slot.clone()?;
+        Some(AbortRegistry(slot))
     }
 }
 
@@ -362,9 +390,8 @@ impl Drop for Lead {
         if std::thread::panicking() {
             tracing::error!("inner service panicked; answering every waiter with 500");
         }
-        if self.close() > 0 {
-            let _ = self.slot.outcome.set(Outcome::Failed);
-            self.slot.notify.notify_waiters();
+        if let Some(slot) = self.close() {
+            slot.hand_out(Outcome::Failed);
         }
     }
 }

@@ -133,7 +133,34 @@ impl DefaultKey {
     }
 }
 
-fn push_header_values(key: &mut RequestKey, headers: &HeaderMap, name: &HeaderName) {
+/// Which configured headers a request carries, found in one pass over its (few) header names.
+///
+/// Bit `i` stands for `vary[i]`, bit `32 + j` for `credentials[j]`; names past 32 are reported present, so
+/// they are looked up as usual. `host` is the `Host` value, if any.
+struct Presence<'a> {
+    bits: u64,
+    host: Option<&'a [u8]>,
+}
+
+impl Presence<'_> {
+    fn vary(&self, i: usize) -> bool {
+        i >= 32 || self.bits & (1 << i) != 0
+    }
+
+    fn credential(&self, j: usize) -> bool {
+        j >= 32 || self.bits & (1 << (32 + j)) != 0
+    }
+}
+
+/// Requests with at most this many header names are scanned once instead of looked up name by name; above
+/// it, lookups are cheaper.
+const SCAN_AT_MOST: usize = 6;
+
+fn push_header_values(key: &mut RequestKey, headers: &HeaderMap, name: &HeaderName, present: bool) {
+    if !present {
+        key.0.push(0);
+        return;
+    }
     let mut values = headers.get_all(name).iter().peekable();
     if values.peek().is_none() {
         // Absent differs from present-but-empty.
@@ -147,16 +174,48 @@ fn push_header_values(key: &mut RequestKey, headers: &HeaderMap, name: &HeaderNa
     key.0.push(2);
 }
 
+impl DefaultKey {
+    fn presence<'a>(&self, headers: &'a HeaderMap) -> Option<Presence<'a>> {
+        if headers.keys_len() > SCAN_AT_MOST {
+            return None;
+        }
+        let mut presence = Presence {
+            bits: 0,
+            host: None,
+        };
+        for (name, value) in headers {
+            if name == header::HOST {
+                presence.host.get_or_insert(value.as_bytes());
+            }
+            for (i, vary) in self.vary.iter().enumerate().take(32) {
+                if vary == name {
+                    presence.bits |= 1 << i;
+                }
+            }
+            for (j, credential) in self.credentials.iter().enumerate().take(32) {
+                if credential == name {
+                    presence.bits |= 1 << (32 + j);
+                }
+            }
+        }
+        Some(presence)
+    }
+}
+
 impl MakeKey for DefaultKey {
     fn make_key(&self, parts: &Parts) -> Option<RequestKey> {
+        let headers = &parts.headers;
+        let presence = self.presence(headers);
         let mut key = RequestKey(Vec::with_capacity(128));
         key.push(parts.method.as_str().as_bytes());
-        let authority = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().as_bytes())
-            .or_else(|| parts.headers.get(header::HOST).map(|h| h.as_bytes()))
-            .unwrap_or_default();
+        let authority = match (parts.uri.authority(), &presence) {
+            (Some(authority), _) => authority.as_str().as_bytes(),
+            (None, Some(presence)) => presence.host.unwrap_or_default(),
+            (None, None) => headers
+                .get(header::HOST)
+                .map(|h| h.as_bytes())
+                .unwrap_or_default(),
+        };
         key.push(authority);
         let path_and_query = parts
             .uri
@@ -164,23 +223,30 @@ impl MakeKey for DefaultKey {
             .map(|pq| pq.as_str())
             .unwrap_or("/");
         key.push(path_and_query.as_bytes());
-        for name in self.vary.iter() {
-            push_header_values(&mut key, &parts.headers, name);
+        for (i, name) in self.vary.iter().enumerate() {
+            let present = presence.as_ref().is_none_or(|p| p.vary(i));
+            push_header_values(&mut key, headers, name, present);
         }
         if !self.share_across_credentials {
-            let present = self
-                .credentials
-                .iter()
-                .any(|name| parts.headers.contains_key(name));
-            if present {
-                let mut digest = RequestKey(Vec::new());
-                for name in self.credentials.iter() {
-                    push_header_values(&mut digest, &parts.headers, name);
+            // Each present credential header's position and values, length-prefixed, into one digest.
+            let mut digest: Option<Sha256> = None;
+            for (j, name) in self.credentials.iter().enumerate() {
+                if presence.as_ref().is_some_and(|p| !p.credential(j)) {
+                    continue;
                 }
-                key.0.push(1);
-                key.0.extend_from_slice(&Sha256::digest(&digest.0));
-            } else {
-                key.0.push(0);
+                for value in headers.get_all(name) {
+                    let hasher = digest.get_or_insert_with(Sha256::new);
+                    hasher.update((j as u64).to_be_bytes());
+                    hasher.update((value.len() as u64).to_be_bytes());
+                    hasher.update(value.as_bytes());
+                }
+            }
+            match digest {
+                Some(hasher) => {
+                    key.0.push(1);
+                    key.0.extend_from_slice(&hasher.finalize());
+                }
+                None => key.0.push(0),
             }
         }
         Some(key)
@@ -314,5 +380,63 @@ mod tests {
         let mut b = RequestKey::new();
         b.push(b"a").push(b"bc");
         assert_ne!(a, b);
+    }
+
+    /// The key computed with plain lookups only: the one-pass scan must never change it.
+    fn reference_key(key: &DefaultKey, parts: &Parts) -> RequestKey {
+        let mut out = RequestKey::new();
+        out.push(parts.method.as_str().as_bytes());
+        let authority = parts
+            .headers
+            .get(header::HOST)
+            .map(|h| h.as_bytes())
+            .unwrap_or_default();
+        out.push(authority);
+        out.push(
+            parts
+                .uri
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .as_bytes(),
+        );
+        for name in key.vary.iter() {
+            push_header_values(&mut out, &parts.headers, name, true);
+        }
+        let mut digest: Option<Sha256> = None;
+        for (j, name) in key.credentials.iter().enumerate() {
+            for value in parts.headers.get_all(name) {
+                let hasher = digest.get_or_insert_with(Sha256::new);
+                hasher.update((j as u64).to_be_bytes());
+                hasher.update((value.len() as u64).to_be_bytes());
+                hasher.update(value.as_bytes());
+            }
+        }
+        match digest {
+            Some(hasher) => {
+                out.0.push(1);
+                out.0.extend_from_slice(&hasher.finalize());
+            }
+            None => out.0.push(0),
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn scanning_few_headers_gives_the_lookup_key(
+            headers in proptest::collection::vec((0usize..10, "[a-z0-9]{0,3}"), 0..14)
+        ) {
+            const NAMES: [&str; 10] = [
+                "host", "accept", "accept-encoding", "accept-language", "authorization", "cookie",
+                "x-a", "x-b", "x-c", "x-d",
+            ];
+            let mut req = Request::get("/p?q=1");
+            for (name, value) in &headers {
+                req = req.header(NAMES[*name], value.as_str());
+            }
+            let parts = req.body(()).unwrap().into_parts().0;
+            let key = DefaultKey::new(DefaultKey::default_vary(), DefaultKey::default_credentials(), false);
+            proptest::prop_assert_eq!(key.make_key(&parts).unwrap(), reference_key(&key, &parts));
+        }
     }
 }
