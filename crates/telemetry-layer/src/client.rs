@@ -169,7 +169,7 @@ where
             Ok(response) => {
                 let status = response.status();
                 this.span
-                    .record("http.response.status_code", status.as_u16());
+                    .record("http.response.status_code", i64::from(status.as_u16()));
                 // Client spans are errors for 4xx too: the call did not get what it asked for.
                 if status.is_client_error() || status.is_server_error() {
                     this.span.record("error.type", status.as_str());

@@ -314,7 +314,10 @@ impl InFlight {
     fn on_response<B>(&mut self, response: &Response<B>) {
         let status = response.status();
         self.status = Some(status);
-        self.span.record(HTTP_RESPONSE_STATUS_CODE, status.as_u16());
+        // An `i64` becomes an integer attribute, as the conventions type it; the bridge would format
+        // an unsigned value into a string.
+        self.span
+            .record(HTTP_RESPONSE_STATUS_CODE, i64::from(status.as_u16()));
         // Server spans are errors for 5xx only: a 4xx is the client's fault, not the server's.
         if status.is_server_error() {
             self.error = Some(ErrorKind::ServerStatus);

@@ -377,16 +377,23 @@ impl TelemetryBuilder {
         }
         if self.install_subscriber && (tracer.is_some() || self.log_to_stdout) {
             let level = tracing_subscriber::filter::LevelFilter::from_level(self.span_level);
-            let otel = tracer
-                .clone()
-                .map(|tracer| otel_layer(tracer).with_filter(level));
             let logs = self.log_to_stdout.then(|| {
                 let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
                 tracing_subscriber::fmt::layer().with_filter(filter)
             });
+            // With a log layer, each layer gets its own filter so `RUST_LOG` cannot detach traces.
+            // Without one, the span level is the only filter and applies globally, which spares every
+            // span callback the per-layer filter bookkeeping.
+            let (global_level, otel_alone, otel_filtered) = match tracer.clone() {
+                Some(tracer) if logs.is_none() => (Some(level), Some(otel_layer(tracer)), None),
+                Some(tracer) => (None, None, Some(otel_layer(tracer).with_filter(level))),
+                None => (None, None, None),
+            };
             tracing_subscriber::registry()
-                .with(otel)
+                .with(global_level)
+                .with(otel_alone)
+                .with(otel_filtered)
                 .with(logs)
                 .try_init()
                 .map_err(|_| TelemetryError::SubscriberAlreadyInstalled)?;

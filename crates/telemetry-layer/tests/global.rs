@@ -14,14 +14,15 @@ use axum::http::{Request, StatusCode};
 use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use telemetry_layer::{Telemetry, TelemetryError};
 use tower::ServiceExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_setup_installs_global_recorder_and_subscriber() {
-    let names: Arc<Mutex<Vec<String>>> = Arc::default();
-    let store = Arc::clone(&names);
+    let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
+    let store = Arc::clone(&spans);
     let collector = Router::new().route(
         "/v1/traces",
         post(move |body: Bytes| {
@@ -31,7 +32,7 @@ async fn default_setup_installs_global_recorder_and_subscriber() {
                 let mut store = store.lock().unwrap();
                 for rs in request.resource_spans {
                     for ss in rs.scope_spans {
-                        store.extend(ss.spans.into_iter().map(|s| s.name));
+                        store.extend(ss.spans);
                     }
                 }
                 StatusCode::OK
@@ -76,6 +77,11 @@ async fn default_setup_installs_global_recorder_and_subscriber() {
             // What the cache, dedup and breaker layers do: record through the facade, nothing else.
             metrics::counter!("cache_requests_total", "tier" => "l1", "outcome" => "miss")
                 .increment(1);
+            // Events and spans of the application and inner layers nest under the request span; the
+            // DEBUG span is below the default span level and is not exported.
+            tracing::info!(room = 9, "loading room");
+            tracing::debug_span!("cache probe").in_scope(|| ());
+            tracing::info_span!("db query").in_scope(|| ());
             "room"
         }),
     ));
@@ -113,9 +119,22 @@ async fn default_setup_installs_global_recorder_and_subscriber() {
     );
 
     telemetry.flush().await.unwrap();
+    let spans = spans.lock().unwrap().clone();
+    let mut names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    names.sort_unstable();
     assert_eq!(
-        names.lock().unwrap().as_slice(),
-        ["GET /rooms/{id}", "GET /rooms/{id}"]
+        names,
+        ["GET /rooms/{id}", "GET /rooms/{id}", "db query", "db query"]
     );
+    for query in spans.iter().filter(|s| s.name == "db query") {
+        let request = spans
+            .iter()
+            .find(|s| s.span_id == query.parent_span_id)
+            .expect("the query's parent was exported");
+        assert_eq!(request.name, "GET /rooms/{id}");
+        assert_eq!(request.trace_id, query.trace_id);
+        let events: Vec<&str> = request.events.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(events, ["loading room"]);
+    }
     server.abort();
 }

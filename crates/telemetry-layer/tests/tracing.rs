@@ -185,6 +185,16 @@ async fn server_span_continues_the_incoming_trace() {
         attr(span, "http.response.status_code").as_deref(),
         Some("200")
     );
+    let status_code = span
+        .attributes
+        .iter()
+        .find(|kv| kv.key == "http.response.status_code")
+        .and_then(|kv| kv.value.as_ref()?.value.as_ref());
+    assert_eq!(
+        status_code,
+        Some(&Value::IntValue(200)),
+        "an integer, as the conventions type it"
+    );
     assert_eq!(attr(span, "url.path").as_deref(), Some("/users/42"));
     assert_eq!(attr(span, "url.scheme").as_deref(), Some("http"));
     assert_eq!(
