@@ -3,8 +3,10 @@
 //! Run with `cargo bench -p dedup-layer --bench dedup`. The `Router` is driven through `tower::ServiceExt`
 //! on a current-thread runtime (no TCP, no scheduler noise), so the figures are the layer's own cost:
 //!
-//! - `unique_keys/{bare_axum,dedup_layer}`: sequential GETs with distinct query strings (nothing to coalesce).
+//! - `unique_keys/{bare_axum,noop_layer,dedup_layer}`: sequential GETs with distinct query strings (nothing to
+//!   coalesce); `noop_layer` is the floor any `Router::layer` costs.
 //! - `unique_keys_concurrent/…`: the same with 64 requests in flight at once on the one thread.
+//! - `unique_keys_tcp/…`: end to end over loopback TCP, for scale (noisier: the kernel and the client dominate).
 //! - `identical_burst`: 100 identical GETs held in the handler until all have joined; asserts one call per burst.
 //!
 //! After criterion's figures it prints the dedup/bare throughput ratio from interleaved trials in the same run.
@@ -23,10 +25,14 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
+use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use dedup_layer::{DedupHandle, DedupLayer};
 use http::{Request, Uri};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
@@ -88,13 +94,19 @@ fn unique_keys(c: &mut Criterion) {
     let handle = layer.handle();
     let bare = app();
     let dedup = app().layer(layer);
+    // The floor any `Router::layer` pays (axum wraps the route once more), for scale.
+    let noop = app().layer(tower::layer::layer_fn(|service| service));
     let mut next = 0;
 
     for (name, concurrently) in [("unique_keys", false), ("unique_keys_concurrent", true)] {
         let mut group = c.benchmark_group(name);
         group.throughput(Throughput::Elements(BATCH as u64));
         group.measurement_time(Duration::from_secs(4));
-        for (variant, router) in [("bare_axum", &bare), ("dedup_layer", &dedup)] {
+        for (variant, router) in [
+            ("bare_axum", &bare),
+            ("noop_layer", &noop),
+            ("dedup_layer", &dedup),
+        ] {
             group.bench_function(variant, |b| {
                 b.iter(|| {
                     rt.block_on(async {
@@ -113,9 +125,9 @@ fn unique_keys(c: &mut Criterion) {
 
     // Ratio in the same run: interleave short trials of both and keep each one's best.
     let rounds = 200;
-    let mut best = [Duration::MAX; 2];
+    let mut best = [Duration::MAX; 3];
     for _ in 0..15 {
-        for (i, router) in [&bare, &dedup].into_iter().enumerate() {
+        for (i, router) in [&bare, &noop, &dedup].into_iter().enumerate() {
             let start = Instant::now();
             rt.block_on(async {
                 for _ in 0..rounds {
@@ -127,10 +139,12 @@ fn unique_keys(c: &mut Criterion) {
     }
     let per_sec = |d: Duration| (rounds * BATCH) as f64 / d.as_secs_f64();
     println!(
-        "unique keys in-process: bare {:.0} req/s, dedup {:.0} req/s, ratio {:.3}",
+        "unique keys in-process: bare {:.0} req/s, noop layer {:.0} req/s ({:.3}), dedup {:.0} req/s, ratio {:.3}",
         per_sec(best[0]),
         per_sec(best[1]),
-        per_sec(best[1]) / per_sec(best[0])
+        per_sec(best[1]) / per_sec(best[0]),
+        per_sec(best[2]),
+        per_sec(best[2]) / per_sec(best[0])
     );
 }
 
@@ -206,5 +220,89 @@ fn identical_bursts(c: &mut Criterion) {
     assert_eq!(handle.inflight(), 0);
 }
 
-criterion_group!(benches, unique_keys, identical_bursts);
+/// End to end over loopback TCP (hyper client, `axum::serve`), where the kernel's share dilutes any layer's:
+/// `CONCURRENCY` requests in flight on a 2-thread runtime. Noisier than the in-process figures.
+fn unique_keys_tcp(c: &mut Criterion) {
+    const CONCURRENCY: usize = 32;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let serve = |app: Router| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    };
+    let (bare, dedup) = rt.block_on(async {
+        (
+            serve(app()).await,
+            serve(app().layer(DedupLayer::new())).await,
+        )
+    });
+    let client: Client<HttpConnector, Empty<Bytes>> = rt.block_on(async {
+        Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(CONCURRENCY)
+            .build_http()
+    });
+    let uris = |addr: std::net::SocketAddr| -> Vec<Uri> {
+        (0..DISTINCT_URIS)
+            .map(|n| format!("http://{addr}/r?n={n}").parse().unwrap())
+            .collect()
+    };
+    let (bare_uris, dedup_uris) = (uris(bare), uris(dedup));
+    let next = AtomicUsize::new(0);
+    let round = |uris: &[Uri]| {
+        let tasks: Vec<_> = (0..CONCURRENCY)
+            .map(|_| {
+                let uri = uris[next.fetch_add(1, Ordering::Relaxed) % uris.len()].clone();
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let response = client.get(uri).await.unwrap();
+                    assert!(response.status().is_success());
+                    response.into_body().collect().await.unwrap();
+                })
+            })
+            .collect();
+        async move {
+            for task in tasks {
+                task.await.unwrap();
+            }
+        }
+    };
+
+    let mut group = c.benchmark_group("unique_keys_tcp");
+    group.throughput(Throughput::Elements(CONCURRENCY as u64));
+    group.measurement_time(Duration::from_secs(4));
+    group.sample_size(30);
+    group.bench_function("bare_axum", |b| b.iter(|| rt.block_on(round(&bare_uris))));
+    group.bench_function("dedup_layer", |b| {
+        b.iter(|| rt.block_on(round(&dedup_uris)))
+    });
+    group.finish();
+
+    let rounds = 100;
+    let mut best = [Duration::MAX; 2];
+    for _ in 0..10 {
+        for (i, uris) in [&bare_uris, &dedup_uris].into_iter().enumerate() {
+            let start = Instant::now();
+            rt.block_on(async {
+                for _ in 0..rounds {
+                    round(uris).await;
+                }
+            });
+            best[i] = best[i].min(start.elapsed());
+        }
+    }
+    let per_sec = |d: Duration| (rounds * CONCURRENCY) as f64 / d.as_secs_f64();
+    println!(
+        "unique keys over TCP: bare {:.0} req/s, dedup {:.0} req/s, ratio {:.3}",
+        per_sec(best[0]),
+        per_sec(best[1]),
+        per_sec(best[1]) / per_sec(best[0])
+    );
+}
+
+criterion_group!(benches, unique_keys, unique_keys_tcp, identical_bursts);
 criterion_main!(benches);
