@@ -871,3 +871,32 @@ async fn racing_joins_and_completions_never_hang_or_mix_answers() {
     assert!((400..=requests).contains(&calls), "{calls} calls");
     assert_empty(&handle);
 }
+
+#[tokio::test]
+async fn hostile_header_values_are_keyed_not_rejected() {
+    use http::HeaderValue;
+
+    let layer = DedupLayer::new();
+    let handle = layer.handle();
+    let gate = Gate::new();
+    gate.open(4);
+    let app = counting_app(&layer, &gate);
+    let long = vec![b'x'; 60 * 1024];
+    let values: [&[u8]; 4] = [b"\xff\xfe", b"\xc3\x28", &long, b""];
+    for value in values {
+        let mut req = get_req("/r");
+        for name in [
+            header::ACCEPT,
+            header::AUTHORIZATION,
+            header::COOKIE,
+            header::HOST,
+        ] {
+            req.headers_mut()
+                .append(name, HeaderValue::from_bytes(value).unwrap());
+        }
+        let (status, _, _) = send(app.clone(), req).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(gate.calls(), 4);
+    assert_empty(&handle);
+}

@@ -494,3 +494,34 @@ async fn concurrent_first_requests_with_one_key_run_once() {
     assert_eq!(conflicts, 49);
     assert_eq!(h.calls(), 1);
 }
+
+#[tokio::test]
+async fn hostile_header_values_get_answers_not_panics() {
+    use http::HeaderValue;
+
+    let h = Handler::open();
+    let app = h.app(IdempotencyLayer::new(MemoryStore::default()));
+    let huge = format!("\"{}\"", "a".repeat(64 * 1024));
+    let bad_keys: [&[u8]; 5] = [
+        b"\"\xff\xfe\"",
+        b"\"a\"\xff",
+        b"\xc3\x28",
+        huge.as_bytes(),
+        b"\"a\";p=\"\xff\"",
+    ];
+    for key in bad_keys {
+        let mut req = req("/orders/1", None, "a");
+        req.headers_mut()
+            .insert("idempotency-key", HeaderValue::from_bytes(key).unwrap());
+        let (status, headers, body) = send(app.clone(), req).await;
+        assert_problem(status, &headers, &body, StatusCode::BAD_REQUEST);
+    }
+    // Non-UTF-8 credentials only scope the key.
+    let mut req = req("/orders/1", Some("\"k\""), "a");
+    req.headers_mut().insert(
+        header::AUTHORIZATION,
+        HeaderValue::from_bytes(b"Bearer \xff\xfe").unwrap(),
+    );
+    assert_eq!(send(app, req).await.0, StatusCode::CREATED);
+    assert_eq!(h.calls(), 1);
+}

@@ -9,7 +9,7 @@ pub(crate) fn parse_key(value: &[u8], max_len: usize) -> Option<String> {
         pos: 0,
     };
     p.skip_sp();
-    let key = p.string()?;
+    let key = p.string(max_len)?;
     p.parameters()?;
     p.skip_sp();
     if p.pos != p.input.len() || key.is_empty() || key.len() > max_len {
@@ -41,12 +41,16 @@ impl Parser<'_> {
     }
 
     /// sf-string = DQUOTE *chr DQUOTE; chr = unescaped / escaped; only printable ASCII.
-    fn string(&mut self) -> Option<String> {
+    /// Gives up past `max_len` characters, so a huge value costs no more than a valid one.
+    fn string(&mut self, max_len: usize) -> Option<String> {
         if self.bump()? != b'"' {
             return None;
         }
         let mut out = String::new();
         loop {
+            if out.len() > max_len {
+                return None;
+            }
             match self.bump()? {
                 b'\\' => match self.bump()? {
                     c @ (b'"' | b'\\') => out.push(char::from(c)),
@@ -86,7 +90,7 @@ impl Parser<'_> {
 
     fn bare_item(&mut self) -> Option<()> {
         match self.peek()? {
-            b'"' => self.string().map(drop),
+            b'"' => self.string(usize::MAX).map(drop),
             b'-' | b'0'..=b'9' => self.number(),
             b'?' => {
                 self.pos += 1;
