@@ -41,12 +41,18 @@ pub(crate) struct Shared {
 /// Coalesces identical concurrent requests of safe methods: the first (the leader) reaches the inner
 /// service, the others (waiters) get a copy of its status, headers and body.
 ///
-/// - The leader's inner call runs in its own task, so the first client disconnecting does not fail the
-///   others; when every caller has gone the call is cancelled (see
+/// - The leader's inner call runs inline in its caller's response future (no task, no channel). If that
+///   caller goes away while waiters remain, the unfinished work moves into a task of its own, so the first
+///   client disconnecting does not fail the others; when every caller has gone the call is cancelled (see
 ///   [`cancel_when_abandoned`](DedupLayerBuilder::cancel_when_abandoned)).
-/// - The response needs no `Clone`: the leader buffers the body up to
-///   [`max_body_bytes`](DedupLayerBuilder::max_body_bytes) and waiters get copies of the [`Bytes`](bytes::Bytes).
-///   Above the limit, or when the response sets a cookie, waiters run their own request instead.
+/// - When nobody has joined by the time the response head arrives, the key is freed and the body streams
+///   through untouched: the layer costs a key and a map entry, nothing more. Requests arriving later lead afresh.
+/// - The response needs no `Clone`: with waiters, the leader buffers the body up to
+///   [`max_body_bytes`](DedupLayerBuilder::max_body_bytes) (the key stays joinable meanwhile) and waiters get
+///   copies of the [`Bytes`](bytes::Bytes). Above the limit, or when the response sets a cookie, waiters run
+///   their own request instead.
+/// - Readiness is forwarded: the leader calls the service `poll_ready` readied; a waiter leaves that readiness
+///   with its caller and, if it ends up running its own request, drives a clone to readiness first.
 /// - A panic in the inner service answers the leader's caller and every waiter with `500` problem+json; an
 ///   inner `Err` goes to the leader's caller and the waiters get `500` problem+json (the error is not `Clone`).
 ///   The key is freed at once in both cases.
@@ -234,8 +240,8 @@ impl DedupLayerBuilder {
         self
     }
 
-    /// Largest response body the leader buffers to share; above it the leader's caller gets the response
-    /// streamed and waiters run their own request.
+    /// Largest response body the leader buffers to share (only when waiters joined); above it the leader's
+    /// caller gets the response streamed and waiters run their own request.
     ///
     /// Defaults to 4 MiB.
     pub fn max_body_bytes(mut self, max: usize) -> Self {

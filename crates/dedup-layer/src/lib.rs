@@ -23,8 +23,11 @@
 //! `422`, `413`, `503` for idempotency) are `application/problem+json` responses. Metric names are in [`names`].
 //!
 //! # Differences from other singleflight crates
-//! - The leader's work is detached from its caller: the first client disconnecting does not fail the others;
+//! - The leader's work survives its caller: it runs inline while that caller is there and moves into a task
+//!   if the caller leaves with waiters remaining, so the first client disconnecting does not fail the others;
 //!   when every caller is gone the work is cancelled (configurable).
+//! - With nothing to coalesce (the common case) the response streams through untouched: no task, no
+//!   channel, no buffering.
 //! - A panic frees the key at once and answers every waiter with `500` problem+json; nothing leaks.
 //! - Responses need no `Clone`: bodies are buffered up to a limit and shared as [`Bytes`](bytes::Bytes); above
 //!   the limit, waiters run their own request instead of failing.
