@@ -10,7 +10,10 @@ use tower::ServiceExt;
 pub(crate) type TestResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Sends `GET uri` through `app` and returns status, headers and the body as text.
-pub(crate) async fn get_text(app: &Router, uri: &str) -> TestResult<(StatusCode, HeaderMap, String)> {
+pub(crate) async fn get_text(
+    app: &Router,
+    uri: &str,
+) -> TestResult<(StatusCode, HeaderMap, String)> {
     let response = app
         .clone()
         .oneshot(Request::get(uri).body(Body::empty())?)
