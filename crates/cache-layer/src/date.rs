@@ -28,11 +28,21 @@ const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 ];
 
+// Names are matched without regard to case: senders that shout (`THU`, `AUG`, `gMT`) still
+// mean a valid date, and nothing else could be meant.
 fn month(s: &str) -> Option<u32> {
     MONTHS
         .iter()
-        .position(|m| *m == s)
+        .position(|m| m.eq_ignore_ascii_case(s))
         .and_then(|i| u32::try_from(i + 1).ok())
+}
+
+fn is_day(names: &[&str], s: &str) -> bool {
+    names.iter().any(|d| d.eq_ignore_ascii_case(s))
+}
+
+fn is_gmt(s: &str) -> bool {
+    s.eq_ignore_ascii_case("GMT")
 }
 
 fn num(s: &str, len: usize) -> Option<u32> {
@@ -56,7 +66,7 @@ fn time_of_day(s: &str) -> Option<(u32, u32, u32)> {
 /// `Sun, 06 Nov 1994 08:49:37 GMT`
 fn parse_imf_fixdate(s: &str) -> Option<u64> {
     let (day, rest) = s.split_once(", ")?;
-    if !DAYS.contains(&day) {
+    if !is_day(&DAYS, day) {
         return None;
     }
     let mut it = rest.split(' ');
@@ -64,7 +74,7 @@ fn parse_imf_fixdate(s: &str) -> Option<u64> {
     let mo = month(it.next()?)?;
     let y = num(it.next()?, 4)?;
     let t = time_of_day(it.next()?)?;
-    if it.next()? != "GMT" || it.next().is_some() {
+    if !is_gmt(it.next()?) || it.next().is_some() {
         return None;
     }
     to_unix(y, mo, d, t)
@@ -73,7 +83,7 @@ fn parse_imf_fixdate(s: &str) -> Option<u64> {
 /// `Sunday, 06-Nov-94 08:49:37 GMT`
 fn parse_rfc850(s: &str) -> Option<u64> {
     let (day, rest) = s.split_once(", ")?;
-    if !LONG_DAYS.contains(&day) {
+    if !is_day(&LONG_DAYS, day) {
         return None;
     }
     let mut it = rest.split(' ');
@@ -85,7 +95,7 @@ fn parse_rfc850(s: &str) -> Option<u64> {
         return None;
     }
     let t = time_of_day(it.next()?)?;
-    if it.next()? != "GMT" || it.next().is_some() {
+    if !is_gmt(it.next()?) || it.next().is_some() {
         return None;
     }
     // RFC 9110 §5.6.7: a two-digit year more than 50 years ahead is in the past century.
@@ -97,7 +107,7 @@ fn parse_rfc850(s: &str) -> Option<u64> {
 fn parse_asctime(s: &str) -> Option<u64> {
     let mut it = s.split(' ').filter(|p| !p.is_empty());
     let day = it.next()?;
-    if !DAYS.contains(&day) {
+    if !is_day(&DAYS, day) {
         return None;
     }
     let mo = month(it.next()?)?;
@@ -196,6 +206,7 @@ mod tests {
         assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(T));
         assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), Some(T));
         assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), Some(T));
+        assert_eq!(parse_http_date("SUN, 06 NOV 1994 08:49:37 gmt"), Some(T));
     }
 
     #[test]

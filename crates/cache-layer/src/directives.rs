@@ -237,7 +237,7 @@ impl ResponseDirectives {
             }
             joined.push_str(s);
         }
-        if !is_valid_sf_dictionary(&joined) {
+        if !is_valid_sf_dictionary(&joined) || !durations_are_integers(&joined) {
             return None;
         }
         let parsed = Self::parse(&joined);
@@ -275,6 +275,29 @@ fn is_valid_sf_dictionary(s: &str) -> bool {
         if let Some(v) = value
             && !is_sf_bare_item(v)
         {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether every duration member of a targeted field is an Integer: `max-age="60"` is a String,
+/// the wrong type, and makes the field invalid (RFC 9213 §2.1), so `Cache-Control` applies.
+fn durations_are_integers(s: &str) -> bool {
+    let mut rest = s;
+    while !rest.is_empty() {
+        let (item, next) = split_item(rest);
+        rest = next;
+        let member = item.split(';').next().unwrap_or("").trim();
+        let (key, value) = member.split_once('=').unwrap_or((member, ""));
+        let duration = [
+            "max-age",
+            "s-maxage",
+            "stale-while-revalidate",
+            "stale-if-error",
+        ]
+        .contains(&key);
+        if duration && (value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit())) {
             return false;
         }
     }
@@ -504,6 +527,11 @@ mod tests {
         );
         h.insert(&name, HeaderValue::from_static("max-age=\"30"));
         assert!(ResponseDirectives::targeted(&h, &name).is_none());
+        h.insert(&name, HeaderValue::from_static("max-age=\"30\""));
+        assert!(
+            ResponseDirectives::targeted(&h, &name).is_none(),
+            "a String where an Integer belongs makes the field invalid"
+        );
         h.insert(&name, HeaderValue::from_static("no-store"));
         assert!(ResponseDirectives::targeted(&h, &name).unwrap().no_store);
         h.insert(&name, HeaderValue::from_static("  "));

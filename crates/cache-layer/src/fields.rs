@@ -57,7 +57,9 @@ pub(crate) fn parse_vary(headers: &HeaderMap) -> Vary {
 /// The normalised value of every line of `name` in `headers`, or `None` when absent.
 ///
 /// Lines are joined with `", "`; each member is trimmed and runs of whitespace collapse to a
-/// single space, so `"gzip,  br"` and `"gzip, br"` select the same variant.
+/// single space, so `"gzip,  br"` and `"gzip, br"` select the same variant. Fields made of
+/// case-insensitive tokens (`Accept-Language`, `Accept-Encoding`) are also lowercased; the
+/// order of members is kept, since an origin may prefer the first one listed.
 pub(crate) fn normalized_value(headers: &HeaderMap, name: &HeaderName) -> Option<Box<[u8]>> {
     let mut iter = headers.get_all(name).iter().peekable();
     iter.peek()?;
@@ -84,6 +86,9 @@ pub(crate) fn normalized_value(headers: &HeaderMap, name: &HeaderName) -> Option
                 }
             }
         }
+    }
+    if name == http::header::ACCEPT_LANGUAGE || name == http::header::ACCEPT_ENCODING {
+        out.make_ascii_lowercase();
     }
     Some(out.into_boxed_slice())
 }
@@ -222,6 +227,14 @@ mod tests {
         c.insert(&n, HeaderValue::from_static("x  \t y"));
         assert_eq!(normalized_value(&c, &n).as_deref(), Some(&b"x y"[..]));
         assert_eq!(normalized_value(&HeaderMap::new(), &n), None);
+        let l = HeaderName::from_static("accept-language");
+        let mut d = HeaderMap::new();
+        d.insert(&l, HeaderValue::from_static("eN, De"));
+        assert_eq!(normalized_value(&d, &l).as_deref(), Some(&b"en, de"[..]));
+        let x = HeaderName::from_static("x-custom");
+        let mut e = HeaderMap::new();
+        e.insert(&x, HeaderValue::from_static("Ab"));
+        assert_eq!(normalized_value(&e, &x).as_deref(), Some(&b"Ab"[..]));
     }
 
     #[test]

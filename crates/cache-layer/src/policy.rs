@@ -229,11 +229,14 @@ pub(crate) fn date_value(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// The `Age` a response arrived with; an invalid value is ignored (RFC 9111 §5.1).
+///
+/// A list (`Age: 7200, 0`, or several lines) is read by its first member, as every other
+/// singleton field: a stale response never passes as fresh because of a later `0`.
 pub(crate) fn age_value(headers: &HeaderMap) -> u64 {
     headers
         .get(header::AGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|s| parse_delta_seconds(s.trim()))
+        .and_then(|s| parse_delta_seconds(s.split(',').next().unwrap_or("").trim()))
         .unwrap_or(0)
 }
 
@@ -371,10 +374,10 @@ pub(crate) fn not_modified(
 }
 
 /// Fields never copied from a 304 into the stored response (RFC 9111 §3.2), plus
-/// hop-by-hop fields.
+/// hop-by-hop fields. `Content-Range` is updated like any other field: only complete
+/// responses are stored, so none depends on it.
 fn excluded_from_update(name: &HeaderName) -> bool {
     name == header::CONTENT_LENGTH
-        || name == header::CONTENT_RANGE
         || name == header::TRANSFER_ENCODING
         || name == header::CONNECTION
         || name == header::TE
@@ -646,6 +649,11 @@ mod tests {
         assert_eq!(
             corrected_initial_age(&headers, t + 100, Duration::from_secs(2)),
             Duration::from_secs(100)
+        );
+        let listed = h(&[("age", "7200, 0")]);
+        assert_eq!(
+            corrected_initial_age(&listed, t, Duration::ZERO),
+            Duration::from_secs(7200)
         );
         let bad = h(&[("age", "abc")]);
         assert_eq!(
