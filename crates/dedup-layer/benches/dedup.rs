@@ -254,18 +254,23 @@ fn unique_keys_tcp(c: &mut Criterion) {
     let (bare_uris, dedup_uris) = (uris(bare), uris(dedup));
     let next = AtomicUsize::new(0);
     let round = |uris: &[Uri]| {
-        let tasks: Vec<_> = (0..CONCURRENCY)
-            .map(|_| {
-                let uri = uris[next.fetch_add(1, Ordering::Relaxed) % uris.len()].clone();
-                let client = client.clone();
-                tokio::spawn(async move {
-                    let response = client.get(uri).await.unwrap();
-                    assert!(response.status().is_success());
-                    response.into_body().collect().await.unwrap();
-                })
-            })
+        let uris: Vec<Uri> = (0..CONCURRENCY)
+            .map(|_| uris[next.fetch_add(1, Ordering::Relaxed) % uris.len()].clone())
             .collect();
+        let client = client.clone();
+        // Spawned inside `block_on`, so on the runtime's workers.
         async move {
+            let tasks: Vec<_> = uris
+                .into_iter()
+                .map(|uri| {
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        let response = client.get(uri).await.unwrap();
+                        assert!(response.status().is_success());
+                        response.into_body().collect().await.unwrap();
+                    })
+                })
+                .collect();
             for task in tasks {
                 task.await.unwrap();
             }

@@ -15,7 +15,8 @@
 //!
 //! A third argument `http` sends raw HTTP/1.1 requests to hyper's server over an in-memory pipe instead of
 //! calling the `Router` directly; callgrind then counts the whole server-side exchange, deterministically
-//! (no sockets, no client library).
+//! (no sockets, no client library). A third argument `concurrent` calls the `Router` with 64 requests in
+//! flight at a time.
 //!
 //! Without arguments (as under `cargo bench`) it runs each variant once and prints its wall-clock rate.
 #![allow(
@@ -51,7 +52,7 @@ fn app(variant: &str) -> Router {
 }
 
 #[inline(never)]
-fn run(variant: &str, requests: usize, http: bool) -> usize {
+fn run(variant: &str, requests: usize, http: bool, concurrent: bool) -> usize {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -92,18 +93,33 @@ fn run(variant: &str, requests: usize, http: bool) -> usize {
             let uris: Vec<Uri> = (0..4096)
                 .map(|n| format!("/r?n={n}").parse().unwrap())
                 .collect();
-            for i in 0..requests {
+            let one = |i: usize| {
                 let req = Request::get(uris[i % uris.len()].clone())
                     .body(Body::empty())
                     .unwrap();
-                let response = app.clone().oneshot(req).await.unwrap();
-                bytes += response
-                    .into_body()
-                    .collect()
-                    .await
-                    .unwrap()
-                    .to_bytes()
-                    .len();
+                let app = app.clone();
+                async move {
+                    let response = app.oneshot(req).await.unwrap();
+                    response
+                        .into_body()
+                        .collect()
+                        .await
+                        .unwrap()
+                        .to_bytes()
+                        .len()
+                }
+            };
+            if concurrent {
+                // 64 requests in flight at a time, interleaved on the one thread.
+                for batch in (0..requests).collect::<Vec<_>>().chunks(64) {
+                    let answers =
+                        futures_util::future::join_all(batch.iter().map(|&i| one(i))).await;
+                    bytes += answers.iter().sum::<usize>();
+                }
+            } else {
+                for i in 0..requests {
+                    bytes += one(i).await;
+                }
             }
         }
         bytes
@@ -116,14 +132,15 @@ fn main() {
         Some(variant @ ("bare" | "noop" | "dedup")) => {
             let requests = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(10_000);
             let http = args.get(2).is_some_and(|t| t == "http");
-            let bytes = run(variant, requests, http);
+            let concurrent = args.get(2).is_some_and(|t| t == "concurrent");
+            let bytes = run(variant, requests, http, concurrent);
             assert_eq!(bytes, requests * 39);
         }
         _ => {
             for name in ["bare", "noop", "dedup"] {
                 let requests = 100_000;
                 let start = Instant::now();
-                run(name, requests, false);
+                run(name, requests, false, false);
                 let rate = requests as f64 / start.elapsed().as_secs_f64();
                 println!(
                     "request_cost {name}: {rate:.0} req/s (single run; use callgrind for stable figures)"
