@@ -249,7 +249,9 @@ where
             self.publish(Outcome::Bypass);
             return Some(response.map(DedupBody::inner));
         }
-        let lead = self.lead.take()?;
+        let Some(lead) = self.lead.take() else {
+            return Some(response.map(DedupBody::inner));
+        };
         // The common case, nobody joined: free the key and stream the body through untouched.
         let lead = match lead.finish_if_alone() {
             None => return Some(response.map(DedupBody::inner)),
