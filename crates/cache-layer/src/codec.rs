@@ -80,8 +80,6 @@ pub(crate) struct Decoded {
     pub(crate) entry: StoredEntry,
     /// The purge sequence the entry was valid at (see the Redis tier).
     pub(crate) seq: u64,
-    /// When the entry was written, Unix milliseconds.
-    pub(crate) stored_ms: u64,
 }
 
 fn fnv1a(data: &[u8]) -> u64 {
@@ -376,7 +374,8 @@ fn unframe(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, DecodeError> {
 pub(crate) fn decode(bytes: &[u8], clock: &Clock, now: Instant) -> Result<Decoded, DecodeError> {
     let payload = unframe(bytes)?;
     let mut r = Reader { data: &payload };
-    let stored_ms = r.u64()?;
+    // When the entry was written: kept in the format for operators' tools.
+    let _stored_ms = r.u64()?;
     let seq = r.u64()?;
     let now_ms = clock.unix_millis(now);
     let n = r.count(2 + 2 + 8 * 9 + 6)?;
@@ -391,11 +390,7 @@ pub(crate) fn decode(bytes: &[u8], clock: &Clock, now: Instant) -> Result<Decode
         return Err(DecodeError::Invalid("trailing bytes"));
     }
     let entry = StoredEntry::new(variants, now);
-    Ok(Decoded {
-        entry,
-        seq,
-        stored_ms,
-    })
+    Ok(Decoded { entry, seq })
 }
 
 fn variant(r: &mut Reader<'_>, now: Instant, now_ms: u64) -> Result<StoredResponse, DecodeError> {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use http::Uri;
 
 use crate::layer::Shared;
+use crate::tiered::{Purge, PurgeTarget, Target, TierEvent, TierStats};
 
 /// A handle on a [`CacheLayer`](crate::CacheLayer)'s store, cheap to clone.
 ///
@@ -109,19 +110,27 @@ impl CacheHandle {
     }
 
     fn url(&self, url: &str, soft: bool) -> usize {
-        let Ok(uri) = url.parse::<Uri>() else {
+        let Some(key) = self.key_of_url(url) else {
             return 0;
         };
-        if uri.authority().is_none() {
-            return 0;
-        }
-        match self.shared.config.key.key_for_uri(&uri, None) {
-            Some(key) => usize::from(self.apply(&key, soft)),
-            None => 0,
-        }
+        let n = usize::from(self.apply(&key, soft));
+        self.propagate(Target::Key(key), soft);
+        n
+    }
+
+    fn key_of_url(&self, url: &str) -> Option<String> {
+        let uri = url.parse::<Uri>().ok()?;
+        uri.authority()?;
+        self.shared.config.key.key_for_uri(&uri, None)
     }
 
     fn tag(&self, tag: &str, soft: bool) -> usize {
+        let n = self.tag_local(tag, soft);
+        self.propagate(Target::Tag(tag.to_owned()), soft);
+        n
+    }
+
+    fn tag_local(&self, tag: &str, soft: bool) -> usize {
         self.shared
             .l1
             .keys_with_tag(tag)
@@ -131,11 +140,74 @@ impl CacheHandle {
     }
 
     fn prefix(&self, prefix: &str, soft: bool) -> usize {
+        let n = self.prefix_local(prefix, soft);
+        self.propagate(Target::Prefix(prefix.to_owned()), soft);
+        n
+    }
+
+    fn prefix_local(&self, prefix: &str, soft: bool) -> usize {
         self.shared
             .l1
             .keys_with_prefix(prefix)
             .iter()
             .filter(|k| self.apply(k, soft))
             .count()
+    }
+
+    /// Sends a purge to the lower tiers and the other instances, in the background.
+    fn propagate(&self, target: Target, soft: bool) {
+        if let Some(lower) = &self.shared.lower {
+            lower.propagate(target, soft);
+        }
+    }
+
+    /// Applies a purge here at once, then to the shared and persistent tiers and every other
+    /// instance, and returns when Redis has been told (or could not be: the purge is then
+    /// retried when it is back). Returns how many keys went from this instance's in-process
+    /// tier. Without lower tiers it is the same as the matching synchronous method.
+    ///
+    /// ```
+    /// use cache_layer::{CacheLayer, Purge};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let handle = CacheLayer::new().handle();
+    /// assert_eq!(handle.purge(Purge::tag("room:42")).await, 0);
+    /// # }
+    /// ```
+    pub async fn purge(&self, purge: Purge) -> usize {
+        let soft = purge.soft;
+        let target = match purge.target {
+            PurgeTarget::Url(url) => match self.key_of_url(&url) {
+                Some(k) => Target::Key(k),
+                None => return 0,
+            },
+            PurgeTarget::Resolved(t) => t,
+        };
+        let n = match &target {
+            Target::Key(k) => usize::from(self.apply(k, soft)),
+            Target::Tag(t) => self.tag_local(t, soft),
+            Target::Prefix(p) => self.prefix_local(p, soft),
+            Target::All => self.prefix_local("", soft),
+        };
+        if let Some(lower) = &self.shared.lower {
+            lower.purge_lower(target, soft).await;
+        }
+        n
+    }
+
+    /// Counters of the shared and persistent tiers (all zero without them).
+    pub fn tier_stats(&self) -> TierStats {
+        self.shared
+            .lower
+            .as_ref()
+            .map(|l| l.stats())
+            .unwrap_or_default()
+    }
+
+    /// Events of the lower tiers (subscription up, flush, purges from other instances);
+    /// `None` without lower tiers.
+    pub fn tier_events(&self) -> Option<tokio::sync::broadcast::Receiver<TierEvent>> {
+        self.shared.lower.as_ref().map(|l| l.subscribe())
     }
 }

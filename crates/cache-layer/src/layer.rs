@@ -13,6 +13,7 @@ use crate::policy::{CacheMode, Heuristic};
 use crate::service::Cache;
 use crate::store::{Clock, InFlight, MemoryConfig, MemoryTier};
 use crate::tags::TagsFn;
+use crate::tiered::{Lower, LowerConfig};
 
 /// Layer that puts an HTTP cache in front of a service.
 ///
@@ -52,6 +53,8 @@ pub(crate) struct Shared {
     pub(crate) l1: MemoryTier,
     pub(crate) clock: Clock,
     pub(crate) in_flight: Arc<InFlight>,
+    /// The shared and persistent tiers, when configured.
+    pub(crate) lower: Option<Arc<Lower>>,
 }
 
 /// Settings read on every request.
@@ -101,8 +104,9 @@ impl CacheLayer {
         }
     }
 
-    fn from_builder(b: CacheLayerBuilder) -> Self {
+    fn from_builder(mut b: CacheLayerBuilder) -> Self {
         let clock = Clock::new();
+        let lower_config = std::mem::take(&mut b.lower);
         let l1 = MemoryTier::new(
             MemoryConfig {
                 max_bytes: b.max_capacity_bytes,
@@ -134,12 +138,15 @@ impl CacheLayer {
             early_refresh_beta: b.early_refresh_beta,
             cache_status: b.cache_status,
         };
+        let lower =
+            (!lower_config.is_empty()).then(|| Lower::start(lower_config, l1.clone(), clock));
         Self {
             shared: Arc::new(Shared {
                 config,
                 l1,
                 clock,
                 in_flight: Arc::new(InFlight::new(b.max_in_flight_refreshes)),
+                lower,
             }),
         }
     }
@@ -170,7 +177,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(field: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: &'static str, message: impl Into<String>) -> Self {
         Self {
             field,
             message: message.into(),
@@ -218,6 +225,7 @@ pub struct CacheLayerBuilder {
     max_in_flight_refreshes: usize,
     early_refresh_beta: Option<f64>,
     cache_status: bool,
+    lower: LowerConfig,
 }
 
 impl fmt::Debug for CacheLayerBuilder {
@@ -254,6 +262,7 @@ impl Default for CacheLayerBuilder {
             max_in_flight_refreshes: 1024,
             early_refresh_beta: None,
             cache_status: true,
+            lower: LowerConfig::default(),
         }
     }
 }
@@ -383,8 +392,40 @@ impl CacheLayerBuilder {
         self
     }
 
+    /// Adds the shared tier on Redis below the in-process one (feature `redis`): misses look
+    /// there before the origin, stored responses are written there in the background, and
+    /// purges reach every instance sharing it. Defaults to none.
+    ///
+    /// [`build`](Self::build) must then run inside a tokio runtime (it starts the invalidation
+    /// subscriber).
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, tier: crate::RedisTier) -> Self {
+        self.lower.l2 = Some(tier);
+        self
+    }
+
+    /// Adds the persistent tier below the shared one (feature `disk`). Defaults to none.
+    #[cfg(feature = "disk")]
+    pub fn disk(mut self, tier: crate::DiskTier) -> Self {
+        self.lower.l3 = Some(tier);
+        self
+    }
+
+    /// Entries of at least this many encoded bytes are LZ4-compressed in the lower tiers
+    /// (feature `lz4`; without it, or with `None`, nothing is compressed). Defaults to `None`.
+    pub fn compress_above(mut self, bytes: Option<usize>) -> Self {
+        self.lower.compress_above = bytes;
+        self
+    }
+
     /// Checks the configuration and builds the layer.
     pub fn build(mut self) -> Result<CacheLayer, ConfigError> {
+        if !self.lower.is_empty() && tokio::runtime::Handle::try_current().is_err() {
+            return Err(ConfigError::new(
+                "redis",
+                "lower tiers must be built inside a tokio runtime",
+            ));
+        }
         if self.name.is_empty() || !self.name.bytes().all(crate::directives::is_tchar) {
             return Err(ConfigError::new("cache_name", "must be a non-empty token"));
         }

@@ -25,6 +25,8 @@ mod body;
 mod codec;
 pub mod date;
 pub mod directives;
+#[cfg(feature = "disk")]
+mod disk_tier;
 mod fields;
 mod future;
 mod handle;
@@ -32,16 +34,24 @@ mod key;
 mod layer;
 pub mod metrics;
 mod policy;
+#[cfg(feature = "redis")]
+mod redis_tier;
 mod service;
 mod store;
 mod tags;
+mod tiered;
 
 pub use body::CacheBody;
+#[cfg(feature = "disk")]
+pub use disk_tier::{DiskTier, DiskTierBuilder};
 pub use future::ResponseFuture;
 pub use handle::CacheHandle;
 pub use key::KeyFn;
 pub use layer::{CacheLayer, CacheLayerBuilder, ConfigError};
 pub use policy::CacheMode;
+#[cfg(feature = "redis")]
+pub use redis_tier::{RedisTier, RedisTierBuilder};
 pub use service::{CACHE_STATUS, Cache};
 pub use store::{MemoryTier, StoredEntry, StoredResponse, Tier};
 pub use tags::TagsFn;
+pub use tiered::{Purge, TierEvent, TierStats};

@@ -14,7 +14,22 @@ pub const CACHE_ENTRIES: &str = "cache_entries";
 /// (`size`, `expired`, `explicit`, `replaced`).
 pub const CACHE_EVICTIONS_TOTAL: &str = "cache_evictions_total";
 
-/// Label naming the tier (`l1` for the in-process tier).
+/// Counter: failed or timed-out calls to a lower tier (label `tier`).
+pub const CACHE_TIER_ERRORS_TOTAL: &str = "cache_tier_errors_total";
+/// Histogram: duration of calls to a lower tier in seconds (label `tier`).
+pub const CACHE_TIER_CALL_SECONDS: &str = "cache_tier_call_seconds";
+/// Counter: writes to lower tiers dropped because too many were in flight.
+pub const CACHE_DROPPED_WRITES_TOTAL: &str = "cache_dropped_writes_total";
+/// Counter: fill leases, labelled `outcome` (`taken`, `waited`, `filled`, `gave_up`).
+pub const CACHE_LEASES_TOTAL: &str = "cache_leases_total";
+/// Counter: invalidation subscriptions established (the first one included).
+pub const CACHE_PUBSUB_SUBSCRIPTIONS_TOTAL: &str = "cache_pubsub_subscriptions_total";
+/// Counter: in-process flushes after a lost invalidation subscription.
+pub const CACHE_FLUSHES_TOTAL: &str = "cache_flushes_total";
+/// Counter: purges received from other instances and applied here.
+pub const CACHE_REMOTE_PURGES_TOTAL: &str = "cache_remote_purges_total";
+
+/// Label naming the tier (`l1` for the in-process tier, `l2` shared, `l3` persistent).
 pub const LABEL_TIER: &str = "tier";
 /// Label naming the outcome of a request.
 pub const LABEL_OUTCOME: &str = "outcome";
@@ -120,4 +135,65 @@ pub(crate) fn record_eviction(cause: moka::notification::RemovalCause) {
         RemovalCause::Replaced => &EV_REPLACED,
     };
     metrics::with_recorder(|r| r.register_counter(key, &METADATA)).increment(1);
+}
+
+/// A lower tier, for labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(any(feature = "redis", feature = "disk")), allow(dead_code))]
+pub(crate) enum TierLabel {
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    L2,
+    #[cfg_attr(not(feature = "disk"), allow(dead_code))]
+    L3,
+}
+
+impl TierLabel {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::L2 => "l2",
+            Self::L3 => "l3",
+        }
+    }
+}
+
+#[cfg_attr(not(any(feature = "redis", feature = "disk")), allow(dead_code))]
+pub(crate) fn record_tier_lookup(tier: TierLabel, hit: bool) {
+    let outcome = if hit { "hit" } else { "miss" };
+    metrics::counter!(CACHE_REQUESTS_TOTAL, LABEL_TIER => tier.as_str(), LABEL_OUTCOME => outcome)
+        .increment(1);
+}
+
+#[cfg_attr(not(any(feature = "redis", feature = "disk")), allow(dead_code))]
+pub(crate) fn record_tier_latency(tier: TierLabel, took: std::time::Duration) {
+    metrics::histogram!(CACHE_TIER_CALL_SECONDS, LABEL_TIER => tier.as_str())
+        .record(took.as_secs_f64());
+}
+
+#[cfg_attr(not(any(feature = "redis", feature = "disk")), allow(dead_code))]
+pub(crate) fn record_tier_error(tier: TierLabel) {
+    metrics::counter!(CACHE_TIER_ERRORS_TOTAL, LABEL_TIER => tier.as_str()).increment(1);
+}
+
+pub(crate) fn record_dropped_write() {
+    metrics::counter!(CACHE_DROPPED_WRITES_TOTAL).increment(1);
+}
+
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn record_lease(outcome: &'static str) {
+    metrics::counter!(CACHE_LEASES_TOTAL, LABEL_OUTCOME => outcome).increment(1);
+}
+
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn record_subscription() {
+    metrics::counter!(CACHE_PUBSUB_SUBSCRIPTIONS_TOTAL).increment(1);
+}
+
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn record_flush() {
+    metrics::counter!(CACHE_FLUSHES_TOTAL).increment(1);
+}
+
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn record_remote_purge() {
+    metrics::counter!(CACHE_REMOTE_PURGES_TOTAL).increment(1);
 }

@@ -215,6 +215,12 @@ where
 
         let (variant, miss) = lookup(&shared, &key, &parts.headers, now);
         let Some(v) = variant else {
+            if crate::tiered::wants_lower(&shared, &parts) {
+                let inner = self.take_ready();
+                return ResponseFuture::boxed(crate::tiered::through_lower(
+                    shared, inner, parts, body, key,
+                ));
+            }
             if req_dirs.only_if_cached {
                 return gateway_timeout(&shared, &key);
             }
@@ -648,6 +654,7 @@ async fn fetch<S, B, ResBody>(
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
+    B: 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
     let client = parts.clone();
@@ -668,11 +675,11 @@ where
         }
         sent_validators = true;
     }
-    let request_instant = shared.clock.now();
+    let mut request_instant = shared.clock.now();
     let result = inner.call(Request::from_parts(parts, body)).await;
-    let response_instant = shared.clock.now();
+    let mut response_instant = shared.clock.now();
 
-    let resp = match result {
+    let mut resp = match result {
         Ok(resp) => resp,
         Err(e) => {
             if let Some((v, state)) = stale_if_error_allows(&shared, &ctx, response_instant) {
@@ -689,7 +696,7 @@ where
             return Err(e);
         }
     };
-    let status = resp.status();
+    let mut status = resp.status();
     if matches!(status.as_u16(), 500 | 502 | 503 | 504)
         && let Some((v, state)) = stale_if_error_allows(&shared, &ctx, response_instant)
     {
@@ -708,15 +715,40 @@ where
         && sent_validators
         && let Some(v) = &ctx.stale
     {
-        return Ok(revalidated(
-            &shared,
-            &ctx,
-            &client,
-            v,
-            resp,
-            request_instant,
-            response_instant,
-        ));
+        if policy::not_modified_matches(v.etag.as_ref(), resp.headers()) {
+            return Ok(revalidated(
+                &shared,
+                &ctx,
+                &client,
+                v,
+                resp,
+                request_instant,
+                response_instant,
+            ));
+        }
+        // The 304 names another representation (RFC 9111 §4.3.4): nothing stored may be
+        // updated with it, and it answers validators the client never sent. Ask again with the
+        // client's own request.
+        shared.l1.invalidate(&ctx.key);
+        tracing::debug!(key = %ctx.key, "304 with a different validator; asking again");
+        let Some(body) = empty_body::<B>() else {
+            return Ok(answer_despite_mismatch(
+                &shared,
+                &ctx,
+                &client,
+                v,
+                response_instant,
+            ));
+        };
+        drop(resp);
+        poll_fn(|cx| inner.poll_ready(cx)).await?;
+        request_instant = shared.clock.now();
+        resp = inner
+            .call(Request::from_parts(client.clone(), body))
+            .await?;
+        response_instant = shared.clock.now();
+        status = resp.status();
+        sent_validators = false;
     }
 
     let fwd_status = Some(status.as_u16());
@@ -845,7 +877,65 @@ where
     ))
 }
 
-/// Applies a 304 from the origin to the stored response and answers from the result.
+/// An empty request body of type `B`, for the body types GET and HEAD requests have in
+/// practice (axum's, `Empty`, `Full`, `String`, `()`), found by type id so the service needs no
+/// extra bound on `B`.
+fn empty_body<B: 'static>() -> Option<B> {
+    use std::any::{Any, TypeId};
+    fn cast<B: 'static, T: 'static>(value: T) -> Option<B> {
+        let boxed: Box<dyn Any> = Box::new(value);
+        boxed.downcast::<B>().ok().map(|b| *b)
+    }
+    let id = TypeId::of::<B>();
+    #[cfg(feature = "admin")]
+    if id == TypeId::of::<axum::body::Body>() {
+        return cast(axum::body::Body::empty());
+    }
+    if id == TypeId::of::<http_body_util::Empty<Bytes>>() {
+        return cast(http_body_util::Empty::<Bytes>::new());
+    }
+    if id == TypeId::of::<http_body_util::Full<Bytes>>() {
+        return cast(http_body_util::Full::new(Bytes::new()));
+    }
+    if id == TypeId::of::<String>() {
+        return cast(String::new());
+    }
+    if id == TypeId::of::<()>() {
+        return cast(());
+    }
+    None
+}
+
+/// The answer to a request whose revalidation got a 304 for another representation, when the
+/// request cannot be sent again: the stored response, as the 304's status vouches for it, and
+/// never the 304 itself. Nothing is stored.
+fn answer_despite_mismatch<ResBody: Body>(
+    shared: &Shared,
+    ctx: &FetchCtx,
+    client: &Parts,
+    v: &StoredResponse,
+    now: Instant,
+) -> Response<CacheBody<ResBody>> {
+    record_request(Outcome::Uncacheable);
+    let state = v.state(&shared.clock, now);
+    let params = StatusParams {
+        fwd: Some(ctx.fwd),
+        fwd_status: Some(304),
+        detail: Some("validator-mismatch"),
+        ..StatusParams::default()
+    };
+    from_stored(
+        shared,
+        v,
+        &state,
+        &client.headers,
+        client.method == Method::HEAD,
+        &params,
+    )
+}
+
+/// Applies a 304 from the origin to the stored response and answers from the result; the
+/// 304's validator matches the stored one.
 fn revalidated<ResBody: Body>(
     shared: &Shared,
     ctx: &FetchCtx,
@@ -855,18 +945,6 @@ fn revalidated<ResBody: Body>(
     request_instant: Instant,
     response_instant: Instant,
 ) -> Response<CacheBody<ResBody>> {
-    if !policy::not_modified_matches(v.etag.as_ref(), resp.headers()) {
-        // The 304 describes another representation: the stored one can no longer be trusted.
-        shared.l1.invalidate(&ctx.key);
-        record_request(Outcome::Uncacheable);
-        let params = StatusParams {
-            fwd: Some(ctx.fwd),
-            fwd_status: Some(304),
-            detail: Some("validator-mismatch"),
-            ..StatusParams::default()
-        };
-        return passthrough(shared, resp, &params);
-    }
     let (resp_parts, _body) = resp.into_parts();
     let merged = policy::merge_not_modified(&v.headers, &resp_parts.headers);
     let (dirs, targeted) = effective_directives(&merged, shared.config.target.as_ref());

@@ -70,6 +70,9 @@ pub(crate) type VaryValues = Box<[(HeaderName, Option<Box<[u8]>>)]>;
 
 type TagMap = HashMap<Arc<str>, HashMap<Arc<str>, u64>>;
 
+/// Told about every entry stored from an origin response (the lower tiers' write path).
+pub(crate) type StoreHook = Arc<dyn Fn(&Arc<str>, &Arc<StoredEntry>) + Send + Sync>;
+
 /// One stored response: what a hit sends, and what freshness and validation need.
 ///
 /// Times are kept on the tokio clock; a lower tier stores them as Unix times and rebuilds them.
@@ -374,6 +377,7 @@ pub struct MemoryTier {
     entries: Arc<AtomicU64>,
     pub(crate) ttl_cap: Duration,
     clock: Clock,
+    store_hook: Arc<std::sync::OnceLock<StoreHook>>,
 }
 
 impl fmt::Debug for MemoryTier {
@@ -419,7 +423,13 @@ impl MemoryTier {
             entries,
             ttl_cap: config.ttl_cap,
             clock,
+            store_hook: Arc::default(),
         }
+    }
+
+    /// Installs the hook told about entries built from origin responses (set once).
+    pub(crate) fn set_store_hook(&self, hook: StoreHook) {
+        let _ = self.store_hook.set(hook);
     }
 
     pub(crate) fn lookup(&self, key: &str) -> Option<Arc<StoredEntry>> {
@@ -448,7 +458,12 @@ impl MemoryTier {
                     .cloned(),
             );
         }
-        self.insert_entry(key, Arc::new(StoredEntry::new(variants, now)))
+        let entry = Arc::new(StoredEntry::new(variants, now));
+        let inserted = self.insert_entry(key.clone(), entry.clone());
+        if inserted && let Some(hook) = self.store_hook.get() {
+            hook(&key, &entry);
+        }
+        inserted
     }
 
     pub(crate) fn insert_entry(&self, key: Arc<str>, entry: Arc<StoredEntry>) -> bool {
