@@ -149,3 +149,8 @@ async fn cdn_cache_control() {
 async fn partial() {
     run_group("partial", other::partial(), known::reason).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn gateway() {
+    run_group("gateway", other::gateway(), known::reason).await;
+}

@@ -108,6 +108,10 @@ pub(crate) struct ReqSpec {
     check_body: bool,
     setup: bool,
     setup_tests: Vec<&'static str>,
+    /// Not in the suite: answer `304` whenever the request is conditional.
+    not_modified_when_conditional: bool,
+    /// Not in the suite: the cache may send this request to the origin twice.
+    allow_repeat: bool,
 }
 
 /// A request with nothing configured (a plain GET answered `200` with the test's body).
@@ -134,6 +138,8 @@ pub(crate) fn r() -> ReqSpec {
         check_body: true,
         setup: false,
         setup_tests: Vec::new(),
+        not_modified_when_conditional: false,
+        allow_repeat: false,
     }
 }
 
@@ -247,6 +253,16 @@ impl ReqSpec {
         self.expected_response_text = Some(t.map(str::to_owned));
         self
     }
+    /// The origin answers `304` to any conditional request for this request number.
+    pub(crate) fn not_modified_when_conditional(mut self) -> Self {
+        self.not_modified_when_conditional = true;
+        self
+    }
+    /// The cache may repeat this request to the origin (no retry failure).
+    pub(crate) fn allow_repeat(mut self) -> Self {
+        self.allow_repeat = true;
+        self
+    }
     pub(crate) fn no_body_check(mut self) -> Self {
         self.check_body = false;
         self
@@ -267,7 +283,7 @@ pub(crate) fn case(id: &'static str, kind: Kind, requests: Vec<ReqSpec>) -> Case
 
 /// The suite's request templates.
 pub(crate) mod templates {
-    use super::{ReqSpec, r};
+    use super::ReqSpec;
 
     /// A response fresh for a long time, stored, then three seconds pass.
     pub(crate) fn fresh(req: ReqSpec) -> ReqSpec {
@@ -428,6 +444,12 @@ async fn origin_handler(State(origin): State<Arc<Origin>>, req: Request<Body>) -
         return plain(StatusCode::CONFLICT, "config not found");
     };
     let mut status = cfg.response_status.unwrap_or(200);
+    if cfg.not_modified_when_conditional
+        && (parts.headers.contains_key("if-none-match")
+            || parts.headers.contains_key("if-modified-since"))
+    {
+        status = 304;
+    }
     if matches!(
         cfg.expected_type,
         Some(Type::EtagValidated | Type::LmValidated)
@@ -808,9 +830,11 @@ fn check_response(
         let mut unique = list.clone();
         unique.sort_unstable();
         unique.dedup();
-        check(false, unique.len() == list.len(), || {
-            format!("retry: the origin saw request numbers {numbers}")
-        })?;
+        check(
+            false,
+            spec.allow_repeat || unique.len() == list.len(),
+            || format!("retry: the origin saw request numbers {numbers}"),
+        )?;
     }
     if let Some(t) = spec.expected_type {
         let setup = setup_check(spec, "expected_type");

@@ -407,6 +407,37 @@ pub(crate) fn cdn_cache_control() -> Vec<Case> {
     ]
 }
 
+/// Not in the suite: what a gateway owes the messages it forwards.
+pub(crate) fn gateway() -> Vec<Case> {
+    vec![
+        case(
+            "gateway-via-on-forwarded-requests",
+            Required,
+            vec![r().ereq("Via", "1.1 cache-proxy")],
+        ),
+        case(
+            "gateway-304-other-etag-not-handed-to-unconditional-client",
+            Required,
+            vec![
+                r().rh(CC, "max-age=2")
+                    .rh("ETag", "\"abc\"")
+                    .setup()
+                    .pause(),
+                r().not_modified_when_conditional()
+                    .allow_repeat()
+                    .rhu(CC, "max-age=2")
+                    .rhu("ETag", "\"def\"")
+                    .expect_status(200)
+                    .erh("ETag", "\"def\""),
+                // Stored from the repeated request 2, which the origin counted twice.
+                r().allow_repeat()
+                    .erh("client-request-count", "2")
+                    .erh("ETag", "\"def\""),
+            ],
+        ),
+    ]
+}
+
 pub(crate) fn partial() -> Vec<Case> {
     let stored_partial = || {
         r().qh("Range", "bytes=-5")
