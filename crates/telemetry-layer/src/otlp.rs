@@ -607,6 +607,63 @@ mod tests {
         assert_eq!(body, reference.encode_to_vec());
     }
 
+    #[tokio::test]
+    async fn export_posts_protobuf_with_the_configured_headers() {
+        use std::sync::{Arc, Mutex};
+
+        let seen: Arc<Mutex<Vec<http::HeaderMap>>> = Arc::default();
+        let store = Arc::clone(&seen);
+        let collector = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |headers: http::HeaderMap, body: Bytes| {
+                let store = Arc::clone(&store);
+                async move {
+                    let request = ExportTraceServiceRequest::decode(body).unwrap();
+                    let status =
+                        if request.resource_spans[0].scope_spans[0].spans[0].name == "refused" {
+                            http::StatusCode::SERVICE_UNAVAILABLE
+                        } else {
+                            http::StatusCode::OK
+                        };
+                    store.lock().unwrap().push(headers);
+                    status
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, collector).await });
+
+        let exporter = OtlpExporter::new(
+            ExportClient::new(Duration::from_secs(5)).unwrap(),
+            format!("http://{addr}/v1/traces").parse().unwrap(),
+            vec![(
+                HeaderName::from_static("api-key"),
+                HeaderValue::from_static("k1"),
+            )],
+        );
+        let scope = InstrumentationScope::builder("telemetry-layer").build();
+        exporter.export(vec![span(&scope, 0)]).await.unwrap();
+        let mut refused = span(&scope, 0);
+        refused.name = "refused".into();
+        let err = exporter.export(vec![refused]).await.unwrap_err();
+        assert!(err.to_string().contains("503"), "{err}");
+
+        {
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen.len(), 2);
+            assert_eq!(seen[0]["content-type"], PROTOBUF);
+            assert_eq!(seen[0]["api-key"], "k1");
+        }
+
+        exporter.shutdown().unwrap();
+        assert!(matches!(
+            exporter.export(vec![span(&scope, 0)]).await,
+            Err(OTelSdkError::AlreadyShutdown)
+        ));
+        server.abort();
+    }
+
     #[test]
     fn empty_batch_encodes_an_empty_resource_spans() {
         let decoded =

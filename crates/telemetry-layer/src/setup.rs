@@ -306,9 +306,11 @@ impl TelemetryBuilder {
 
     /// Reads the standard `OTEL_*` variables (`OTEL_EXPORTER_OTLP_ENDPOINT`,
     /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_EXPORTER_OTLP_HEADERS`,
-    /// `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`,
-    /// `OTEL_TRACES_SAMPLER_ARG`, `OTEL_TRACES_EXPORTER`, `OTEL_SDK_DISABLED`, `OTEL_BSP_*`). With `false`,
-    /// only [`otlp_endpoint`](Self::otlp_endpoint) turns export on. Defaults to `true`.
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_EXPORTER_OTLP_COMPRESSION`, each also in its `..._TRACES_...`
+    /// form, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_EXPORTER`, `OTEL_SDK_DISABLED`).
+    /// With `false`, only [`otlp_endpoint`](Self::otlp_endpoint) turns export on and none of these is read.
+    /// The OpenTelemetry SDK reads `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` and `OTEL_BSP_*` itself,
+    /// either way. Defaults to `true`.
     pub fn from_env(mut self, read: bool) -> Self {
         self.read_env = read;
         self
@@ -353,8 +355,9 @@ impl TelemetryBuilder {
     /// # Errors
     ///
     /// - [`TelemetryError::InvalidConfig`] for empty or unsorted buckets, an unsupported
-    ///   `OTEL_EXPORTER_OTLP_PROTOCOL` (only `http/protobuf` is built in), an `https` endpoint, or a bad
-    ///   layer setting;
+    ///   `OTEL_EXPORTER_OTLP_PROTOCOL` (only `http/protobuf` is built in) or
+    ///   `OTEL_EXPORTER_OTLP_COMPRESSION` (only `none`), an `https` or malformed endpoint, or a bad layer
+    ///   setting;
     /// - [`TelemetryError::RecorderAlreadyInstalled`] / [`TelemetryError::SubscriberAlreadyInstalled`] when
     ///   a global one exists;
     /// - [`TelemetryError::Exporter`] when the OTLP exporter cannot be created.
@@ -659,4 +662,35 @@ fn spawn_upkeep(
         })
         .map_err(|e| TelemetryError::Exporter(format!("cannot start metric upkeep: {e}")))?;
     Ok(stop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_list_is_split_trimmed_and_percent_decoded() {
+        let headers =
+            parse_headers(" api-key = s3cr%3Dt%2C1 ,x-tenant=a b, broken, bad name=x,empty=");
+        let pairs: Vec<(&str, &[u8])> = headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("api-key", b"s3cr=t,1".as_slice()),
+                ("x-tenant", b"a b".as_slice()),
+                ("empty", b"".as_slice()),
+            ]
+        );
+        assert_eq!(percent_decode("100%"), b"100%");
+        assert_eq!(percent_decode("%zz%4"), b"%zz%4");
+    }
+
+    #[test]
+    fn traces_path_is_appended_once() {
+        assert_eq!(traces_url("http://c:4318"), "http://c:4318/v1/traces");
+        assert_eq!(traces_url(" http://c:4318/ "), "http://c:4318/v1/traces");
+    }
 }

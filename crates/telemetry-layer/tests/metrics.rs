@@ -490,6 +490,26 @@ fn invalid_settings_are_reported_with_their_field() {
         .build()
         .unwrap_err();
     assert!(err.to_string().contains("https"), "{err}");
+
+    for endpoint in ["not a url", "collector:4318", "ftp://collector:4318"] {
+        let err = Telemetry::builder()
+            .install_recorder(false)
+            .install_subscriber(false)
+            .from_env(false)
+            .otlp_endpoint(endpoint)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TelemetryError::InvalidConfig {
+                    field: "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    ..
+                }
+            ),
+            "{endpoint}: {err}"
+        );
+    }
 }
 
 #[test]
