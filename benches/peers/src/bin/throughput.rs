@@ -11,11 +11,12 @@
 //! Besides requests per second it reads the CPU time of every thread of the process from
 //! `/proc/self/task/*/schedstat`: the server side's CPU time per request is a second, less load-sensitive
 //! measure of what a layer costs, and the busy fractions show whether the server (not the generator) was
-//! the bottleneck.
+//! the bottleneck. Threads are pinned with `taskset` (`--pin`), so the scheduler cannot switch the server and
+//! the generator between sharing a core and having one each in the middle of a run.
 //!
 //! ```text
 //! cargo run --release --bin throughput -- [--variants a,b,c] [--rounds N] [--seconds S] [--connections C]
-//!                                         [--warmup S] [--seed N] [--out PATH]
+//!                                         [--warmup S] [--seed N] [--pin split|shared|off] [--out PATH]
 //! ```
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -57,9 +58,12 @@ const PATH: &str = "/rooms/lobby/messages";
 const MAX_SAMPLES_PER_CONNECTION: usize = 1 << 18;
 /// Requests sent one after another to each variant before it is measured.
 const VALIDATION_REQUESTS: u64 = 5;
-/// Idle time before each window, so background work of the previous variant (span export, cache
-/// housekeeping) does not land in the next one's CPU account.
-const SETTLE: Duration = Duration::from_millis(100);
+/// How long the machine is watched for other processes' CPU use before each window. It is also idle time,
+/// so background work of the previous variant (span export, cache housekeeping) does not land in the next
+/// one's CPU account.
+const QUIET_SAMPLE: Duration = Duration::from_millis(250);
+/// Other processes' CPU use (in cores) below which the machine counts as quiet.
+const QUIET_CORES: f64 = 0.1;
 
 /// The fixed response body: about 1 KiB of chat history as JSON.
 fn body() -> &'static Bytes {
@@ -479,6 +483,102 @@ fn cpu_between(before: &HashMap<u32, u64>, after: &HashMap<u32, u64>, select: im
         .sum()
 }
 
+/// Where the threads run. Pinning keeps the scheduler from moving the server and the generator between
+/// sharing one core and having one each in the middle of a run, which changes the cost per request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pinning {
+    /// Server threads on CPU 1, load generator and OTLP sink on CPU 0.
+    Split,
+    /// Everything on CPU 0: server and generator take turns, the server works through full batches.
+    Shared,
+    /// Wherever the scheduler puts them.
+    Off,
+}
+
+impl Pinning {
+    fn parse(value: &str) -> Option<Self> {
+        match value {
+            "split" => Some(Self::Split),
+            "shared" => Some(Self::Shared),
+            "off" => Some(Self::Off),
+            _ => None,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Split => "split: server threads on CPU 1, load generator and OTLP sink on CPU 0",
+            Self::Shared => "shared: server threads, load generator and OTLP sink all on CPU 0",
+            Self::Off => "off: threads placed by the scheduler",
+        }
+    }
+}
+
+/// Sets the CPU affinity of one thread with `taskset`; threads it creates afterwards inherit it.
+fn pin(tid: u32, cpu: usize) -> Result<()> {
+    let output = std::process::Command::new("taskset")
+        .args(["-p", "-c", &cpu.to_string(), &tid.to_string()])
+        .output()
+        .map_err(|e| format!("cannot run taskset (use --pin off): {e}"))?;
+    if !output.status.success() {
+        return Err(format!("taskset failed: {}", String::from_utf8_lossy(&output.stderr).trim()).into());
+    }
+    Ok(())
+}
+
+/// Busy time of the whole machine (user, nice and system; interrupts excluded, as they are from a thread's
+/// run time), in seconds, from `/proc/stat`.
+fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?;
+    let ticks: Vec<u64> = line.split_whitespace().skip(1).take(3).filter_map(|t| t.parse().ok()).collect();
+    // USER_HZ is 100 on Linux.
+    (ticks.len() == 3).then(|| ticks.iter().sum::<u64>() as f64 / 100.0)
+}
+
+/// A point in time for telling this process's CPU use from everybody else's.
+struct Usage {
+    wall: std::time::Instant,
+    machine: Option<f64>,
+    threads: HashMap<u32, u64>,
+}
+
+impl Usage {
+    fn now() -> Self {
+        Self {
+            wall: std::time::Instant::now(),
+            machine: machine_busy_seconds(),
+            threads: cpu_snapshot(),
+        }
+    }
+
+    /// Cores used by other processes since `earlier` (`/proc/stat` counts in 10 ms ticks, so short spans
+    /// are coarse).
+    fn others_since(&self, earlier: &Usage) -> f64 {
+        let (Some(now), Some(then)) = (self.machine, earlier.machine) else {
+            return f64::NAN;
+        };
+        let ours = cpu_between(&earlier.threads, &self.threads, |_| true) as f64 / 1e9;
+        let wall = (self.wall - earlier.wall).as_secs_f64();
+        ((now - then - ours) / wall).max(0.0)
+    }
+}
+
+/// Watches the machine until other processes leave it alone (use less than [`QUIET_CORES`]) or `max_wait`
+/// has passed; returns the time waited beyond the first look.
+fn wait_for_quiet(max_wait: Duration) -> Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let before = Usage::now();
+        std::thread::sleep(QUIET_SAMPLE);
+        let others = Usage::now().others_since(&before);
+        let waited = start.elapsed().saturating_sub(QUIET_SAMPLE);
+        if others.is_nan() || others < QUIET_CORES || waited >= max_wait {
+            return waited;
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Load generator
 
@@ -585,6 +685,8 @@ struct Sample {
     generator_busy: f64,
     /// Handler calls per measured request.
     origin_calls: f64,
+    /// Cores used by other processes during the window.
+    others: f64,
 }
 
 struct Settings {
@@ -594,7 +696,6 @@ struct Settings {
 }
 
 async fn measure(server: &Server, env: &Env, generator_tid: u32, settings: &Settings) -> Result<Sample> {
-    tokio::time::sleep(SETTLE).await;
     let mut senders = Vec::with_capacity(settings.connections);
     for _ in 0..settings.connections {
         senders.push(connect(server.addr).await?);
@@ -608,13 +709,13 @@ async fn measure(server: &Server, env: &Env, generator_tid: u32, settings: &Sett
     }
 
     tokio::time::sleep_until(window_start).await;
-    let cpu_before = cpu_snapshot();
+    let before = Usage::now();
     let calls_before = server.calls();
-    let wall_before = Instant::now();
     tokio::time::sleep_until(window_end).await;
-    let cpu_after = cpu_snapshot();
+    let after = Usage::now();
     let calls_after = server.calls();
-    let wall = wall_before.elapsed().as_secs_f64();
+    let wall = (after.wall - before.wall).as_secs_f64();
+    let (cpu_before, cpu_after) = (&before.threads, &after.threads);
 
     let mut measured = 0;
     let mut latencies = Vec::new();
@@ -627,8 +728,8 @@ async fn measure(server: &Server, env: &Env, generator_tid: u32, settings: &Sett
         return Err("no request completed inside the window".into());
     }
     let excluded = env.excluded_threads.lock().map(|set| set.clone()).unwrap_or_default();
-    let server_ns = cpu_between(&cpu_before, &cpu_after, |tid| tid != generator_tid && !excluded.contains(&tid));
-    let generator_ns = cpu_between(&cpu_before, &cpu_after, |tid| tid == generator_tid);
+    let server_ns = cpu_between(cpu_before, cpu_after, |tid| tid != generator_tid && !excluded.contains(&tid));
+    let generator_ns = cpu_between(cpu_before, cpu_after, |tid| tid == generator_tid);
     let p50_us = percentile(&mut latencies, 0.50) / 1e3;
     let p99_us = percentile(&mut latencies, 0.99) / 1e3;
     Ok(Sample {
@@ -639,6 +740,7 @@ async fn measure(server: &Server, env: &Env, generator_tid: u32, settings: &Sett
         server_busy: server_ns as f64 / 1e9 / wall,
         generator_busy: generator_ns as f64 / 1e9 / wall,
         origin_calls: calls_after.saturating_sub(calls_before) as f64 / measured as f64,
+        others: after.others_since(&before),
     })
 }
 
@@ -780,11 +882,13 @@ struct Args {
     warmup: f64,
     connections: usize,
     seed: u64,
+    pinning: Pinning,
+    quiet_wait: f64,
     out: std::path::PathBuf,
 }
 
 const USAGE: &str = "usage: throughput [--variants a,b,c] [--rounds N] [--seconds S] [--connections C] \
-                     [--warmup S] [--seed N] [--out PATH]";
+                     [--warmup S] [--seed N] [--pin split|shared|off] [--quiet-wait S] [--out PATH]";
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
@@ -794,6 +898,8 @@ fn parse_args() -> Result<Args> {
         warmup: 0.3,
         connections: 32,
         seed: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1),
+        pinning: Pinning::Split,
+        quiet_wait: 3.0,
         out: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results/throughput.md"),
     };
     let mut it = std::env::args().skip(1);
@@ -821,6 +927,10 @@ fn parse_args() -> Result<Args> {
             "--warmup" => args.warmup = value.parse()?,
             "--connections" => args.connections = value.parse()?,
             "--seed" => args.seed = value.parse()?,
+            "--quiet-wait" => args.quiet_wait = value.parse()?,
+            "--pin" => {
+                args.pinning = Pinning::parse(&value).ok_or_else(|| format!("--pin takes split, shared or off\n{USAGE}"))?
+            }
             "--out" => args.out = value.into(),
             _ => return Err(format!("unknown option {flag}\n{USAGE}").into()),
         }
@@ -834,8 +944,14 @@ fn parse_args() -> Result<Args> {
     if !(0.0..=10.0).contains(&args.warmup) {
         return Err("--warmup must be 0..=10".into());
     }
+    if !(0.0..=60.0).contains(&args.quiet_wait) {
+        return Err("--quiet-wait must be 0..=60".into());
+    }
     if !(1..=512).contains(&args.connections) {
         return Err("--connections must be 1..=512".into());
+    }
+    if args.pinning == Pinning::Split && std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        return Err("--pin split needs 2 CPUs; use --pin shared or off".into());
     }
     Ok(args)
 }
@@ -881,54 +997,78 @@ fn column(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> Vec<f64> {
     samples.iter().map(f).collect()
 }
 
-fn table(args: &Args, results: &BTreeMap<Variant, Vec<Sample>>) -> String {
-    let rps = |v: Variant| results.get(&v).map(|s| median(&column(s, |x| x.rps)));
-    let cpu = |v: Variant| results.get(&v).map(|s| median(&column(s, |x| x.server_cpu_us)));
-    let bare_rps = rps(Variant::Bare).unwrap_or(f64::NAN);
-    let identity_rps = rps(Variant::Identity).unwrap_or(f64::NAN);
-    let bare_cpu = cpu(Variant::Bare).unwrap_or(f64::NAN);
-    let identity_cpu = cpu(Variant::Identity).unwrap_or(f64::NAN);
-    let bare_rounds = results.get(&Variant::Bare).map(Vec::as_slice).unwrap_or(&[]);
+/// The smallest and largest of `values`.
+fn range(values: &[f64]) -> (f64, f64) {
+    values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+}
 
-    let mut out = String::new();
-    out.push_str(
-        "| variant | req/s (median) | min | max | × bare | × identity | × bare, paired | p50 µs | p99 µs \
-         | server CPU µs/req | CPU × bare | CPU × identity | server busy | generator busy | handler calls/req |\n",
+/// Median of each round's `value(variant) / value(bare)`: the two windows of a round are seconds apart, so
+/// slow drift of the machine cancels out.
+fn paired(samples: &[Sample], bare: &[Sample], value: impl Fn(&Sample) -> f64) -> f64 {
+    median(&samples.iter().zip(bare).map(|(s, b)| value(s) / value(b)).collect::<Vec<_>>())
+}
+
+/// Requests per second and latency, medians over rounds.
+fn throughput_table(args: &Args, results: &BTreeMap<Variant, Vec<Sample>>) -> String {
+    let rps = |v: Variant| results.get(&v).map_or(f64::NAN, |s| median(&column(s, |x| x.rps)));
+    let (bare_rps, identity_rps) = (rps(Variant::Bare), rps(Variant::Identity));
+    let bare = results.get(&Variant::Bare).map(Vec::as_slice).unwrap_or(&[]);
+    let mut out = String::from(
+        "| variant | req/s (median) | min | max | × bare | × identity | × bare, paired | p50 µs | p99 µs |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for &variant in &args.variants {
         let Some(samples) = results.get(&variant) else { continue };
         let r = column(samples, |x| x.rps);
-        let min = r.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = r.iter().copied().fold(0.0, f64::max);
+        let (min, max) = range(&r);
         let m = median(&r);
-        // Per-round ratio to bare (the same round's bare window), then the median: immune to slow drift.
-        let paired: Vec<f64> = samples.iter().zip(bare_rounds).map(|(s, b)| s.rps / b.rps).collect();
-        let c = median(&column(samples, |x| x.server_cpu_us));
         let _ = writeln!(
             out,
-            "| {} | {:.0} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {:.0} | {:.0} | {:.2} | {:.3} | {:.3} | {:.2} | {:.2} | {:.2} |",
+            "| {} | {m:.0} | {min:.0} | {max:.0} | {:.3} | {:.3} | {:.3} | {:.0} | {:.0} |",
             variant.name(),
-            m,
-            min,
-            max,
             m / bare_rps,
             m / identity_rps,
-            median(&paired),
+            paired(samples, bare, |x| x.rps),
             median(&column(samples, |x| x.p50_us)),
             median(&column(samples, |x| x.p99_us)),
-            c,
-            bare_cpu / c,
-            identity_cpu / c,
+        );
+    }
+    out
+}
+
+/// Server-side CPU time per request, medians over rounds; ratios are bare's cost over the variant's, so
+/// they read like throughput ratios.
+fn cost_table(args: &Args, results: &BTreeMap<Variant, Vec<Sample>>) -> String {
+    let cpu = |v: Variant| results.get(&v).map_or(f64::NAN, |s| median(&column(s, |x| x.server_cpu_us)));
+    let (bare_cpu, identity_cpu) = (cpu(Variant::Bare), cpu(Variant::Identity));
+    let bare = results.get(&Variant::Bare).map(Vec::as_slice).unwrap_or(&[]);
+    let mut out = String::from(
+        "| variant | server CPU µs/req (median) | min | max | CPU × bare | CPU × identity | CPU × bare, paired \
+         | server busy | generator busy | others' CPU (cores) | handler calls/req |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for &variant in &args.variants {
+        let Some(samples) = results.get(&variant) else { continue };
+        let c = column(samples, |x| x.server_cpu_us);
+        let (min, max) = range(&c);
+        let m = median(&c);
+        let _ = writeln!(
+            out,
+            "| {} | {m:.2} | {min:.2} | {max:.2} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            variant.name(),
+            bare_cpu / m,
+            identity_cpu / m,
+            paired(samples, bare, |x| 1.0 / x.server_cpu_us),
             median(&column(samples, |x| x.server_busy)),
             median(&column(samples, |x| x.generator_busy)),
+            median(&column(samples, |x| x.others)),
             median(&column(samples, |x| x.origin_calls)),
         );
     }
     out
 }
 
-fn rounds_table(args: &Args, results: &BTreeMap<Variant, Vec<Sample>>) -> String {
+fn rounds_table(args: &Args, results: &BTreeMap<Variant, Vec<Sample>>, cell: impl Fn(&Sample) -> String) -> String {
     let mut out = String::from("| variant |");
     for round in 1..=args.rounds {
         let _ = write!(out, " {round} |");
@@ -940,7 +1080,7 @@ fn rounds_table(args: &Args, results: &BTreeMap<Variant, Vec<Sample>>) -> String
         let Some(samples) = results.get(&variant) else { continue };
         let _ = write!(out, "| {} |", variant.name());
         for s in samples {
-            let _ = write!(out, " {:.0} |", s.rps);
+            let _ = write!(out, " {} |", cell(s));
         }
         out.push('\n');
     }
@@ -1032,21 +1172,38 @@ fn run() -> Result<()> {
         warmup: Duration::from_secs_f64(args.warmup),
         window: Duration::from_secs_f64(args.seconds),
     };
-    let per_window = SETTLE.as_secs_f64() + args.warmup + args.seconds;
+    let per_window = QUIET_SAMPLE.as_secs_f64() + args.warmup + args.seconds;
+    let windows = args.variants.len() as f64 * args.rounds as f64;
     eprintln!(
-        "{} variants × {} rounds × {per_window:.1} s ≈ {:.0} s of load (plus connection set-up and validation), seed {}",
+        "{} variants × {} rounds × {per_window:.2} s ≈ {:.0} s of load, at most {:.0} s more waiting for other \
+         processes to leave the CPUs alone (plus connection set-up and validation), seed {}",
         args.variants.len(),
         args.rounds,
-        args.variants.len() as f64 * args.rounds as f64 * per_window,
+        windows * per_window,
+        windows * args.quiet_wait,
         args.seed
     );
 
     let generator_tid = current_tid().ok_or("cannot read /proc/thread-self")?;
     let load_before = load_average();
+    // Threads inherit the affinity of the thread that creates them: every runtime and helper thread is made
+    // by this one, so pin it where the servers go first, then move the sink's threads and itself.
+    match args.pinning {
+        Pinning::Split => pin(generator_tid, 1)?,
+        Pinning::Shared => pin(generator_tid, 0)?,
+        Pinning::Off => {}
+    }
     let env = Env::start()?;
     let mut servers = Vec::new();
     for &variant in &args.variants {
         servers.push(Server::start(variant, &env)?);
+    }
+    if args.pinning == Pinning::Split {
+        let sink_threads = env.excluded_threads.lock().map(|set| set.clone()).unwrap_or_default();
+        for tid in sink_threads {
+            pin(tid, 0)?;
+        }
+        pin(generator_tid, 0)?;
     }
     let generator = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     for server in &servers {
@@ -1059,23 +1216,27 @@ fn run() -> Result<()> {
     let telemetry_calls_before = telemetry.map_or(0, Server::calls);
 
     let mut results: BTreeMap<Variant, Vec<Sample>> = BTreeMap::new();
+    let mut waited = Duration::ZERO;
     let mut shuffle = Shuffle(args.seed);
     let mut order: Vec<usize> = (0..servers.len()).collect();
     for round in 1..=args.rounds {
         shuffle.shuffle(&mut order);
         for &i in &order {
             let server = &servers[i];
+            waited += wait_for_quiet(Duration::from_secs_f64(args.quiet_wait));
             let sample = generator
                 .block_on(measure(server, &env, generator_tid, &settings))
                 .map_err(|e| format!("{} (round {round}): {e}", server.variant.name()))?;
             eprintln!(
-                "round {round}/{} {:<22} {:>8.0} req/s  server {:>6.2} µs/req  busy server {:.2} generator {:.2}",
+                "round {round}/{} {:<22} {:>8.0} req/s  server {:>6.2} µs/req  busy server {:.2} generator {:.2}  \
+                 others {:.2}",
                 args.rounds,
                 server.variant.name(),
                 sample.rps,
                 sample.server_cpu_us,
                 sample.server_busy,
                 sample.generator_busy,
+                sample.others,
             );
             results.entry(server.variant).or_default().push(sample);
         }
@@ -1108,7 +1269,9 @@ fn run() -> Result<()> {
         }
     }
 
-    let summary = table(&args, &results);
+    let throughput = throughput_table(&args, &results);
+    let cost = cost_table(&args, &results);
+    let summary = format!("Throughput, medians over rounds:\n\n{throughput}\nServer-side CPU per request:\n\n{cost}");
     println!("\n{summary}\n{notes}");
     let mut file = String::from("# Served-HTTP throughput\n\n");
     let _ = writeln!(file, "- date: {}", utc_now());
@@ -1123,27 +1286,36 @@ fn run() -> Result<()> {
     let _ = writeln!(file, "- command (in benches/peers): `{command}`");
     let _ = writeln!(
         file,
-        "- settings: {} rounds × {} variants, {} s window after {} s warm-up, {} keep-alive connections, seed {}",
+        "- settings: {} rounds × {} variants, {} s window after {} s warm-up, {} keep-alive connections, seed {}, \
+         pinning {}; before each window up to {} s waiting for other processes to use less than {QUIET_CORES} \
+         core (waited {:.0} s in all)",
         args.rounds,
         args.variants.len(),
         args.seconds,
         args.warmup,
         args.connections,
-        args.seed
+        args.seed,
+        args.pinning.describe(),
+        args.quiet_wait,
+        waited.as_secs_f64()
     );
     file.push_str("\nEvery variant serves `GET /rooms/lobby/messages`, a fixed ");
     let _ = write!(file, "{}-byte JSON body with `Cache-Control: public, max-age=60`:\n\n", body().len());
     for &variant in &args.variants {
         let _ = writeln!(file, "- `{}`: {}", variant.name(), variant.what());
     }
-    file.push_str("\n## Medians over rounds\n\n");
-    file.push_str(&summary);
+    file.push_str("\n## Throughput (medians over rounds)\n\n");
+    file.push_str(&throughput);
+    file.push_str("\n## Server-side CPU per request (medians over rounds)\n\n");
+    file.push_str(&cost);
     if !notes.is_empty() {
         file.push('\n');
         file.push_str(&notes);
     }
     file.push_str("\n## req/s per round\n\n");
-    file.push_str(&rounds_table(&args, &results));
+    file.push_str(&rounds_table(&args, &results, |x| format!("{:.0}", x.rps)));
+    file.push_str("\n## Server CPU µs/req per round\n\n");
+    file.push_str(&rounds_table(&args, &results, |x| format!("{:.2}", x.server_cpu_us)));
     file.push_str("\nSee README.md for how the figures are taken and how to read them.\n");
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir)?;
