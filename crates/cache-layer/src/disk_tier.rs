@@ -408,10 +408,9 @@ async fn write_loop(inner: Weak<DiskInner>, mut rx: mpsc::Receiver<Op>) {
             }
         }
         let Some(inner) = inner.upgrade() else { return };
-        let over = inner.bytes.load(Ordering::Relaxed) > inner.max_bytes;
         let done = tokio::task::spawn_blocking(move || {
             let r = apply(&inner, ops);
-            if over {
+            if inner.bytes.load(Ordering::Relaxed) > inner.max_bytes {
                 let _ = sweep(&inner);
             }
             r
