@@ -21,6 +21,10 @@ OPTIONS:
     --seed ROOMS,MESSAGES   before serving, store MESSAGES messages in each of ROOMS rooms
                             (room-1 .. room-ROOMS) in one transaction
     --readers N             reader connections in the query pool [default: 4]
+    --redis-url URL         shared cache tier and cross-instance invalidation on this Redis
+                            [env: REDIS_URL] [default: none, in-process cache only]
+    --cache-disk PATH       persistent cache tier in this file [env: CACHE_DISK_PATH]
+                            [default: none]
     -h, --help              print this help
 
 Logs go to stderr; filter them with RUST_LOG (default: info).
@@ -130,6 +134,11 @@ pub struct Config {
     pub body_limit: usize,
     /// `Cache-Control` of the query responses.
     pub cache_control: CacheControl,
+    /// Redis for the shared cache tier and cross-instance invalidation (`REDIS_URL`).
+    /// Defaults to none: the cache is in-process only.
+    pub redis_url: Option<String>,
+    /// File of the persistent cache tier (`CACHE_DISK_PATH`). Defaults to none.
+    pub cache_disk: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -142,6 +151,8 @@ impl Default for Config {
             projection_wait: Duration::from_secs(2),
             body_limit: 64 * 1024,
             cache_control: CacheControl::default(),
+            redis_url: None,
+            cache_disk: None,
         }
     }
 }
@@ -164,7 +175,8 @@ impl Config {
         }
     }
 
-    /// Reads the process's arguments and environment (`LISTEN_ADDR`, `DATABASE_URL`).
+    /// Reads the process's arguments and environment (`LISTEN_ADDR`, `DATABASE_URL`,
+    /// `REDIS_URL`, `CACHE_DISK_PATH`).
     pub fn from_env_and_args() -> Result<Command, ConfigError> {
         Self::from_args(std::env::args().skip(1), |name| std::env::var(name).ok())
     }
@@ -202,6 +214,12 @@ impl Config {
         if let Some(url) = env("DATABASE_URL") {
             config.database = Database::from_url(&url)?;
         }
+        if let Some(url) = env("REDIS_URL").filter(|u| !u.trim().is_empty()) {
+            config.redis_url = Some(url.trim().to_owned());
+        }
+        if let Some(path) = env("CACHE_DISK_PATH").filter(|p| !p.trim().is_empty()) {
+            config.cache_disk = Some(PathBuf::from(path.trim()));
+        }
 
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
@@ -224,6 +242,8 @@ impl Config {
                 "--listen" => config.listen = parse_listen(&value()?, "--listen")?,
                 "--database-url" => config.database = Database::from_url(&value()?)?,
                 "--seed" => config.seed = Some(parse_seed(&value()?)?),
+                "--redis-url" => config.redis_url = Some(value()?),
+                "--cache-disk" => config.cache_disk = Some(PathBuf::from(value()?)),
                 "--readers" => {
                     let raw = value()?;
                     config.readers = match raw.parse::<usize>() {

@@ -297,6 +297,8 @@ async fn post_message(
     // Read-your-writes: answer once a GET would see the message. Past the bound the message is
     // still stored, so the answer is still 201.
     service.wait_projected(stored.id).await;
+    // ... and once no cache tier of any instance still holds the page without it.
+    service.wait_invalidated(&room, stored.id).await;
     let mut headers = HeaderMap::with_capacity(3);
     let location = format!("/rooms/{}/messages/{}", room, stored.id);
     if let Ok(location) = HeaderValue::try_from(location) {

@@ -110,6 +110,7 @@
 //! # }
 //! ```
 
+pub mod cache;
 mod config;
 mod error;
 mod http;

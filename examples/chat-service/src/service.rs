@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::{broadcast, oneshot, watch};
 
+use crate::cache::Purged;
 use crate::config::{Config, Database, MAX_SEED_MESSAGES};
 use crate::error::Error;
 use crate::model::{Message, MessagePosted, NewMessage, RoomName, RoomProjected, SeedSummary};
@@ -52,6 +53,9 @@ struct Inner {
     position: watch::Receiver<i64>,
     events: broadcast::Sender<MessagePosted>,
     notices: broadcast::Sender<RoomProjected>,
+    /// The response cache of [`ChatService::app`], purged from projection notices.
+    cache: cache_layer::CacheLayer,
+    purged: Arc<Purged>,
     /// Dropping this stops the projector task, which releases the writer.
     _stop_projector: oneshot::Sender<()>,
     /// Declared last so the directory outlives the connections in it.
@@ -105,6 +109,15 @@ impl ChatService {
         let (stop_projector, stop) = oneshot::channel();
         tokio::spawn(projector.clone().run(projector_events, stop));
 
+        let cache = crate::cache::layer(config)?;
+        let purged = Arc::new(Purged::new());
+        tokio::spawn(crate::cache::invalidate_on_projection(
+            notices.subscribe(),
+            cache.handle(),
+            Arc::downgrade(&purged),
+            projector.watch_position(),
+        ));
+
         tracing::info!(database = %path.display(), "chat service storage open");
         Ok(Self {
             inner: Arc::new(Inner {
@@ -116,6 +129,8 @@ impl ChatService {
                 projector,
                 events,
                 notices,
+                cache,
+                purged,
                 _stop_projector: stop_projector,
                 _temp_dir: temp_dir,
             }),
@@ -237,9 +252,29 @@ impl ChatService {
 
     /// The service as it is deployed: [`router`](Self::router) plus the middleware stack.
     ///
-    /// This is the single place where middleware layers wrap the routes, outermost last.
+    /// This is the single place where middleware layers wrap the routes, outermost last:
+    ///
+    /// 1. the response cache (`cache-layer`): in-process tier capped at 100 ms, plus the Redis
+    ///    tier (5 min) with [`Config::redis_url`] and the disk tier (1 h) with
+    ///    [`Config::cache_disk`]. Only `GET`/`HEAD` answers are stored; each projection purges
+    ///    its room's tag on every instance.
     pub fn app(&self) -> axum::Router {
-        self.router()
+        self.router().layer(self.inner.cache.clone())
+    }
+
+    /// A handle on the response cache of [`app`](Self::app): purge it, read its tier
+    /// counters, or wait for invalidations from other instances.
+    pub fn cache_handle(&self) -> cache_layer::CacheHandle {
+        self.inner.cache.handle()
+    }
+
+    /// Waits until the cache purge that follows the projection of message `id` in `room` is
+    /// done on every tier, at most [`Config::projection_wait`]. Returns whether it is.
+    pub async fn wait_invalidated(&self, room: &RoomName, id: i64) -> bool {
+        self.inner
+            .purged
+            .wait(room, id, self.inner.config.projection_wait)
+            .await
     }
 
     pub(crate) fn readers(&self) -> &Readers {

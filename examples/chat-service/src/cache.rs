@@ -1,0 +1,151 @@
+//! The response cache in front of the routes, and its invalidation: every [`RoomProjected`]
+//! notice purges the room's tag (and the room list's) on every tier of every instance.
+//!
+//! Purging on the projection, not on [`MessagePosted`](crate::MessagePosted), matters: a purge
+//! before the read model changed would let the next query store the old page again.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use cache_layer::{CacheHandle, CacheLayer, Purge};
+use tokio::sync::{broadcast, watch};
+
+use crate::config::{Config, ConfigError};
+use crate::model::{RoomName, RoomProjected};
+
+/// Longest time a response stays in the in-process tier: also the bound on how long an
+/// instance that missed an invalidation can serve an old page from it.
+pub const L1_TTL_CAP: Duration = Duration::from_millis(100);
+/// Longest time a response stays in the shared (Redis) tier.
+pub const L2_TTL_CAP: Duration = Duration::from_secs(300);
+/// Longest time a response stays in the persistent tier.
+pub const L3_TTL_CAP: Duration = Duration::from_secs(3600);
+
+/// Rooms whose purge progress is remembered; past it the memory starts over.
+const MAX_TRACKED_ROOMS: usize = 10_000;
+
+/// Builds the cache for `config`: in-process always, Redis with `redis_url`, disk with
+/// `cache_disk`. Must run inside a tokio runtime.
+pub(crate) fn layer(config: &Config) -> Result<CacheLayer, ConfigError> {
+    let mut builder = CacheLayer::builder()
+        .cache_name("chat")
+        .ttl_cap(L1_TTL_CAP)
+        // Clients and CDNs in front may purge by tag too.
+        .strip_tag_header(false);
+    if let Some(url) = &config.redis_url {
+        let l2 = cache_layer::RedisTier::builder(url.as_str())
+            .prefix("chat")
+            .ttl_cap(L2_TTL_CAP)
+            .build()
+            .map_err(|e| ConfigError::new(format!("REDIS_URL: {e}")))?;
+        builder = builder.redis(l2);
+    }
+    if let Some(path) = &config.cache_disk {
+        let l3 = cache_layer::DiskTier::builder(path)
+            .ttl_cap(L3_TTL_CAP)
+            .open()
+            .map_err(|e| ConfigError::new(format!("CACHE_DISK_PATH: {e}")))?;
+        builder = builder.disk(l3);
+    }
+    builder.build().map_err(|e| ConfigError::new(e.to_string()))
+}
+
+/// How far the purges have got: per room, the newest message id whose projection was purged.
+#[derive(Debug)]
+pub(crate) struct Purged {
+    rooms: Mutex<HashMap<RoomName, i64>>,
+    /// Every message up to this id is covered (after a lagged receiver purged everything).
+    floor: Mutex<i64>,
+    changed: watch::Sender<u64>,
+}
+
+impl Purged {
+    pub(crate) fn new() -> Self {
+        Self {
+            rooms: Mutex::new(HashMap::new()),
+            floor: Mutex::new(0),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    fn covers(&self, room: &RoomName, id: i64) -> bool {
+        if *self.floor.lock().unwrap_or_else(|e| e.into_inner()) >= id {
+            return true;
+        }
+        self.rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(room)
+            .is_some_and(|done| *done >= id)
+    }
+
+    fn mark(&self, room: RoomName, last_id: i64) {
+        {
+            let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+            if rooms.len() >= MAX_TRACKED_ROOMS && !rooms.contains_key(&room) {
+                // Forgetting is safe: a waiter then runs into its bound instead.
+                rooms.clear();
+            }
+            let done = rooms.entry(room).or_insert(0);
+            *done = (*done).max(last_id);
+        }
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn mark_all(&self, through: i64) {
+        {
+            let mut floor = self.floor.lock().unwrap_or_else(|e| e.into_inner());
+            *floor = (*floor).max(through);
+        }
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Waits until the purge for message `id` in `room` has been applied, at most `limit`.
+    pub(crate) async fn wait(&self, room: &RoomName, id: i64, limit: Duration) -> bool {
+        let mut rx = self.changed.subscribe();
+        let wait = async {
+            while !self.covers(room, id) {
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        tokio::time::timeout(limit, wait).await.unwrap_or(false)
+    }
+}
+
+/// Purges the tags of every projected room, in order, until the service closes.
+pub(crate) async fn invalidate_on_projection(
+    mut notices: broadcast::Receiver<RoomProjected>,
+    handle: CacheHandle,
+    purged: std::sync::Weak<Purged>,
+    position: watch::Receiver<i64>,
+) {
+    loop {
+        match notices.recv().await {
+            Ok(notice) => {
+                handle
+                    .purge(Purge::tag(format!("room:{}", notice.room)))
+                    .await;
+                handle.purge(Purge::tag("rooms")).await;
+                let Some(purged) = purged.upgrade() else {
+                    return;
+                };
+                purged.mark(notice.room, notice.last_id);
+            }
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                // Which rooms changed is lost: drop everything.
+                let through = *position.borrow();
+                tracing::warn!(missed, "projection notices lagged; purging the whole cache");
+                handle.purge(Purge::all()).await;
+                let Some(purged) = purged.upgrade() else {
+                    return;
+                };
+                purged.mark_all(through);
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
