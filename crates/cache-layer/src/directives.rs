@@ -2,9 +2,11 @@
 //! `CDN-Cache-Control` (RFC 9213) and `Pragma`, tolerant of any input.
 //!
 //! Nothing here panics. Unknown directives are ignored; a directive whose argument is malformed
-//! is treated conservatively: a bad `max-age`/`s-maxage` makes the response stale (RFC 9111
-//! §4.2.1 allows treating conflicting values that way), a bad `stale-*` window is absent. When a
-//! directive appears twice with different arguments the smaller (more conservative) one wins.
+//! (including whitespace around `=`, which the grammar of RFC 9111 §5.2 has no room for) is
+//! treated conservatively: a bad `max-age`/`s-maxage` makes the response stale (RFC 9111 §5.2
+//! encourages that for invalid freshness information), a bad `stale-*` window is absent. A
+//! response's `max-age`/`s-maxage` given twice takes its first occurrence (RFC 9111 §4.2.1);
+//! other repeated directives take the smaller (more conservative) value.
 
 use http::HeaderMap;
 use http::header::{CACHE_CONTROL, HeaderName, PRAGMA};
@@ -74,11 +76,19 @@ fn parse_item(item: &str) -> Option<Directive<'_>> {
         Some(i) => (&item[..i], Some(&item[i + 1..])),
         None => (item, None),
     };
-    let name = name.trim_matches(|c: char| c == ' ' || c == '\t');
+    let is_ws = |c: char| c == ' ' || c == '\t';
+    // `name = value` is outside the grammar: the directive counts, its argument is malformed.
+    let spaced =
+        value.is_some() && (name.ends_with(is_ws) || value.is_some_and(|v| v.starts_with(is_ws)));
+    let name = name.trim_matches(is_ws);
     if name.is_empty() || !name.bytes().all(is_tchar) {
         return None;
     }
-    let value = value.map(|v| unquote(v.trim_matches(|c: char| c == ' ' || c == '\t')));
+    let value = if spaced {
+        Some(std::borrow::Cow::Borrowed(""))
+    } else {
+        value.map(|v| unquote(v.trim_end_matches(is_ws)))
+    };
     Some(Directive { name, value })
 }
 
@@ -124,6 +134,14 @@ pub(crate) fn parse_delta_seconds(v: &str) -> Option<u64> {
     Some(n)
 }
 
+/// Keeps the first occurrence of a delta-seconds directive (RFC 9111 §4.2.1); a malformed one
+/// counts as 0.
+fn first_seconds(slot: &mut Option<u64>, value: Option<&str>) {
+    if slot.is_none() {
+        *slot = Some(value.and_then(parse_delta_seconds).unwrap_or(0));
+    }
+}
+
 /// Merges a repeated delta-seconds directive: the smaller value wins, a malformed one counts as 0.
 fn merge_seconds(slot: &mut Option<u64>, value: Option<&str>, malformed_as: Option<u64>) {
     let parsed = value.and_then(parse_delta_seconds).or(malformed_as);
@@ -135,9 +153,9 @@ fn merge_seconds(slot: &mut Option<u64>, value: Option<&str>, malformed_as: Opti
 /// The response directives a cache acts on (RFC 9111 §5.2.2, RFC 5861, RFC 8246).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResponseDirectives {
-    /// `max-age` in seconds (a malformed value reads as 0).
+    /// `max-age` in seconds: the first occurrence, a malformed value reads as 0.
     pub max_age: Option<u64>,
-    /// `s-maxage` in seconds (a malformed value reads as 0).
+    /// `s-maxage` in seconds: the first occurrence, a malformed value reads as 0.
     pub s_maxage: Option<u64>,
     /// `no-store`.
     pub no_store: bool,
@@ -192,9 +210,9 @@ impl ResponseDirectives {
             let v = d.value.as_deref();
             let n = d.name;
             if n.eq_ignore_ascii_case("max-age") {
-                merge_seconds(&mut self.max_age, v, Some(0));
+                first_seconds(&mut self.max_age, v);
             } else if n.eq_ignore_ascii_case("s-maxage") {
-                merge_seconds(&mut self.s_maxage, v, Some(0));
+                first_seconds(&mut self.s_maxage, v);
             } else if n.eq_ignore_ascii_case("no-store") {
                 self.no_store = true;
             } else if n.eq_ignore_ascii_case("no-cache") {
@@ -441,10 +459,22 @@ mod tests {
 
     #[test]
     fn names_are_case_insensitive_and_whitespace_tolerated() {
-        let d = ResponseDirectives::parse("  No-Store ,MAX-AGE = 5 ,, private");
+        let d = ResponseDirectives::parse("  No-Store ,MAX-AGE=5 ,, private");
         assert!(d.no_store);
         assert!(d.private);
         assert_eq!(d.max_age, Some(5));
+    }
+
+    #[test]
+    fn whitespace_around_equals_makes_the_argument_malformed() {
+        assert_eq!(ResponseDirectives::parse("max-age =3600").max_age, Some(0));
+        assert_eq!(ResponseDirectives::parse("max-age= 3600").max_age, Some(0));
+        assert_eq!(
+            ResponseDirectives::parse("s-maxage = 60, no-store").s_maxage,
+            Some(0)
+        );
+        assert!(ResponseDirectives::parse("no-store =1").no_store);
+        assert_eq!(RequestDirectives::parse("max-age= 60").max_age, Some(0));
     }
 
     #[test]
@@ -455,12 +485,28 @@ mod tests {
     }
 
     #[test]
-    fn malformed_max_age_is_stale_and_duplicates_take_the_smaller() {
+    fn malformed_max_age_is_stale_and_duplicates_take_the_first() {
         assert_eq!(ResponseDirectives::parse("max-age=abc").max_age, Some(0));
         assert_eq!(ResponseDirectives::parse("max-age").max_age, Some(0));
         assert_eq!(
             ResponseDirectives::parse("max-age=100, max-age=10").max_age,
-            Some(10)
+            Some(100)
+        );
+        assert_eq!(
+            ResponseDirectives::parse("max-age=1, max-age=1800").max_age,
+            Some(1)
+        );
+        let mut lines = HeaderMap::new();
+        lines.append(CACHE_CONTROL, HeaderValue::from_static("s-maxage=1800"));
+        lines.append(CACHE_CONTROL, HeaderValue::from_static("s-maxage=1"));
+        assert_eq!(
+            ResponseDirectives::from_headers(&lines).s_maxage,
+            Some(1800)
+        );
+        assert_eq!(
+            RequestDirectives::parse("max-age=100, max-age=10").max_age,
+            Some(10),
+            "a request's repeated max-age takes the stricter value"
         );
         assert_eq!(
             ResponseDirectives::parse("max-age=-1").max_age,

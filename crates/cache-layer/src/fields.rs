@@ -179,10 +179,113 @@ pub(crate) fn parse_etag_list(value: &HeaderValue) -> Option<EtagList<'_>> {
     }
 }
 
+/// One byte range of a `Range` request field (RFC 9110 §14.1.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ByteRange {
+    /// `first-last`, or `first-` when `last` is `None`.
+    From { first: u64, last: Option<u64> },
+    /// `-n`: the last `n` bytes.
+    Suffix(u64),
+}
+
+impl ByteRange {
+    /// The first and last byte positions within a representation of `len` bytes, or `None`
+    /// when the range is not satisfiable (RFC 9110 §14.1.1).
+    pub(crate) fn resolve(self, len: u64) -> Option<(u64, u64)> {
+        if len == 0 {
+            return None;
+        }
+        match self {
+            Self::From { first, last } => {
+                if first >= len {
+                    return None;
+                }
+                Some((first, last.map_or(len - 1, |l| l.min(len - 1))))
+            }
+            Self::Suffix(0) => None,
+            Self::Suffix(n) => Some((len - n.min(len), len - 1)),
+        }
+    }
+}
+
+/// The `Range` of a request when it is a single, well-formed byte range; `None` for several
+/// lines, several ranges, other units or malformed values.
+pub(crate) fn parse_byte_range(headers: &HeaderMap) -> Option<ByteRange> {
+    let mut lines = headers.get_all(http::header::RANGE).iter();
+    let value = lines.next()?.to_str().ok()?;
+    if lines.next().is_some() {
+        return None;
+    }
+    let (unit, set) = value.trim().split_once('=')?;
+    if !unit.trim().eq_ignore_ascii_case("bytes") || set.contains(',') {
+        return None;
+    }
+    let (first, last) = set.trim().split_once('-')?;
+    let number = |s: &str| -> Option<u64> {
+        if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        s.parse().ok()
+    };
+    let (first, last) = (first.trim(), last.trim());
+    if first.is_empty() {
+        return number(last).map(ByteRange::Suffix);
+    }
+    let first = number(first)?;
+    if last.is_empty() {
+        return Some(ByteRange::From { first, last: None });
+    }
+    let last = number(last)?;
+    (last >= first).then_some(ByteRange::From {
+        first,
+        last: Some(last),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn range(v: &'static str) -> Option<ByteRange> {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::RANGE, HeaderValue::from_static(v));
+        parse_byte_range(&h)
+    }
+
+    #[test]
+    fn byte_ranges() {
+        assert_eq!(range("bytes=0-1").and_then(|r| r.resolve(11)), Some((0, 1)));
+        assert_eq!(
+            range("Bytes = 1-").and_then(|r| r.resolve(11)),
+            Some((1, 10))
+        );
+        assert_eq!(
+            range("bytes=-1").and_then(|r| r.resolve(11)),
+            Some((10, 10))
+        );
+        assert_eq!(
+            range("bytes=-50").and_then(|r| r.resolve(11)),
+            Some((0, 10))
+        );
+        assert_eq!(
+            range("bytes=5-99").and_then(|r| r.resolve(11)),
+            Some((5, 10))
+        );
+        assert_eq!(range("bytes=11-").and_then(|r| r.resolve(11)), None);
+        assert_eq!(range("bytes=-0").and_then(|r| r.resolve(11)), None);
+        assert_eq!(range("bytes=0-0").and_then(|r| r.resolve(0)), None);
+        for bad in [
+            "bytes=2-1",
+            "bytes=0-1,3-4",
+            "items=0-1",
+            "bytes=a-b",
+            "bytes=-",
+            "bytes 0-1",
+        ] {
+            assert_eq!(range(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn vary_variants() {
@@ -286,6 +389,17 @@ mod tests {
                 let _ = parse_vary(&h);
                 h.insert("accept", v);
                 let _ = normalized_value(&h, &HeaderName::from_static("accept"));
+            }
+        }
+
+        #[test]
+        fn byte_range_stays_inside(set in "[0-9-]{0,24}", len in 0u64..1000) {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes={set}")) {
+                h.insert(http::header::RANGE, v);
+            }
+            if let Some((first, last)) = parse_byte_range(&h).and_then(|r| r.resolve(len)) {
+                prop_assert!(first <= last && last < len);
             }
         }
     }

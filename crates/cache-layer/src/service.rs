@@ -190,9 +190,19 @@ where
             let inner = self.take_ready();
             return ResponseFuture::boxed(other_method(shared, inner, parts, body));
         }
-        if parts.headers.contains_key(header::RANGE) {
-            return self.bypass(shared, parts, body, "range");
-        }
+        // A single byte range of a GET may be cut from a stored complete response; anything
+        // else ranged goes to the origin untouched and nothing is stored from it.
+        let range = if parts.headers.contains_key(header::RANGE) {
+            match (!head)
+                .then(|| crate::fields::parse_byte_range(&parts.headers))
+                .flatten()
+            {
+                Some(r) => Some(r),
+                None => return self.bypass(shared, parts, body, "range"),
+            }
+        } else {
+            None
+        };
         // Preconditions other than the validators the cache evaluates itself go to the origin.
         if parts.headers.contains_key(header::IF_MATCH)
             || parts.headers.contains_key(header::IF_UNMODIFIED_SINCE)
@@ -214,6 +224,22 @@ where
         let now = shared.clock.now();
 
         let (variant, miss) = lookup(&shared, &key, &parts.headers, now);
+        if let Some(range) = range {
+            return match variant {
+                Some(v) if is_servable(&usability(&req_dirs, &v.state(&shared.clock, now))) => {
+                    let state = v.state(&shared.clock, now);
+                    match ranged_hit(&shared, &key, &v, &state, &parts.headers, range) {
+                        Some(resp) => {
+                            crate::key::recycle_buffer(key);
+                            resp
+                        }
+                        None => self.bypass(shared, parts, body, "range"),
+                    }
+                }
+                _ if req_dirs.only_if_cached => gateway_timeout(&shared, &key),
+                _ => self.bypass(shared, parts, body, "range"),
+            };
+        }
         let Some(v) = variant else {
             if crate::tiered::wants_lower(&shared, &parts) {
                 let inner = self.take_ready();
@@ -542,6 +568,49 @@ fn from_stored<ResBody: Body>(
     *resp.version_mut() = v.version;
     *resp.headers_mut() = headers;
     resp
+}
+
+/// Whether a stored response may answer the request without contacting the origin.
+fn is_servable(u: &Usability) -> bool {
+    matches!(u, Usability::Fresh | Usability::StaleAllowed)
+}
+
+/// A `206` cut from a stored complete `200` for one byte range (RFC 9110 §14.2, §15.3.7), or
+/// the `304` the client's own conditions call for. `None` when the stored response is not a
+/// `200` or the range is not satisfiable by it: the origin answers those.
+fn ranged_hit<ResBody: Body, E>(
+    shared: &Shared,
+    key: &str,
+    v: &StoredResponse,
+    state: &EntryState,
+    request: &HeaderMap,
+    range: crate::fields::ByteRange,
+) -> Option<ResponseFuture<ResBody, E>> {
+    if v.status != StatusCode::OK {
+        return None;
+    }
+    let len = v.body.len() as u64;
+    let (first, last) = range.resolve(len)?;
+    let params = StatusParams {
+        hit: true,
+        ttl: Some(ttl_of(state)),
+        ..StatusParams::default()
+    };
+    let mut resp = from_stored::<ResBody>(shared, v, state, request, true, &params);
+    if resp.status() == StatusCode::OK {
+        let start = usize::try_from(first).ok()?;
+        let end = usize::try_from(last).ok()?;
+        let part = v.body.slice(start..=end);
+        let content_range = HeaderValue::from_str(&format!("bytes {first}-{last}/{len}")).ok()?;
+        let headers = resp.headers_mut();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(part.len()));
+        headers.insert(header::CONTENT_RANGE, content_range);
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        *resp.body_mut() = CacheBody::full(Some(part));
+    }
+    record_request(Outcome::Hit);
+    tracing::debug!(key, first, last, "range answered from cache");
+    Some(ResponseFuture::ready(resp))
 }
 
 fn gateway_timeout<ResBody: Body, E>(shared: &Shared, key: &str) -> ResponseFuture<ResBody, E> {

@@ -499,13 +499,40 @@ async fn key_fn_replaces_the_key_and_can_bypass() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn range_requests_bypass() {
+async fn single_ranges_are_cut_from_stored_responses() {
     let (app, calls) = origin(CacheLayer::new(), |n, _| {
         numbered(n, &[("cache-control", "max-age=60")])
     });
     get(&app, "/").await;
-    get_with(&app, "/", &[("range", "bytes=0-1")]).await;
-    assert_eq!(calls.get(), 2);
+    let r = get_with(&app, "/", &[("range", "bytes=0-1")]).await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.text(), "ca");
+    assert_eq!(r.header("content-range"), Some("bytes 0-1/6"));
+    assert_eq!(r.header("content-length"), Some("2"));
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    let r = get_with(&app, "/", &[("range", "bytes=-2")]).await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.text(), " 1");
+    assert_eq!(calls.get(), 1);
+    // Several ranges, unsatisfiable ones and HEAD go to the origin.
+    get_with(&app, "/", &[("range", "bytes=0-1,3-4")]).await;
+    get_with(&app, "/", &[("range", "bytes=6-")]).await;
+    assert_eq!(calls.get(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ranges_without_a_stored_response_go_to_the_origin_unstored() {
+    let (app, calls) = origin(CacheLayer::new(), |n, _| {
+        numbered(n, &[("cache-control", "max-age=60")])
+    });
+    let r = get_with(&app, "/", &[("range", "bytes=0-1")]).await;
+    assert!(
+        r.cache_status().contains("fwd=bypass"),
+        "{}",
+        r.cache_status()
+    );
+    get(&app, "/").await;
+    assert_eq!(calls.get(), 2, "the ranged request stored nothing");
 }
 
 // ---- body limits ----
