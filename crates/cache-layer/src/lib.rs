@@ -16,7 +16,10 @@
 //! # let _ = app;
 //! ```
 //!
-//! See `docs/cache.md` in the repository for the rules, tags, purging and the stale rules.
+//! Below the in-process tier, `RedisTier` (feature `redis`) adds a tier shared by every
+//! instance, with purges that reach all of them, and `DiskTier` (feature `disk`) a tier that
+//! survives restarts. See `docs/cache.md` in the repository for the rules, tags, purging, the
+//! stale rules and the tiers.
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "admin")]
