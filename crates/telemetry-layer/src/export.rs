@@ -50,6 +50,22 @@ impl ExportClient {
     }
 }
 
+impl ExportClient {
+    /// The export timeout, which also bounds retries.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Waits on the client's own runtime, so a retry backoff works from the batch processor's thread,
+    /// which runs no runtime.
+    pub(crate) async fn sleep(&self, duration: Duration) {
+        if let Some(runtime) = &self.runtime {
+            // An error means the runtime is shutting down; the next attempt then fails on its own.
+            let _ = runtime.spawn(tokio::time::sleep(duration)).await;
+        }
+    }
+}
+
 impl Drop for ExportClient {
     fn drop(&mut self) {
         // A runtime dropped normally blocks, which panics inside another runtime.

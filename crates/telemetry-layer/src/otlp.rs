@@ -8,7 +8,7 @@
 //! decoded message with `opentelemetry-proto`'s own conversion of the same spans.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
@@ -29,11 +29,43 @@ const HAS_IS_REMOTE: u32 = 0x100;
 /// Span flags bit saying the parent is remote (`SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK`).
 const IS_REMOTE: u32 = 0x200;
 
+/// Retries of a failed export: exponential backoff with jitter, bounded by the export timeout. These are
+/// the OTLP exporter specification's retryable outcomes and `opentelemetry-otlp`'s recommended policy.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RetryPolicy {
+    pub(crate) max_retries: u32,
+    pub(crate) initial_delay: Duration,
+    pub(crate) max_delay: Duration,
+    pub(crate) max_jitter: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retries: 3,
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(1600),
+            max_jitter: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Why one export attempt failed.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    /// Worth another attempt: no response at all, or 429, 502, 503, 504.
+    retryable: bool,
+    /// The collector's `Retry-After`, in seconds, on 429 and 503.
+    retry_after: Option<Duration>,
+}
+
 /// Exports spans as OTLP/HTTP protobuf through [`ExportClient`].
 pub(crate) struct OtlpExporter {
     client: ExportClient,
     endpoint: Uri,
     headers: Vec<(HeaderName, HeaderValue)>,
+    retry: RetryPolicy,
     /// The encoded `Resource` message (its fields, without tag and length) and the resource's schema URL.
     resource: Vec<u8>,
     resource_schema_url: String,
@@ -59,13 +91,20 @@ impl OtlpExporter {
             client,
             endpoint,
             headers,
+            retry: RetryPolicy::default(),
             resource: Vec::new(),
             resource_schema_url: String::new(),
             shut_down: AtomicBool::new(false),
         }
     }
 
-    fn request(&self, body: Vec<u8>) -> Result<Request<Bytes>, http::Error> {
+    #[cfg(test)]
+    fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    async fn attempt(&self, body: Bytes) -> Result<(), Failure> {
         let mut request = Request::builder()
             .method(Method::POST)
             .uri(self.endpoint.clone())
@@ -73,8 +112,45 @@ impl OtlpExporter {
         for (name, value) in &self.headers {
             request = request.header(name, value);
         }
-        request.body(Bytes::from(body))
+        let request = request.body(body).map_err(|e| Failure {
+            message: format!("OTLP request: {e}"),
+            retryable: false,
+            retry_after: None,
+        })?;
+        let response = self.client.send_bytes(request).await.map_err(|e| Failure {
+            message: format!("OTLP export: {e}"),
+            retryable: true,
+            retry_after: None,
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let throttled = matches!(status.as_u16(), 429 | 503);
+        Err(Failure {
+            message: format!("OTLP export: the collector answered {status}"),
+            retryable: throttled || matches!(status.as_u16(), 502 | 504),
+            retry_after: throttled
+                .then(|| response.headers().get(http::header::RETRY_AFTER))
+                .flatten()
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs),
+        })
     }
+}
+
+/// Up to `max_jitter`, from the process's random hash keys.
+fn jitter(max_jitter: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let millis = u64::try_from(max_jitter.as_millis()).unwrap_or(u64::MAX);
+    if millis == 0 {
+        return Duration::ZERO;
+    }
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    Duration::from_millis(random % (millis + 1))
 }
 
 impl SpanExporter for OtlpExporter {
@@ -82,23 +158,41 @@ impl SpanExporter for OtlpExporter {
         if self.shut_down.load(Ordering::Relaxed) {
             return Err(OTelSdkError::AlreadyShutdown);
         }
-        let body = encode_request(&batch, &self.resource, &self.resource_schema_url);
+        let body = Bytes::from(encode_request(
+            &batch,
+            &self.resource,
+            &self.resource_schema_url,
+        ));
         drop(batch);
-        let request = self
-            .request(body)
-            .map_err(|e| OTelSdkError::InternalFailure(format!("OTLP request: {e}")))?;
-        let response = self
-            .client
-            .send_bytes(request)
-            .await
-            .map_err(|e| OTelSdkError::InternalFailure(format!("OTLP export: {e}")))?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(OTelSdkError::InternalFailure(format!(
-                "OTLP export: the collector answered {}",
-                response.status()
-            )))
+        let start = Instant::now();
+        let mut delay = self.retry.initial_delay;
+        let mut retries = 0;
+        loop {
+            let failure = match self.attempt(body.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(failure) => failure,
+            };
+            if !failure.retryable || retries >= self.retry.max_retries {
+                return Err(OTelSdkError::InternalFailure(failure.message));
+            }
+            // The collector's hint raises the backoff; the export timeout bounds the whole export.
+            let wait = failure
+                .retry_after
+                .map_or(delay, |hint| hint.max(delay))
+                .saturating_add(jitter(self.retry.max_jitter));
+            let wait = match failure.retry_after {
+                Some(_) => wait,
+                None => wait.min(self.retry.max_delay),
+            };
+            if start.elapsed().saturating_add(wait) >= self.client.timeout() {
+                return Err(OTelSdkError::InternalFailure(format!(
+                    "{} (no time left to retry)",
+                    failure.message
+                )));
+            }
+            self.client.sleep(wait).await;
+            retries += 1;
+            delay = delay.saturating_mul(2).min(self.retry.max_delay);
         }
     }
 
@@ -608,25 +702,41 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn export_posts_protobuf_with_the_configured_headers() {
+    async fn export_posts_protobuf_with_headers_and_retries_what_the_spec_allows() {
+        use std::collections::HashMap;
         use std::sync::{Arc, Mutex};
 
-        let seen: Arc<Mutex<Vec<http::HeaderMap>>> = Arc::default();
-        let store = Arc::clone(&seen);
+        // The collector answers by span name: `ok` 200, `flaky` 503 once then 200, `throttled` 429 with
+        // `Retry-After: 0` once then 200, `down` 503 always, `bad` 400.
+        let attempts: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+        let headers_seen: Arc<Mutex<Vec<http::HeaderMap>>> = Arc::default();
+        let (counts, seen) = (Arc::clone(&attempts), Arc::clone(&headers_seen));
         let collector = axum::Router::new().route(
             "/v1/traces",
             axum::routing::post(move |headers: http::HeaderMap, body: Bytes| {
-                let store = Arc::clone(&store);
+                let (counts, seen) = (Arc::clone(&counts), Arc::clone(&seen));
                 async move {
                     let request = ExportTraceServiceRequest::decode(body).unwrap();
-                    let status =
-                        if request.resource_spans[0].scope_spans[0].spans[0].name == "refused" {
-                            http::StatusCode::SERVICE_UNAVAILABLE
-                        } else {
-                            http::StatusCode::OK
-                        };
-                    store.lock().unwrap().push(headers);
-                    status
+                    let name = request.resource_spans[0].scope_spans[0].spans[0]
+                        .name
+                        .clone();
+                    seen.lock().unwrap().push(headers);
+                    let attempt = {
+                        let mut counts = counts.lock().unwrap();
+                        let n = counts.entry(name.clone()).or_default();
+                        *n += 1;
+                        *n
+                    };
+                    let status = match (name.as_str(), attempt) {
+                        ("flaky", 1) | ("down", _) => 503,
+                        ("throttled", 1) => 429,
+                        ("bad", _) => 400,
+                        _ => 200,
+                    };
+                    (
+                        http::StatusCode::from_u16(status).unwrap(),
+                        [(http::header::RETRY_AFTER, "0")],
+                    )
                 }
             }),
         );
@@ -641,27 +751,72 @@ mod tests {
                 HeaderName::from_static("api-key"),
                 HeaderValue::from_static("k1"),
             )],
-        );
+        )
+        .with_retry(RetryPolicy {
+            max_retries: 2,
+            initial_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+            max_jitter: Duration::ZERO,
+        });
         let scope = InstrumentationScope::builder("telemetry-layer").build();
-        exporter.export(vec![span(&scope, 0)]).await.unwrap();
-        let mut refused = span(&scope, 0);
-        refused.name = "refused".into();
-        let err = exporter.export(vec![refused]).await.unwrap_err();
+        let named = |name: &'static str| {
+            let mut span = span(&scope, 0);
+            span.name = name.into();
+            vec![span]
+        };
+        exporter.export(named("ok")).await.unwrap();
+        exporter.export(named("flaky")).await.unwrap();
+        exporter.export(named("throttled")).await.unwrap();
+        let err = exporter.export(named("down")).await.unwrap_err();
         assert!(err.to_string().contains("503"), "{err}");
+        let err = exporter.export(named("bad")).await.unwrap_err();
+        assert!(err.to_string().contains("400"), "{err}");
 
+        let attempts = attempts.lock().unwrap().clone();
+        assert_eq!(attempts["ok"], 1);
+        assert_eq!(attempts["flaky"], 2);
+        assert_eq!(attempts["throttled"], 2);
+        assert_eq!(attempts["down"], 3, "first attempt and two retries");
+        assert_eq!(attempts["bad"], 1, "4xx other than 429 is not retried");
         {
-            let seen = seen.lock().unwrap();
-            assert_eq!(seen.len(), 2);
-            assert_eq!(seen[0]["content-type"], PROTOBUF);
-            assert_eq!(seen[0]["api-key"], "k1");
+            let seen = headers_seen.lock().unwrap();
+            assert!(
+                seen.iter()
+                    .all(|h| h["content-type"] == PROTOBUF && h["api-key"] == "k1")
+            );
         }
 
         exporter.shutdown().unwrap();
         assert!(matches!(
-            exporter.export(vec![span(&scope, 0)]).await,
+            exporter.export(named("ok")).await,
             Err(OTelSdkError::AlreadyShutdown)
         ));
         server.abort();
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_collector_is_retried_within_the_timeout() {
+        // A port nothing listens on: connection refused, which is retryable.
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let exporter = OtlpExporter::new(
+            ExportClient::new(Duration::from_secs(5)).unwrap(),
+            format!("http://127.0.0.1:{port}/v1/traces")
+                .parse()
+                .unwrap(),
+            Vec::new(),
+        )
+        .with_retry(RetryPolicy {
+            max_retries: 2,
+            initial_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+            max_jitter: Duration::ZERO,
+        });
+        let scope = InstrumentationScope::builder("telemetry-layer").build();
+        let err = exporter.export(vec![span(&scope, 0)]).await.unwrap_err();
+        assert!(err.to_string().contains("OTLP export"), "{err}");
     }
 
     #[test]
