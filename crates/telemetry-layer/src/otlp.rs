@@ -24,6 +24,10 @@ use crate::export::ExportClient;
 
 const PROTOBUF: &str = "application/x-protobuf";
 
+/// Larger request bodies are not sent: collectors refuse them, and a batch that big means the batch size or
+/// the span attributes are out of hand.
+const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
 /// Span flags bit saying the flags carry whether the parent is remote (`SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK`).
 const HAS_IS_REMOTE: u32 = 0x100;
 /// Span flags bit saying the parent is remote (`SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK`).
@@ -164,6 +168,13 @@ impl SpanExporter for OtlpExporter {
             &self.resource_schema_url,
         ));
         drop(batch);
+        if body.len() > MAX_REQUEST_BYTES {
+            return Err(OTelSdkError::InternalFailure(format!(
+                "OTLP export: a batch of {} bytes exceeds the {MAX_REQUEST_BYTES}-byte limit and is dropped; \
+                 lower OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+                body.len()
+            )));
+        }
         let start = Instant::now();
         let mut delay = self.retry.initial_delay;
         let mut retries = 0;
