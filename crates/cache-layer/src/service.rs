@@ -1326,6 +1326,12 @@ fn invalidate_after_unsafe(shared: &Shared, base: &Parts, headers: &HeaderMap) {
             removed.push(k);
         }
     }
+    if let Some(lower) = &shared.lower {
+        // The shared and persistent tiers, and the other instances, drop them too.
+        for k in &removed {
+            lower.propagate(crate::tiered::Target::Key(k.clone()), false);
+        }
+    }
     tracing::debug!(?removed, "invalidated after unsafe method");
 }
 

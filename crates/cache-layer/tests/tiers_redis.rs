@@ -41,6 +41,11 @@ async fn item(State(o): State<Origin>, Path(id): Path<u32>) -> impl IntoResponse
     )
 }
 
+async fn update(State(o): State<Origin>) -> StatusCode {
+    o.version.fetch_add(1, Ordering::SeqCst);
+    StatusCode::NO_CONTENT
+}
+
 async fn slow(State(o): State<Origin>) -> impl IntoResponse {
     o.calls.fetch_add(1, Ordering::SeqCst);
     o.gate.notified().await;
@@ -82,7 +87,7 @@ fn instance(url: &str, prefix: &str, origin: &Origin, l1_cap: Duration) -> Insta
     let handle = cache.handle();
     let events = handle.tier_events().unwrap();
     let app = Router::new()
-        .route("/items/{id}", get(item))
+        .route("/items/{id}", get(item).post(update))
         .route("/slow", get(slow))
         .with_state(origin.clone())
         .layer(cache);
@@ -427,4 +432,29 @@ async fn a_blackholed_or_reset_connection_is_replaced_and_l1_flushed() {
     proxy.heal();
     // The heartbeat notices the dead subscription; after healing it comes back and flushes.
     wait_event(&mut a.events, |e| *e == TierEvent::Flushed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsafe_request_through_one_instance_invalidates_everywhere() {
+    let server = RedisServer::start().unwrap();
+    let origin = Origin::default();
+    let mut a = instance(&server.url(), "t9", &origin, Duration::from_secs(60));
+    let mut b = instance(&server.url(), "t9", &origin, Duration::from_secs(60));
+    subscribed(&mut a).await;
+    subscribed(&mut b).await;
+    fetch(&a.app, "/items/1").await;
+    eventually("the L2 write", || exists(&server, &format!("t9:e:{KEY}"))).await;
+    assert_eq!(fetch(&b.app, "/items/1").await.body, "item 1 v0");
+
+    let req = Request::post("/items/1")
+        .header("host", "example.com")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        a.app.clone().oneshot(req).await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    wait_event(&mut b.events, |e| matches!(e, TierEvent::RemotePurge(_))).await;
+    assert!(!exists(&server, &format!("t9:e:{KEY}")), "gone from Redis");
+    assert_eq!(fetch(&b.app, "/items/1").await.body, "item 1 v1");
 }
