@@ -427,6 +427,41 @@ pub(crate) fn not_modified_matches(
     }
 }
 
+/// Whether a `200` answer to HEAD describes a stored GET response, so it may update it
+/// (RFC 9111 §4.3.5): each validator it carries equals the stored one, and its
+/// `Content-Length`, when present, is the stored length.
+pub(crate) fn head_matches(
+    stored_etag: Option<&HeaderValue>,
+    stored_last_modified: Option<&HeaderValue>,
+    stored_len: usize,
+    head: &HeaderMap,
+) -> bool {
+    if let Some(e) = head.get(header::ETAG)
+        && stored_etag.map(|s| s.as_bytes().trim_ascii()) != Some(e.as_bytes().trim_ascii())
+    {
+        return false;
+    }
+    if let Some(lm) = head.get(header::LAST_MODIFIED) {
+        let date = |v: &HeaderValue| v.to_str().ok().and_then(parse_http_date);
+        let same = match (stored_last_modified, date(lm)) {
+            (Some(s), Some(d)) => date(s) == Some(d),
+            (Some(s), None) => s == lm,
+            (None, _) => false,
+        };
+        if !same {
+            return false;
+        }
+    }
+    match head.get(header::CONTENT_LENGTH) {
+        None => true,
+        Some(cl) => cl
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .is_some_and(|n| n == stored_len as u64),
+    }
+}
+
 /// Methods whose non-error responses invalidate stored responses (RFC 9111 §4.4).
 pub(crate) fn is_unsafe(method: &Method) -> bool {
     !matches!(
@@ -773,6 +808,26 @@ mod tests {
             &h(&[("etag", "\"b\"")])
         ));
         assert!(not_modified_matches(None, &h(&[])));
+    }
+
+    #[test]
+    fn head_responses_that_describe_the_stored_one() {
+        let etag = HeaderValue::from_static("\"a\"");
+        let lm = HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT");
+        let m = |h: &HeaderMap| head_matches(Some(&etag), Some(&lm), 5, h);
+        assert!(m(&h(&[])));
+        assert!(m(&h(&[("etag", "\"a\""), ("content-length", "5")])));
+        assert!(m(&h(&[(
+            "last-modified",
+            "Sunday, 06-Nov-94 08:49:37 GMT"
+        )])));
+        assert!(!m(&h(&[("etag", "\"b\"")])));
+        assert!(!m(&h(&[("content-length", "6")])));
+        assert!(!m(&h(&[(
+            "last-modified",
+            "Sun, 06 Nov 1994 08:49:38 GMT"
+        )])));
+        assert!(!head_matches(None, None, 5, &h(&[("etag", "\"a\"")])));
     }
 
     proptest! {

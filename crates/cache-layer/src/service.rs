@@ -833,6 +833,29 @@ where
         passthrough(&shared, resp, &params)
     };
     if head {
+        // A 200 to HEAD freshens the stored GET it describes, and makes any other stale
+        // (RFC 9111 §4.3.5).
+        if status == StatusCode::OK
+            && let Some(v) = &ctx.stale
+        {
+            if policy::head_matches(
+                v.etag.as_ref(),
+                v.last_modified.as_ref(),
+                v.body.len(),
+                resp.headers(),
+            ) {
+                return Ok(revalidated(
+                    &shared,
+                    &ctx,
+                    &client,
+                    v,
+                    resp,
+                    request_instant,
+                    response_instant,
+                ));
+            }
+            shared.l1.invalidate(&ctx.key);
+        }
         return Ok(fail(NotStorable::Method, resp));
     }
     let (dirs, targeted) = effective_directives(resp.headers(), shared.config.target.as_ref());
@@ -1003,8 +1026,8 @@ fn answer_despite_mismatch<ResBody: Body>(
     )
 }
 
-/// Applies a 304 from the origin to the stored response and answers from the result; the
-/// 304's validator matches the stored one.
+/// Applies a 304 from the origin (or a 200 to HEAD) to the stored response and answers from
+/// the result; the response's validators match the stored ones.
 fn revalidated<ResBody: Body>(
     shared: &Shared,
     ctx: &FetchCtx,
@@ -1015,6 +1038,7 @@ fn revalidated<ResBody: Body>(
     response_instant: Instant,
 ) -> Response<CacheBody<ResBody>> {
     let (resp_parts, _body) = resp.into_parts();
+    let fwd_status = resp_parts.status.as_u16();
     let merged = policy::merge_not_modified(&v.headers, &resp_parts.headers);
     let (dirs, targeted) = effective_directives(&merged, shared.config.target.as_ref());
     let mut head_parts = resp_parts;
@@ -1058,10 +1082,10 @@ fn revalidated<ResBody: Body>(
     }
     let state = fresh.state(&shared.clock, response_instant);
     record_request(Outcome::Revalidated);
-    tracing::debug!(key = %ctx.key, "revalidated with 304");
+    tracing::debug!(key = %ctx.key, fwd_status, "stored response updated");
     let params = StatusParams {
         fwd: Some(ctx.fwd),
-        fwd_status: Some(304),
+        fwd_status: Some(fwd_status),
         stored: inserted,
         ttl: Some(ttl_of(&state)),
         ..StatusParams::default()

@@ -117,6 +117,86 @@ async fn set_cookie_is_never_shared() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn head_responses_update_the_stored_get() {
+    let (app, calls) = origin(layer(), |n, req| {
+        if req.method() == http::Method::HEAD {
+            return reply(
+                200,
+                &[
+                    ("cache-control", "max-age=100"),
+                    ("etag", "\"v1\""),
+                    ("x-v", "2"),
+                ],
+                "",
+            );
+        }
+        numbered(
+            n,
+            &[
+                ("cache-control", "max-age=1"),
+                ("etag", "\"v1\""),
+                ("x-v", "1"),
+                ("x-kept", "1"),
+            ],
+        )
+    });
+    get(&app, "/").await;
+    advance(2.0).await;
+    let h = send(
+        &app,
+        Request::head("/")
+            .header("host", "example.com")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(h.status, 200);
+    assert_eq!(h.header("x-v"), Some("2"));
+    assert_eq!(h.header("x-kept"), Some("1"), "unchanged fields are kept");
+    assert!(h.body.is_empty());
+    assert!(
+        h.cache_status().contains("fwd-status=200; stored"),
+        "{}",
+        h.cache_status()
+    );
+    let g = get(&app, "/").await;
+    assert!(g.cache_status().contains("hit"), "{}", g.cache_status());
+    assert_eq!(g.text(), "call 1");
+    assert_eq!(g.header("x-v"), Some("2"));
+    assert_eq!(calls.get(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn head_response_for_another_representation_drops_the_stored_get() {
+    let (app, calls) = origin(layer(), |n, req| {
+        let etag = if req.method() == http::Method::HEAD {
+            "\"v2\""
+        } else {
+            "\"v1\""
+        };
+        numbered(n, &[("cache-control", "max-age=1"), ("etag", etag)])
+    });
+    get(&app, "/").await;
+    advance(2.0).await;
+    let h = send(
+        &app,
+        Request::head("/")
+            .header("host", "example.com")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(h.header("etag"), Some("\"v2\""));
+    let g = get(&app, "/").await;
+    assert!(
+        g.cache_status().contains("fwd=uri-miss"),
+        "{}",
+        g.cache_status()
+    );
+    assert_eq!(calls.get(), 3);
+}
+
+#[tokio::test(start_paused = true)]
 async fn authorization_needs_public_s_maxage_or_must_revalidate() {
     let (app, calls) = origin(layer(), |n, _| {
         numbered(n, &[("cache-control", "max-age=60")])

@@ -97,8 +97,8 @@ pub(crate) fn reason(id: &str) -> Option<&'static str> {
             "Warning is obsolete (RFC 9111 §5.5) and stale content is not served here"
         }
         // update-head (`check`)
-        "head-200-retain" | "head-200-freshness-update" | "head-200-update" | "head-410-update" => {
-            "HEAD responses do not update stored GET responses"
+        "head-410-update" => {
+            "only a 200 to HEAD updates stored GET responses (RFC 9111 §4.3.5); a 410 is passed on"
         }
         // vary (`optimal`)
         "vary-normalise-lang-order" => {
