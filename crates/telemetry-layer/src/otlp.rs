@@ -376,6 +376,7 @@ fn nanos(time: SystemTime) -> u64 {
 }
 
 /// A `KeyValue` message (1 key, 2 value) as repeated field `field`.
+#[inline]
 fn key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
     let value_len = any_value_len(value);
     message_header(
@@ -451,6 +452,7 @@ fn array_element(out: &mut Vec<u8>, value: &Value) {
     any_value(out, value);
 }
 
+#[inline]
 fn any_value_len(value: &Value) -> usize {
     match value {
         Value::Bool(b) => 1 + varint_len(u64::from(*b)),
@@ -481,15 +483,22 @@ const FIXED64: u8 = 1;
 const LEN: u8 = 2;
 const FIXED32: u8 = 5;
 
+#[inline]
 fn tag(out: &mut Vec<u8>, field: u32, wire_type: u8) {
     varint(out, (u64::from(field) << 3) | u64::from(wire_type));
 }
 
+#[inline]
 fn tag_len(field: u32) -> usize {
     varint_len(u64::from(field) << 3)
 }
 
+#[inline]
 fn varint(out: &mut Vec<u8>, mut value: u64) {
+    if value < 0x80 {
+        out.push(value as u8);
+        return;
+    }
     while value >= 0x80 {
         out.push((value as u8) | 0x80);
         value >>= 7;
@@ -497,22 +506,26 @@ fn varint(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
+#[inline]
 fn varint_len(value: u64) -> usize {
     // One byte per started group of seven bits; zero takes one byte.
     (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Tag and length of a length-delimited field whose content follows.
+#[inline]
 fn message_header(out: &mut Vec<u8>, field: u32, len: usize) {
     tag(out, field, LEN);
     varint(out, len as u64);
 }
 
 /// Encoded size of a length-delimited field with `len` bytes of content.
+#[inline]
 fn field_len(field: u32, len: usize) -> usize {
     tag_len(field) + varint_len(len as u64) + len
 }
 
+#[inline]
 fn bytes_field(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
     if !bytes.is_empty() {
         message_header(out, field, bytes.len());
@@ -520,18 +533,22 @@ fn bytes_field(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
     }
 }
 
+#[inline]
 fn bytes_field_len(field: u32, len: usize) -> usize {
     if len == 0 { 0 } else { field_len(field, len) }
 }
 
+#[inline]
 fn string_field(out: &mut Vec<u8>, field: u32, value: &str) {
     bytes_field(out, field, value.as_bytes());
 }
 
+#[inline]
 fn string_field_len(field: u32, value: &str) -> usize {
     bytes_field_len(field, value.len())
 }
 
+#[inline]
 fn varint_field(out: &mut Vec<u8>, field: u32, value: u64) {
     if value != 0 {
         tag(out, field, VARINT);
@@ -539,6 +556,7 @@ fn varint_field(out: &mut Vec<u8>, field: u32, value: u64) {
     }
 }
 
+#[inline]
 fn varint_field_len(field: u32, value: u64) -> usize {
     if value == 0 {
         0
@@ -547,6 +565,7 @@ fn varint_field_len(field: u32, value: u64) -> usize {
     }
 }
 
+#[inline]
 fn fixed64_field(out: &mut Vec<u8>, field: u32, value: u64) {
     if value != 0 {
         tag(out, field, FIXED64);
@@ -554,10 +573,12 @@ fn fixed64_field(out: &mut Vec<u8>, field: u32, value: u64) {
     }
 }
 
+#[inline]
 fn fixed64_field_len(field: u32, value: u64) -> usize {
     if value == 0 { 0 } else { tag_len(field) + 8 }
 }
 
+#[inline]
 fn fixed32_field(out: &mut Vec<u8>, field: u32, value: u32) {
     if value != 0 {
         tag(out, field, FIXED32);
@@ -565,6 +586,7 @@ fn fixed32_field(out: &mut Vec<u8>, field: u32, value: u32) {
     }
 }
 
+#[inline]
 fn fixed32_field_len(field: u32, value: u32) -> usize {
     if value == 0 { 0 } else { tag_len(field) + 4 }
 }
