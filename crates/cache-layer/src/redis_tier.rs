@@ -411,6 +411,14 @@ impl RedisInner {
         Ok(conn)
     }
 
+    /// Whether calls are being refused now; lets callers skip work whose only use is a call.
+    pub(crate) fn refusing(&self) -> bool {
+        matches!(
+            self.breaker.state(),
+            breaker_layer::BreakerState::Open | breaker_layer::BreakerState::ForcedOpen
+        )
+    }
+
     fn forget_connection(&self) {
         *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
@@ -461,9 +469,9 @@ impl RedisInner {
 
     /// The stored bytes (if any) and the current purge sequence, in one round trip.
     pub(crate) async fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, u64), CallFailure> {
-        let entry_key = self.entry_key(key);
         let seq_key = &self.seq_key;
         self.call(|conn| async move {
+            let entry_key = self.entry_key(key);
             let mut c1 = conn.clone();
             let mut c2 = conn;
             let mut get = redis::cmd("GET");

@@ -634,6 +634,25 @@ impl Lower {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        // With the shared tier refusing calls and no persistent tier, there is nothing to do.
+        #[allow(unused_mut)]
+        let mut useful = false;
+        #[cfg(feature = "redis")]
+        {
+            useful |= self.l2.as_ref().is_some_and(|l2| !l2.inner.refusing());
+        }
+        #[cfg(feature = "disk")]
+        {
+            useful |= self.l3.is_some();
+        }
+        if !useful {
+            #[cfg(feature = "redis")]
+            self.leases
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&**key);
+            return;
+        }
         #[cfg(feature = "redis")]
         let lease = self
             .leases
