@@ -470,7 +470,7 @@ impl Lower {
     }
 
     /// L2, then L3; on a full miss, the fill lease (and a short wait for another leader).
-    async fn lookup(self: &Arc<Self>, key: &str) -> Option<StoredEntry> {
+    async fn lookup(self: &Arc<Self>, key: &str, lease: bool) -> Option<StoredEntry> {
         #[allow(unused_mut)]
         let mut l2_up = false;
         #[cfg(feature = "redis")]
@@ -507,10 +507,13 @@ impl Lower {
             }
         }
         #[cfg(feature = "redis")]
-        if l2_up && let Some(l2) = &self.l2 {
+        if l2_up
+            && lease
+            && let Some(l2) = &self.l2
+        {
             return self.lease_or_wait(l2, key).await;
         }
-        let _ = l2_up;
+        let _ = (l2_up, lease);
         None
     }
 
@@ -995,8 +998,10 @@ where
 {
     parts.extensions.insert(LowerChecked);
     let lower = shared.lower.clone();
+    // Only a GET fills the shared tier, so only a GET leads a fill.
+    let lease = parts.method == http::Method::GET;
     if let Some(lower) = &lower
-        && let Some(entry) = lower.lookup(&key).await
+        && let Some(entry) = lower.lookup(&key, lease).await
     {
         // Promotion: the entry restarts its L1 residence now, with its age carried over.
         shared
