@@ -1020,9 +1020,38 @@ where
     result
 }
 
-/// Whether a request that missed L1 should look in the lower tiers first.
+/// Whether a request that missed L1 should look in the lower tiers first: not when it already
+/// did, and not when the only lower tier is a Redis whose breaker is open (the miss then costs
+/// what it costs without lower tiers).
 pub(crate) fn wants_lower(shared: &Shared, parts: &http::request::Parts) -> bool {
-    shared.lower.is_some() && parts.extensions.get::<LowerChecked>().is_none()
+    match &shared.lower {
+        Some(lower) => parts.extensions.get::<LowerChecked>().is_none() && lower.reachable(),
+        None => false,
+    }
+}
+
+impl Lower {
+    fn reachable(&self) -> bool {
+        #[cfg(feature = "disk")]
+        if self.l3.is_some() {
+            return true;
+        }
+        #[cfg(feature = "redis")]
+        if let Some(l2) = &self.l2 {
+            if !l2.inner.refusing() {
+                return true;
+            }
+            // Asking the breaker lets an Open one move to HalfOpen when its wait is over.
+            return match l2.inner.breaker.try_acquire() {
+                Ok(_probe) => true,
+                Err(_) => {
+                    bump(&self.stats.l2_rejected);
+                    false
+                }
+            };
+        }
+        false
+    }
 }
 
 #[cfg(test)]
