@@ -84,6 +84,14 @@
 //! | one message (immutable) | `"m{id}"` | `public, max-age=3600` | `room:{room}` |
 //! | `/rooms` | `"s{projected position}"` | `public, max-age=1` | `rooms` |
 //!
+//! [`ChatService::app`] puts `cache-layer` in front of the routes: an in-process tier (entries
+//! capped at 100 ms), a Redis tier shared by every instance (5 min) when `REDIS_URL` is set, and a
+//! disk tier (1 h) when `CACHE_DISK_PATH` is set. Every [`RoomProjected`] notice purges the tags
+//! `room:{room}` and `rooms` on every tier of every instance, and a post answers `201` only once
+//! that purge is done, so reads after a `201` are current on every instance that received the
+//! invalidation; an instance that missed it serves the old page for at most the 100 ms cap (see
+//! [`cache`]).
+//!
 //! `If-None-Match` (lists of tags, `W/` tags and `*`, compared weakly per RFC 9110) is answered
 //! with `304` carrying `ETag`, `Cache-Control` and `Cache-Tag` and no body. A malformed
 //! `If-None-Match` counts as absent. A list's `ETag` depends only on the room version: the query
