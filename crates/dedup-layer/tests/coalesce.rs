@@ -1,6 +1,8 @@
 //! Coalescing behaviour through a real axum `Router`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // helpers of test code
 
+mod common;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -8,12 +10,15 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use bytes::Bytes;
+use common::{send, until};
 use dedup_layer::{DedupHandle, DedupLayer, OnWaiterTimeout};
 use http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tower::{Service, ServiceExt};
 
 /// Handler state: counts calls and blocks each call on a gate the test opens.
@@ -49,40 +54,52 @@ impl Gate {
     }
 }
 
-/// Yields until `cond` holds; bounded so a broken layer fails instead of hanging.
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..2_000_000 {
-        if cond() {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-    panic!("condition never reached: {what}");
-}
-
 fn get_req(uri: &str) -> Request<Body> {
     Request::get(uri).body(Body::empty()).unwrap()
 }
 
-async fn send(app: Router, req: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
-    let response = app.oneshot(req).await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, headers, body)
-}
-
-fn counting_app(layer: &DedupLayer, gate: &Gate) -> Router {
+/// `GET /r` behind `layer`: each call passes `gate`, then answers `respond(call number)`.
+fn gated_app<R>(
+    layer: &DedupLayer,
+    gate: &Gate,
+    respond: impl Fn(usize) -> R + Clone + Send + Sync + 'static,
+) -> Router
+where
+    R: IntoResponse + 'static,
+{
     let g = gate.clone();
     Router::new()
         .route(
             "/r",
             get(move || {
                 let g = g.clone();
-                async move { format!("answer {}", g.pass().await) }
+                let respond = respond.clone();
+                async move { respond(g.pass().await) }
             }),
         )
         .layer(layer.clone())
+}
+
+fn counting_app(layer: &DedupLayer, gate: &Gate) -> Router {
+    gated_app(layer, gate, |n| format!("answer {n}"))
+}
+
+type Answer = (StatusCode, HeaderMap, Bytes);
+
+/// Sends one `GET /r` and, once it is in the handler, `n` identical ones that wait behind it.
+async fn leader_then_waiters(
+    app: &Router,
+    gate: &Gate,
+    handle: &DedupHandle,
+    n: usize,
+) -> (JoinHandle<Answer>, Vec<JoinHandle<Answer>>) {
+    let leader = tokio::spawn(send(app.clone(), get_req("/r")));
+    until("leader in handler", || gate.calls() == 1).await;
+    let waiters: Vec<_> = (0..n)
+        .map(|_| tokio::spawn(send(app.clone(), get_req("/r"))))
+        .collect();
+    until(&format!("{n} waiters"), || handle.waiters() == n).await;
+    (leader, waiters)
 }
 
 fn assert_empty(handle: &DedupHandle) {
@@ -124,12 +141,7 @@ async fn cancelled_leader_caller_does_not_fail_the_waiters() {
     let gate = Gate::new();
     let app = counting_app(&layer, &gate);
 
-    let leader = tokio::spawn(send(app.clone(), get_req("/r")));
-    until("leader in handler", || gate.calls() == 1).await;
-    let waiters: Vec<_> = (0..3)
-        .map(|_| tokio::spawn(send(app.clone(), get_req("/r"))))
-        .collect();
-    until("3 waiters", || handle.waiters() == 3).await;
+    let (leader, waiters) = leader_then_waiters(&app, &gate, &handle, 3).await;
 
     leader.abort();
     assert!(leader.await.unwrap_err().is_cancelled());
@@ -190,12 +202,7 @@ async fn every_caller_gone_cancels_the_handler() {
     let finished = Arc::new(AtomicBool::new(false));
     let app = abandon_app(&layer, &gate, &dropped, &finished);
 
-    let leader = tokio::spawn(send(app.clone(), get_req("/r")));
-    until("leader in handler", || gate.calls() == 1).await;
-    let waiters: Vec<_> = (0..2)
-        .map(|_| tokio::spawn(send(app.clone(), get_req("/r"))))
-        .collect();
-    until("2 waiters", || handle.waiters() == 2).await;
+    let (leader, waiters) = leader_then_waiters(&app, &gate, &handle, 2).await;
 
     leader.abort();
     let _ = leader.await;
@@ -245,21 +252,12 @@ async fn handler_panic_answers_every_caller_with_500() {
     let layer = DedupLayer::new();
     let handle = layer.handle();
     let gate = Gate::new();
-    let g = gate.clone();
-    let app = Router::new()
-        .route(
-            "/r",
-            get(move || {
-                let g = g.clone();
-                async move {
-                    if g.pass().await == 1 {
-                        panic!("handler failure under test");
-                    }
-                    "recovered"
-                }
-            }),
-        )
-        .layer(layer.clone());
+    let app = gated_app(&layer, &gate, |n| {
+        if n == 1 {
+            panic!("handler failure under test");
+        }
+        "recovered"
+    });
 
     let tasks: Vec<_> = (0..10)
         .map(|_| tokio::spawn(send(app.clone(), get_req("/r"))))
@@ -316,10 +314,8 @@ async fn waiter_past_its_timeout_gets_504() {
     let gate = Gate::new();
     let app = counting_app(&layer, &gate);
 
-    let leader = tokio::spawn(send(app.clone(), get_req("/r")));
-    until("leader in handler", || gate.calls() == 1).await;
-    let waiter = tokio::spawn(send(app.clone(), get_req("/r")));
-    until("1 waiter", || handle.waiters() == 1).await;
+    let (leader, mut waiters) = leader_then_waiters(&app, &gate, &handle, 1).await;
+    let waiter = waiters.remove(0);
 
     tokio::time::advance(Duration::from_secs(4)).await;
     assert!(!waiter.is_finished());
@@ -347,10 +343,8 @@ async fn waiter_past_its_timeout_can_run_its_own_request() {
     let gate = Gate::new();
     let app = counting_app(&layer, &gate);
 
-    let leader = tokio::spawn(send(app.clone(), get_req("/r")));
-    until("leader in handler", || gate.calls() == 1).await;
-    let waiter = tokio::spawn(send(app.clone(), get_req("/r")));
-    until("1 waiter", || handle.waiters() == 1).await;
+    let (leader, mut waiters) = leader_then_waiters(&app, &gate, &handle, 1).await;
+    let waiter = waiters.remove(0);
     tokio::time::advance(Duration::from_secs(6)).await;
     until("waiter runs its own request", || gate.calls() == 2).await;
     gate.open(2);
@@ -408,29 +402,14 @@ async fn set_cookie_responses_are_not_fanned_out() {
     let layer = DedupLayer::new();
     let handle = layer.handle();
     let gate = Gate::new();
-    let g = gate.clone();
-    let app = Router::new()
-        .route(
-            "/r",
-            get(move || {
-                let g = g.clone();
-                async move {
-                    let n = g.pass().await;
-                    (
-                        [(header::SET_COOKIE, format!("session={n}"))],
-                        format!("answer {n}"),
-                    )
-                }
-            }),
+    let app = gated_app(&layer, &gate, |n| {
+        (
+            [(header::SET_COOKIE, format!("session={n}"))],
+            format!("answer {n}"),
         )
-        .layer(layer.clone());
+    });
 
-    let leader = tokio::spawn(send(app.clone(), get_req("/r")));
-    until("leader in handler", || gate.calls() == 1).await;
-    let waiters: Vec<_> = (0..2)
-        .map(|_| tokio::spawn(send(app.clone(), get_req("/r"))))
-        .collect();
-    until("2 waiters", || handle.waiters() == 2).await;
+    let (leader, waiters) = leader_then_waiters(&app, &gate, &handle, 2).await;
     gate.open(3);
 
     let mut cookies = vec![leader.await.unwrap().1[header::SET_COOKIE].clone()];
@@ -451,28 +430,12 @@ async fn bodies_above_the_limit_make_waiters_run_their_own_request() {
     let layer = DedupLayer::builder().max_body_bytes(16).build().unwrap();
     let handle = layer.handle();
     let gate = Gate::new();
-    let g = gate.clone();
-    let app = Router::new()
-        .route(
-            "/r",
-            get(move || {
-                let g = g.clone();
-                async move {
-                    let n = g.pass().await;
-                    let chunks = (0..10)
-                        .map(move |i| Ok::<_, Infallible>(Bytes::from(format!("{n}-{i:07}|"))));
-                    Body::from_stream(futures_stream(chunks))
-                }
-            }),
-        )
-        .layer(layer.clone());
+    let app = gated_app(&layer, &gate, |n| {
+        let chunks = (0..10).map(move |i| Ok::<_, Infallible>(Bytes::from(format!("{n}-{i:07}|"))));
+        Body::from_stream(futures_stream(chunks))
+    });
 
-    let leader = tokio::spawn(send(app.clone(), get_req("/r")));
-    until("leader in handler", || gate.calls() == 1).await;
-    let waiters: Vec<_> = (0..2)
-        .map(|_| tokio::spawn(send(app.clone(), get_req("/r"))))
-        .collect();
-    until("2 waiters", || handle.waiters() == 2).await;
+    let (leader, waiters) = leader_then_waiters(&app, &gate, &handle, 2).await;
     gate.open(3);
 
     let (status, _, body) = leader.await.unwrap();
@@ -673,20 +636,11 @@ fn streaming_app(
     body_gate: &Arc<Semaphore>,
     reached: &Arc<AtomicBool>,
 ) -> Router {
-    let g = gate.clone();
     let body_gate = body_gate.clone();
     let reached = reached.clone();
-    Router::new()
-        .route(
-            "/r",
-            get(move || {
-                let g = g.clone();
-                let body_gate = body_gate.clone();
-                let reached = reached.clone();
-                async move { gated_body(g.pass().await, body_gate, reached) }
-            }),
-        )
-        .layer(layer.clone())
+    gated_app(layer, gate, move |n| {
+        gated_body(n, body_gate.clone(), reached.clone())
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -724,10 +678,8 @@ async fn the_leader_caller_leaving_while_its_body_is_buffered_hands_the_work_off
     let reached = Arc::new(AtomicBool::new(false));
     let app = streaming_app(&layer, &gate, &body_gate, &reached);
 
-    let leader = tokio::spawn(send(app.clone(), get_req("/r")));
-    until("leader in handler", || gate.calls() == 1).await;
-    let waiter = tokio::spawn(send(app.clone(), get_req("/r")));
-    until("1 waiter", || handle.waiters() == 1).await;
+    let (leader, mut waiters) = leader_then_waiters(&app, &gate, &handle, 1).await;
+    let waiter = waiters.remove(0);
     gate.open(1);
     until("leader buffering the body", || {
         reached.load(Ordering::SeqCst)

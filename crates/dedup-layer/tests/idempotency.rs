@@ -1,6 +1,8 @@
 //! `Idempotency-Key` behaviour through a real axum `Router`, with the in-memory store.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // helpers of test code
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -10,14 +12,13 @@ use axum::body::Body;
 use axum::extract::Path;
 use axum::routing::post;
 use bytes::Bytes;
+use common::{send, until};
 use dedup_layer::IdempotencyLayer;
 use dedup_layer::store::{
     Begin, Fingerprint, IdempotencyStore, LockToken, MemoryStore, StoreError, StoredResponse,
 };
 use http::{HeaderMap, Request, StatusCode, header};
-use http_body_util::BodyExt;
 use tokio::sync::Semaphore;
-use tower::ServiceExt;
 
 #[derive(Clone)]
 struct Handler {
@@ -84,16 +85,6 @@ impl Handler {
     }
 }
 
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..2_000_000 {
-        if cond() {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-    panic!("condition never reached: {what}");
-}
-
 fn post_req(path: &str, key: Option<&str>) -> http::request::Builder {
     let mut req = Request::post(path);
     if let Some(key) = key {
@@ -104,14 +95,6 @@ fn post_req(path: &str, key: Option<&str>) -> http::request::Builder {
 
 fn req(path: &str, key: Option<&str>, body: &'static str) -> Request<Body> {
     post_req(path, key).body(Body::from(body)).unwrap()
-}
-
-async fn send(app: Router, req: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
-    let response = app.oneshot(req).await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, headers, body)
 }
 
 fn assert_problem(status: StatusCode, headers: &HeaderMap, body: &[u8], expected: StatusCode) {

@@ -2,6 +2,8 @@
 #![cfg(feature = "redis")]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // helpers of test code
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -10,13 +12,12 @@ use axum::Router;
 use axum::body::Body;
 use axum::routing::post;
 use bytes::Bytes;
+use common::{send, until};
 use dedup_layer::store::{Begin, Fingerprint, IdempotencyStore, LockToken, RedisStore};
 use dedup_layer::{IdempotencyLayer, OnStoreError};
-use http::{HeaderMap, Request, StatusCode, header};
-use http_body_util::BodyExt;
+use http::{Request, StatusCode, header};
 use test_support::RedisServer;
 use tokio::sync::Semaphore;
-use tower::ServiceExt;
 
 fn store(server: &RedisServer) -> RedisStore {
     RedisStore::builder(server.url())
@@ -75,24 +76,6 @@ fn req(key: &str, body: &'static str) -> Request<Body> {
         .header(header::AUTHORIZATION, "Bearer alice")
         .body(Body::from(body))
         .unwrap()
-}
-
-async fn send(app: Router, req: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
-    let response = app.oneshot(req).await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, headers, body)
-}
-
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..2_000_000 {
-        if cond() {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-    panic!("condition never reached: {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

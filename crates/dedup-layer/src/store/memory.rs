@@ -265,35 +265,36 @@ impl IdempotencyStore for MemoryStore {
             expires_at: now + ttl,
             ttl,
         });
-        let result = self
-            .cache
-            .entry(key.to_owned())
-            .and_compute_with(|current| {
-                let op = match current.as_ref().map(|e| &**e.value()) {
-                    Some(Entry::Lock { token: t, .. }) if t == token => Op::Put(record),
-                    _ => Op::Nop,
-                };
-                std::future::ready(op)
-            })
-            .await;
-        match result {
+        match self.if_locked_by(key, token, Op::Put(record)).await {
             CompResult::ReplacedWith(_) => Ok(()),
             _ => Err(StoreError::new("the lock was lost before completion")),
         }
     }
 
     async fn release(&self, key: &str, token: &LockToken) -> Result<(), StoreError> {
+        self.if_locked_by(key, token, Op::Remove).await;
+        Ok(())
+    }
+}
+
+impl MemoryStore {
+    /// Applies `op` to `key` only while it holds the lock taken with `token`; otherwise leaves it alone.
+    async fn if_locked_by(
+        &self,
+        key: &str,
+        token: &LockToken,
+        op: Op<Arc<Entry>>,
+    ) -> CompResult<String, Arc<Entry>> {
         self.cache
             .entry(key.to_owned())
             .and_compute_with(|current| {
                 let op = match current.as_ref().map(|e| &**e.value()) {
-                    Some(Entry::Lock { token: t, .. }) if t == token => Op::Remove,
+                    Some(Entry::Lock { token: t, .. }) if t == token => op,
                     _ => Op::Nop,
                 };
                 std::future::ready(op)
             })
-            .await;
-        Ok(())
+            .await
     }
 }
 
@@ -306,6 +307,19 @@ mod tests {
         Fingerprint::from_bytes([n; 32])
     }
 
+    /// `try_begin` by another caller: a fresh token that holds no lock.
+    async fn stranger_begins(
+        store: &MemoryStore,
+        key: &str,
+        fingerprint: &Fingerprint,
+        ttl: Duration,
+    ) -> Begin {
+        store
+            .try_begin(key, &LockToken::random(), fingerprint, ttl)
+            .await
+            .unwrap()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn lock_complete_replay_expire() {
         let store = MemoryStore::new(100);
@@ -316,17 +330,11 @@ mod tests {
             Begin::Started
         );
         assert_eq!(
-            store
-                .try_begin("k", &LockToken::random(), &fp(1), ttl)
-                .await
-                .unwrap(),
+            stranger_begins(&store, "k", &fp(1), ttl).await,
             Begin::InProgress
         );
         assert_eq!(
-            store
-                .try_begin("k", &LockToken::random(), &fp(2), ttl)
-                .await
-                .unwrap(),
+            stranger_begins(&store, "k", &fp(2), ttl).await,
             Begin::Mismatch
         );
         assert!(
@@ -340,25 +348,16 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            store
-                .try_begin("k", &LockToken::random(), &fp(1), ttl)
-                .await
-                .unwrap(),
+            stranger_begins(&store, "k", &fp(1), ttl).await,
             Begin::Completed(resp())
         );
         assert_eq!(
-            store
-                .try_begin("k", &LockToken::random(), &fp(2), ttl)
-                .await
-                .unwrap(),
+            stranger_begins(&store, "k", &fp(2), ttl).await,
             Begin::Mismatch
         );
         tokio::time::advance(Duration::from_secs(3601)).await;
         assert!(matches!(
-            store
-                .try_begin("k", &LockToken::random(), &fp(2), ttl)
-                .await
-                .unwrap(),
+            stranger_begins(&store, "k", &fp(2), ttl).await,
             Begin::Started
         ));
     }
@@ -374,27 +373,18 @@ mod tests {
         );
         store.release("k", &LockToken::random()).await.unwrap();
         assert_eq!(
-            store
-                .try_begin("k", &LockToken::random(), &fp(1), ttl)
-                .await
-                .unwrap(),
+            stranger_begins(&store, "k", &fp(1), ttl).await,
             Begin::InProgress
         );
         store.release("k", &token).await.unwrap();
         assert_eq!(
-            store
-                .try_begin("k", &LockToken::random(), &fp(1), ttl)
-                .await
-                .unwrap(),
+            stranger_begins(&store, "k", &fp(1), ttl).await,
             Begin::Started,
             "released key must be free"
         );
         tokio::time::advance(Duration::from_secs(61)).await;
         assert!(matches!(
-            store
-                .try_begin("k", &LockToken::random(), &fp(1), ttl)
-                .await
-                .unwrap(),
+            stranger_begins(&store, "k", &fp(1), ttl).await,
             Begin::Started
         ));
     }
@@ -413,26 +403,17 @@ mod tests {
                 .unwrap();
             // Retries make the old records look popular.
             for _ in 0..5 {
-                store
-                    .try_begin(&key, &LockToken::random(), &fp(1), ttl)
-                    .await
-                    .unwrap();
+                stranger_begins(&store, &key, &fp(1), ttl).await;
             }
         }
         store.cache.run_pending_tasks().await;
         assert_eq!(
-            store
-                .try_begin("new", &LockToken::random(), &fp(1), ttl)
-                .await
-                .unwrap(),
+            stranger_begins(&store, "new", &fp(1), ttl).await,
             Begin::Started
         );
         store.cache.run_pending_tasks().await;
         assert_eq!(
-            store
-                .try_begin("new", &LockToken::random(), &fp(1), ttl)
-                .await
-                .unwrap(),
+            stranger_begins(&store, "new", &fp(1), ttl).await,
             Begin::InProgress,
             "a lock must not be dropped on admission, or the operation runs twice"
         );
@@ -478,9 +459,7 @@ mod tests {
         let few = MemoryStore::builder().max_entries(5).build().unwrap();
         for n in 0..50 {
             let key = format!("k{n}");
-            few.try_begin(&key, &LockToken::random(), &fp(1), ttl)
-                .await
-                .unwrap();
+            stranger_begins(&few, &key, &fp(1), ttl).await;
         }
         few.cache.run_pending_tasks().await;
         assert!(few.cache.entry_count() <= 5, "{}", few.cache.entry_count());
