@@ -458,3 +458,42 @@ async fn an_unsafe_request_through_one_instance_invalidates_everywhere() {
     assert!(!exists(&server, &format!("t9:e:{KEY}")), "gone from Redis");
     assert_eq!(fetch(&b.app, "/items/1").await.body, "item 1 v1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_purge_empties_redis_and_every_l1() {
+    let server = RedisServer::start().unwrap();
+    let origin = Origin::default();
+    let mut a = instance(&server.url(), "t10", &origin, Duration::from_secs(60));
+    let mut b = instance(&server.url(), "t10", &origin, Duration::from_secs(60));
+    subscribed(&mut a).await;
+    subscribed(&mut b).await;
+    for id in 1..=3 {
+        fetch(&a.app, &format!("/items/{id}")).await;
+    }
+    eventually("the L2 writes", || {
+        (1..=3).all(|id| exists(&server, &format!("t10:e:http://example.com/items/{id}")))
+    })
+    .await;
+    for id in 1..=3 {
+        fetch(&b.app, &format!("/items/{id}")).await;
+    }
+    assert_eq!(b.handle.entry_count(), 3);
+    // Glob characters in the prefix are matched literally.
+    a.handle
+        .purge(Purge::prefix("http://example.com/it*"))
+        .await;
+    assert!(exists(&server, &format!("t10:e:{KEY}")), "no literal match");
+    a.handle
+        .purge(Purge::prefix("http://example.com/items/"))
+        .await;
+    wait_event(&mut b.events, |e| {
+        matches!(e, TierEvent::RemotePurge(_)) && b.handle.entry_count() == 0
+    })
+    .await;
+    for id in 1..=3 {
+        assert!(!exists(
+            &server,
+            &format!("t10:e:http://example.com/items/{id}")
+        ));
+    }
+}
