@@ -35,6 +35,11 @@
 //! [`FaultProxy`] sits between a client and any TCP server (Redis or an HTTP origin) and adds
 //! latency, blackholes traffic, refuses connections or resets them with a TCP RST.
 //!
+//! # HTTP
+//!
+//! [`serve`] runs an axum app on a fresh `127.0.0.1` port from a spawned task, for tests that
+//! need a real HTTP server on the other end of a socket.
+//!
 //! # Ports
 //!
 //! [`free_port`] hands out loopback ports for servers a test starts itself (an axum app, a
@@ -56,6 +61,7 @@
 
 mod cluster;
 mod error;
+mod http;
 mod port;
 mod process;
 mod proxy;
@@ -64,6 +70,7 @@ mod server;
 
 pub use cluster::RedisCluster;
 pub use error::{Error, INSTALL_HINT};
+pub use http::serve;
 pub use port::{free_port, try_free_port};
 pub use proxy::FaultProxy;
 pub use server::{RedisServer, RedisServerBuilder};
