@@ -39,9 +39,7 @@ async fn default_setup_installs_global_recorder_and_subscriber() {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move { axum::serve(listener, collector).await });
+    let (addr, server) = test_support::serve(collector).await.unwrap();
 
     let telemetry = Telemetry::builder()
         .service_name("global-test")

@@ -380,9 +380,7 @@ async fn other_crates_metrics_share_the_exposition() {
 async fn metrics_are_served_over_real_http() {
     let telemetry = telemetry();
     let app = app(&telemetry);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (addr, server) = test_support::serve(app).await.unwrap();
 
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Full<bytes::Bytes>>();

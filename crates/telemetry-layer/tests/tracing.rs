@@ -27,7 +27,7 @@ const PARENT_ID: &str = "00f067aa0ba902b7";
 struct Receiver {
     addr: std::net::SocketAddr,
     spans: Arc<Mutex<Vec<(String, Span)>>>,
-    server: tokio::task::JoinHandle<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl Drop for Receiver {
@@ -67,11 +67,7 @@ async fn receiver() -> Receiver {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
+    let (addr, server) = test_support::serve(app).await.unwrap();
     Receiver {
         addr,
         spans,
@@ -366,9 +362,7 @@ async fn client_layer_injects_traceparent_into_a_real_request() {
                 .unwrap_or_default()
         }),
     ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move { axum::serve(listener, downstream).await });
+    let (addr, server) = test_support::serve(downstream).await.unwrap();
 
     let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<Bytes>>();
