@@ -15,15 +15,14 @@ use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::net::TcpListener;
-use tower::{Layer, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 
 /// A real HTTP server that answers 500 while `failing` is set.
 struct FlakyServer {
     addr: std::net::SocketAddr,
     failing: Arc<AtomicBool>,
     hits: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl FlakyServer {
@@ -45,11 +44,7 @@ impl FlakyServer {
                 }
             }),
         );
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let (addr, task) = test_support::serve(app).await.unwrap();
         Self {
             addr,
             failing,
@@ -73,6 +68,15 @@ fn request(url: &str) -> Request<Full<Bytes>> {
     Request::get(url).body(Full::new(Bytes::new())).unwrap()
 }
 
+/// Sends `GET url` through a clone of `svc`; the call itself must succeed.
+async fn call<S>(svc: &S, url: &str) -> S::Response
+where
+    S: Service<Request<Full<Bytes>>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    svc.clone().oneshot(request(url)).await.unwrap()
+}
+
 #[tokio::test(start_paused = true)]
 async fn client_breaker_trips_on_5xx_and_recovers() {
     let server = FlakyServer::start().await;
@@ -87,11 +91,11 @@ async fn client_breaker_trips_on_5xx_and_recovers() {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let svc = BreakerLayer::new(breaker.clone()).layer(client);
 
-    let res = svc.clone().oneshot(request(&server.url())).await.unwrap();
+    let res = call(&svc, &server.url()).await;
     assert_eq!(res.status(), StatusCode::OK);
     server.failing.store(true, Ordering::SeqCst);
     for _ in 0..2 {
-        let res = svc.clone().oneshot(request(&server.url())).await.unwrap();
+        let res = call(&svc, &server.url()).await;
         assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!res.into_body().is_local());
     }
@@ -100,12 +104,12 @@ async fn client_breaker_trips_on_5xx_and_recovers() {
         BreakerState::Closed,
         "2 of 3 failed, but the window needs 4 calls"
     );
-    let res = svc.clone().oneshot(request(&server.url())).await.unwrap();
+    let res = call(&svc, &server.url()).await;
     assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(breaker.state(), BreakerState::Open);
 
     let hits = server.hits.load(Ordering::SeqCst);
-    let res = svc.clone().oneshot(request(&server.url())).await.unwrap();
+    let res = call(&svc, &server.url()).await;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(res.headers()[header::RETRY_AFTER], "5");
     let body = res.into_body();
@@ -120,7 +124,7 @@ async fn client_breaker_trips_on_5xx_and_recovers() {
 
     server.failing.store(false, Ordering::SeqCst);
     tokio::time::advance(Duration::from_secs(5)).await;
-    let res = svc.clone().oneshot(request(&server.url())).await.unwrap();
+    let res = call(&svc, &server.url()).await;
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(breaker.state(), BreakerState::Closed);
 }
@@ -145,7 +149,7 @@ async fn connection_errors_count_as_failures_and_keep_the_error_type() {
         assert!(err.is_connect(), "{err:?}");
     }
     assert_eq!(breaker.state(), BreakerState::Open);
-    let res = svc.clone().oneshot(request(&url)).await.unwrap();
+    let res = call(&svc, &url).await;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
 
@@ -168,30 +172,15 @@ async fn per_host_breakers_isolate_upstreams() {
     let good_url = format!("http://127.0.0.1:{}/", good.addr.port());
     for _ in 0..2 {
         assert_eq!(
-            svc.clone()
-                .oneshot(request(&bad_url))
-                .await
-                .unwrap()
-                .status(),
+            call(&svc, &bad_url).await.status(),
             StatusCode::INTERNAL_SERVER_ERROR
         );
     }
     assert_eq!(
-        svc.clone()
-            .oneshot(request(&bad_url))
-            .await
-            .unwrap()
-            .status(),
+        call(&svc, &bad_url).await.status(),
         StatusCode::SERVICE_UNAVAILABLE
     );
-    assert_eq!(
-        svc.clone()
-            .oneshot(request(&good_url))
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(call(&svc, &good_url).await.status(), StatusCode::OK);
     assert_eq!(
         registry.get("localhost").unwrap().state(),
         BreakerState::Open

@@ -55,12 +55,16 @@ impl Flaky {
     }
 }
 
-async fn get_status(app: &Router, uri: &str) -> StatusCode {
+/// Sends `GET uri` through a clone of `app`.
+async fn send_get(app: &Router, uri: &str) -> Response<Body> {
     app.clone()
         .oneshot(Request::get(uri).body(Body::empty()).unwrap())
         .await
         .unwrap()
-        .status()
+}
+
+async fn get_status(app: &Router, uri: &str) -> StatusCode {
+    send_get(app, uri).await.status()
 }
 
 fn breaker() -> CircuitBreaker {
@@ -89,11 +93,7 @@ async fn open_breaker_answers_503_with_retry_after_no_store_and_problem_json() {
     assert_eq!(b.state(), BreakerState::Open);
     tokio::time::advance(Duration::from_millis(2_500)).await;
 
-    let res = app
-        .clone()
-        .oneshot(Request::get("/").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+    let res = send_get(&app, "/").await;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         res.headers()[header::RETRY_AFTER],
@@ -357,11 +357,7 @@ async fn custom_fallback_and_classifier() {
         );
     get_status(&app, "/").await;
     get_status(&app, "/").await;
-    let res = app
-        .clone()
-        .oneshot(Request::get("/").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+    let res = send_get(&app, "/").await;
     assert_eq!(res.status(), StatusCode::OK);
     let body = res.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"cached, retry in 30");
@@ -421,11 +417,7 @@ async fn timeout_answers_504_and_counts_as_failure() {
             }),
         )
         .layer(BreakerLayer::new(b.clone()).timeout(Duration::from_secs(1)));
-    let res = app
-        .clone()
-        .oneshot(Request::get("/").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+    let res = send_get(&app, "/").await;
     assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(
         res.headers()[header::CONTENT_TYPE],
