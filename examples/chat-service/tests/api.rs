@@ -51,7 +51,7 @@ async fn post_answers_201_with_the_stored_message_and_location() {
 #[tokio::test]
 async fn single_message_carries_immutable_caching_headers() {
     let app = app().await;
-    let id = app.post("lobby", "ada", "hi").await["id"].as_i64().unwrap();
+    let id = app.post_id("lobby", "ada", "hi").await;
     let uri = format!("/rooms/lobby/messages/{id}");
     let reply = app.get(&uri).await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -79,11 +79,7 @@ async fn list_is_newest_first_with_room_headers() {
     let app = app().await;
     let mut ids = Vec::new();
     for n in 0..5 {
-        ids.push(
-            app.post("lobby", "ada", &format!("message {n}")).await["id"]
-                .as_i64()
-                .unwrap(),
-        );
+        ids.push(app.post_id("lobby", "ada", &format!("message {n}")).await);
     }
     app.post("other", "bob", "not in lobby").await;
 
@@ -116,11 +112,7 @@ async fn cursors_walk_every_page_once() {
     let app = app().await;
     let mut expected = Vec::new();
     for n in 0..7 {
-        expected.push(
-            app.post("lobby", "ada", &format!("m{n}")).await["id"]
-                .as_i64()
-                .unwrap(),
-        );
+        expected.push(app.post_id("lobby", "ada", &format!("m{n}")).await);
     }
     expected.reverse();
 
@@ -189,7 +181,7 @@ async fn rooms_lists_counts_and_last_ids() {
 
     app.post("beta", "ada", "1").await;
     app.post("alpha", "ada", "2").await;
-    let last_beta = app.post("beta", "bob", "3").await["id"].as_i64().unwrap();
+    let last_beta = app.post_id("beta", "bob", "3").await;
     let reply = app.get("/rooms").await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.header("cache-control"), "public, max-age=1");

@@ -20,7 +20,7 @@ const SAFETY: Duration = Duration::from_secs(10);
 async fn post_publishes_message_posted() {
     let app = app().await;
     let mut events = app.service.subscribe();
-    let id = app.post("lobby", "ada", "hi").await["id"].as_i64().unwrap();
+    let id = app.post_id("lobby", "ada", "hi").await;
     let event = tokio::time::timeout(SAFETY, events.recv())
         .await
         .expect("event in time")
@@ -41,9 +41,7 @@ async fn post_publishes_message_posted() {
         ))
         .await;
     assert_eq!(rejected.status, StatusCode::UNPROCESSABLE_ENTITY);
-    let next = app.post("lobby", "ada", "again").await["id"]
-        .as_i64()
-        .unwrap();
+    let next = app.post_id("lobby", "ada", "again").await;
     let event = tokio::time::timeout(SAFETY, events.recv())
         .await
         .unwrap()
@@ -55,9 +53,7 @@ async fn post_publishes_message_posted() {
 async fn projector_announces_room_versions_after_applying() {
     let app = app().await;
     let mut notices = app.service.subscribe_projected();
-    let first = app.post("lobby", "ada", "one").await["id"]
-        .as_i64()
-        .unwrap();
+    let first = app.post_id("lobby", "ada", "one").await;
     let notice = tokio::time::timeout(SAFETY, notices.recv())
         .await
         .unwrap()
@@ -95,9 +91,7 @@ async fn a_post_past_the_projection_wait_is_still_201() {
     let mut notices = app.service.subscribe_projected();
     let mut last = 0;
     for n in 0..20 {
-        last = app.post("lobby", "ada", &format!("m{n}")).await["id"]
-            .as_i64()
-            .unwrap();
+        last = app.post_id("lobby", "ada", &format!("m{n}")).await;
     }
     // The projector catches up on its own.
     loop {
@@ -194,9 +188,7 @@ async fn data_persists_across_reopen() {
         ..Config::default()
     };
     let first = app_with(config.clone()).await;
-    let id = first.post("lobby", "ada", "remember me").await["id"]
-        .as_i64()
-        .unwrap();
+    let id = first.post_id("lobby", "ada", "remember me").await;
     first.service.clone().close().await;
     drop(first);
 
@@ -204,9 +196,7 @@ async fn data_persists_across_reopen() {
     let reply = second.get(&format!("/rooms/lobby/messages/{id}")).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.json()["text"], "remember me");
-    let next = second.post("lobby", "bob", "and me").await["id"]
-        .as_i64()
-        .unwrap();
+    let next = second.post_id("lobby", "bob", "and me").await;
     assert!(next > id);
     let page = second.get("/rooms/lobby/messages").await;
     assert_eq!(page.header("etag"), "\"r2\"");

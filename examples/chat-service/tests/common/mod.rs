@@ -90,6 +90,11 @@ impl TestApp {
         assert_eq!(reply.status, StatusCode::CREATED, "body: {:?}", reply.body);
         reply.json()
     }
+
+    /// Posts like [`TestApp::post`] and returns the new message's id.
+    pub(crate) async fn post_id(&self, room: &str, author: &str, text: &str) -> i64 {
+        self.post(room, author, text).await["id"].as_i64().unwrap()
+    }
 }
 
 pub(crate) fn get(uri: &str) -> Request<Body> {
