@@ -43,10 +43,7 @@ impl KeyMaker {
     pub(crate) fn key_into(&self, parts: &Parts, out: &mut String) -> bool {
         out.clear();
         match self {
-            Self::Default { ignored_query } => {
-                default_key_into(parts, ignored_query, out);
-                true
-            }
+            Self::Default { ignored_query } => default_key_into(parts, ignored_query, out),
             Self::Custom(f) => match f(parts) {
                 Some(k) => {
                     *out = k;
@@ -112,9 +109,44 @@ pub(crate) fn default_key(parts: &Parts, ignored_query: &[String]) -> String {
     key
 }
 
-fn default_key_into(parts: &Parts, ignored_query: &[String], key: &mut String) {
+/// Whether every byte may appear in a URI authority (RFC 3986 §3.2). A `Host` field with `/`,
+/// `?`, `#` or spaces would let one URL's key spell another's (`Host: a/b` + `/c` against
+/// `Host: a` + `/b/c`), so such requests bypass the cache.
+fn is_authority(s: &str) -> bool {
+    s.bytes().all(|b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+                    | b'['
+                    | b']'
+            )
+    })
+}
+
+/// Writes the default key; false when the request's authority is not one.
+fn default_key_into(parts: &Parts, ignored_query: &[String], key: &mut String) -> bool {
     let scheme = parts.uri.scheme_str().unwrap_or("http");
     let authority = authority_of(parts).unwrap_or("");
+    if !is_authority(authority) {
+        return false;
+    }
     let path = parts.uri.path();
     let query = parts.uri.query().unwrap_or("");
     key.reserve(scheme.len() + 3 + authority.len() + path.len() + query.len() + 2);
@@ -125,12 +157,12 @@ fn default_key_into(parts: &Parts, ignored_query: &[String], key: &mut String) {
     }
     key.push_str(if path.is_empty() { "/" } else { path });
     if query.is_empty() {
-        return;
+        return true;
     }
     if ignored_query.is_empty() {
         key.push('?');
         key.push_str(query);
-        return;
+        return true;
     }
     let mut first = true;
     for pair in query.split('&') {
@@ -142,6 +174,7 @@ fn default_key_into(parts: &Parts, ignored_query: &[String], key: &mut String) {
         key.push_str(pair);
         first = false;
     }
+    true
 }
 
 thread_local! {

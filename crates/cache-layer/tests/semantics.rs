@@ -1033,3 +1033,77 @@ async fn malformed_headers_never_panic() {
     let r = get_with(&app, "/", &[("cache-control", &big), ("accept", &big)]).await;
     assert_eq!(r.status, 200);
 }
+
+// ---- keys and bodies that must not be trusted ----
+
+#[tokio::test(start_paused = true)]
+async fn host_with_path_characters_cannot_spell_another_key() {
+    let (app, calls) = origin(layer(), |n, _| {
+        numbered(n, &[("cache-control", "max-age=60")])
+    });
+    // Without validation, `Host: example.com/admin` + `/secret` has the key of
+    // `Host: example.com` + `/admin/secret`.
+    let poison = send(
+        &app,
+        Request::get("/secret")
+            .header("host", "example.com/admin")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        poison.cache_status().contains("detail=key"),
+        "{}",
+        poison.cache_status()
+    );
+    let victim = get(&app, "/admin/secret").await;
+    assert_eq!(victim.text(), "call 2", "{}", victim.cache_status());
+    assert_eq!(calls.get(), 2);
+    for host in ["example.com?x", "example.com#x", "exa mple.com"] {
+        let r = send(
+            &app,
+            Request::get("/")
+                .header("host", host)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert!(r.cache_status().contains("detail=key"), "{host}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn content_length_that_lies_is_not_stored() {
+    for declared in ["3", "100"] {
+        let (app, calls) = origin(layer(), move |_, _| {
+            reply(
+                200,
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("content-length", declared),
+                ],
+                "hello",
+            )
+        });
+        let a = get(&app, "/").await;
+        assert!(
+            a.cache_status().contains("detail=length-mismatch"),
+            "{declared}: {}",
+            a.cache_status()
+        );
+        get(&app, "/").await;
+        assert_eq!(calls.get(), 2, "{declared}: never a hit");
+    }
+    // The truth is stored and served with it.
+    let (app, calls) = origin(layer(), |_, _| {
+        reply(
+            200,
+            &[("cache-control", "max-age=60"), ("content-length", "5")],
+            "hello",
+        )
+    });
+    get(&app, "/").await;
+    let b = get(&app, "/").await;
+    assert_eq!((b.text(), b.header("content-length")), ("hello", Some("5")));
+    assert_eq!(calls.get(), 1);
+}
