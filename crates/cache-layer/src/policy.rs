@@ -63,6 +63,7 @@ pub(crate) enum NotStorable {
     TooLarge,
     Trailers,
     BodyError,
+    LengthMismatch,
 }
 
 impl NotStorable {
@@ -82,6 +83,7 @@ impl NotStorable {
             Self::TooLarge => "too-large",
             Self::Trailers => "trailers",
             Self::BodyError => "body-error",
+            Self::LengthMismatch => "length-mismatch",
         }
     }
 }

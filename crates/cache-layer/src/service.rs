@@ -928,6 +928,22 @@ where
             return Ok(out);
         }
     };
+    // A `Content-Length` the body does not match would make every hit a broken message; the
+    // response goes to the client as it came and nothing is stored.
+    if !content_length_matches(&resp_parts.headers, bytes.len()) {
+        let reason = NotStorable::LengthMismatch;
+        record_request(Outcome::Uncacheable);
+        tracing::debug!(key = %ctx.key, reason = reason.as_str(), "response not stored");
+        let params = StatusParams {
+            fwd: Some(ctx.fwd),
+            fwd_status,
+            detail: Some(reason.as_str()),
+            ..StatusParams::default()
+        };
+        let mut out = Response::from_parts(resp_parts, CacheBody::full(Some(bytes)));
+        decorate(&shared, out.headers_mut(), &params);
+        return Ok(out);
+    }
 
     let stored = build_stored(
         &shared,
@@ -1277,6 +1293,16 @@ async fn buffer<B: Body<Data = Bytes>>(body: B, max: usize) -> Buffered<B> {
         buf.freeze()
     };
     Buffered::Complete(bytes)
+}
+
+/// Whether every `Content-Length` line (absent is fine) states exactly `len`.
+fn content_length_matches(headers: &HeaderMap, len: usize) -> bool {
+    headers.get_all(header::CONTENT_LENGTH).iter().all(|v| {
+        v.to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .is_some_and(|n| usize::try_from(n).is_ok_and(|n| n == len))
+    })
 }
 
 /// Methods other than GET and HEAD: forwarded; unsafe ones invalidate on success (§4.4).
