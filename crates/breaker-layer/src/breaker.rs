@@ -202,11 +202,11 @@ pub struct MetricsSnapshot {
     /// Judged state behind a metrics-only breaker (equal to `state` otherwise, or Closed when disabled/forced).
     pub machine_state: BreakerState,
     /// Calls in the window now.
-    pub window_calls: u32,
+    pub window_calls: u64,
     /// Failed calls in the window now.
-    pub window_failures: u32,
+    pub window_failures: u64,
     /// Slow calls in the window now.
-    pub window_slow_calls: u32,
+    pub window_slow_calls: u64,
     /// Failure percentage of the window now.
     pub failure_rate: f64,
     /// Slow-call percentage of the window now.
@@ -635,9 +635,9 @@ impl CircuitBreaker {
     fn decide_half_open(&self, core: &mut Core, now: u64, out: &mut Vec<Transition>) {
         let config = &self.shared.config;
         let totals = Totals {
-            calls: core.probes_done,
-            failures: core.probe_failures,
-            slow: core.probe_slow,
+            calls: core.probes_done.into(),
+            failures: core.probe_failures.into(),
+            slow: core.probe_slow.into(),
         };
         let reopen = match config.window {
             _ if totals.calls == 0 => true,

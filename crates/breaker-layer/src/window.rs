@@ -27,22 +27,23 @@ impl Sample {
 /// Counts over the calls a window currently holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Totals {
-    pub(crate) calls: u32,
-    pub(crate) failures: u32,
-    pub(crate) slow: u32,
+    // u64: one wide time bucket on a busy path can see more than u32::MAX calls.
+    pub(crate) calls: u64,
+    pub(crate) failures: u64,
+    pub(crate) slow: u64,
 }
 
 impl Totals {
     fn add(&mut self, s: Sample) {
         self.calls += 1;
-        self.failures += u32::from(s.failure);
-        self.slow += u32::from(s.slow);
+        self.failures += u64::from(s.failure);
+        self.slow += u64::from(s.slow);
     }
 
     fn sub(&mut self, s: Sample) {
         self.calls -= 1;
-        self.failures -= u32::from(s.failure);
-        self.slow -= u32::from(s.slow);
+        self.failures -= u64::from(s.failure);
+        self.slow -= u64::from(s.slow);
     }
 
     /// Percentage of failed calls, 0 when empty.
@@ -64,11 +65,12 @@ impl Totals {
     }
 }
 
-fn rate(part: u32, whole: u32) -> f64 {
+fn rate(part: u64, whole: u64) -> f64 {
     if whole == 0 {
         0.0
     } else {
-        f64::from(part) * 100.0 / f64::from(whole)
+        // Exact below 2^53 calls, which no window reaches.
+        part as f64 * 100.0 / whole as f64
     }
 }
 
@@ -154,7 +156,7 @@ impl Window {
     pub(crate) fn record(&mut self, sample: Sample, now_nanos: u64) {
         match self {
             Window::Count { ring, next, totals } => {
-                let full = totals.calls as usize == ring.len();
+                let full = totals.calls == ring.len() as u64;
                 let slot = &mut ring[*next];
                 // The ring is full once calls == len; until then every slot ahead is still unused.
                 if full {
@@ -189,8 +191,8 @@ impl Window {
                     *run = 0;
                 }
                 totals.calls = totals.calls.saturating_add(1);
-                totals.failures = totals.failures.saturating_add(u32::from(sample.failure));
-                totals.slow = totals.slow.saturating_add(u32::from(sample.slow));
+                totals.failures = totals.failures.saturating_add(u64::from(sample.failure));
+                totals.slow = totals.slow.saturating_add(u64::from(sample.slow));
             }
         }
     }
@@ -240,7 +242,7 @@ impl Window {
             Window::Consecutive { run, limit, .. } => run >= limit,
             _ => {
                 let totals = self.totals();
-                totals.calls >= config.minimum_calls && totals.exceeds(config)
+                totals.calls >= u64::from(config.minimum_calls) && totals.exceeds(config)
             }
         }
     }
@@ -349,6 +351,29 @@ mod tests {
             }
         );
         w.advance(100 * sec);
+        assert_eq!(w.totals(), Totals::default());
+    }
+
+    #[test]
+    fn one_time_bucket_takes_more_calls_than_u32_holds() {
+        // A wide bucket on a busy path sees billions of calls; the counts must neither wrap nor panic.
+        let mut w = Window::new(SlidingWindow::Time {
+            buckets: 1,
+            bucket_width: Duration::from_secs(3600),
+        });
+        w.record(FAIL, 0);
+        if let Window::Time {
+            buckets, totals, ..
+        } = &mut w
+        {
+            buckets[0].calls = u32::MAX.into();
+            totals.calls = u32::MAX.into();
+        }
+        w.record(OK, 1);
+        w.record(FAIL, 2);
+        assert_eq!(u64::from(w.totals().calls), u64::from(u32::MAX) + 2);
+        assert_eq!(w.totals().failures, 2);
+        w.advance(3_600_000_000_000);
         assert_eq!(w.totals(), Totals::default());
     }
 
