@@ -172,8 +172,17 @@ impl StoredResponse {
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 32)
             .sum();
+        let vary: usize = self
+            .vary
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.as_ref().map_or(0, |v| v.len()) + 32)
+            .sum();
         // Fields count twice: the stored map and the reusable map of the last hit.
-        self.body.len() + 2 * headers + 256
+        self.body
+            .len()
+            .saturating_add(headers.saturating_mul(2))
+            .saturating_add(vary)
+            .saturating_add(256)
     }
 
     pub(crate) fn has_validator(&self) -> bool {
@@ -206,7 +215,7 @@ impl StoredEntry {
         let mut tags: Vec<Arc<str>> = Vec::new();
         let mut weight = 0usize;
         for v in &variants {
-            weight += v.weight();
+            weight = weight.saturating_add(v.weight());
             for t in v.tags.iter() {
                 if !tags.contains(t) {
                     tags.push(t.clone());
@@ -368,6 +377,13 @@ impl EntryExpiry {
     }
 }
 
+/// Bytes an entry costs in the in-process tier: its own weight and its key (one allocation,
+/// shared with the tag index).
+fn charge(key: &str, entry: &StoredEntry) -> u32 {
+    let key = u32::try_from(key.len()).unwrap_or(u32::MAX);
+    entry.weight.saturating_add(key)
+}
+
 /// The in-process tier: a moka cache bounded by bytes with TinyLFU admission.
 #[derive(Clone)]
 pub struct MemoryTier {
@@ -397,14 +413,14 @@ impl MemoryTier {
         let (t, b, e) = (tags.clone(), bytes.clone(), entries.clone());
         let cache = moka::sync::Cache::builder()
             .max_capacity(config.max_bytes)
-            .weigher(|_k: &Arc<str>, v: &Arc<StoredEntry>| v.weight)
+            .weigher(|k: &Arc<str>, v: &Arc<StoredEntry>| charge(k, v))
             .expire_after(EntryExpiry {
                 ttl_cap: config.ttl_cap,
             })
             .eviction_listener(move |key: Arc<Arc<str>>, value: Arc<StoredEntry>, cause| {
                 t.remove(&key, &value);
                 let _ = b.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |x| {
-                    Some(x.saturating_sub(u64::from(value.weight)))
+                    Some(x.saturating_sub(u64::from(charge(&key, &value))))
                 });
                 if cause != RemovalCause::Replaced {
                     let _ = e.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |x| {
@@ -473,7 +489,7 @@ impl MemoryTier {
         }
         let existed = self.cache.contains_key(&key);
         self.bytes
-            .fetch_add(u64::from(entry.weight), Ordering::Relaxed);
+            .fetch_add(u64::from(charge(&key, &entry)), Ordering::Relaxed);
         if !existed {
             self.entries.fetch_add(1, Ordering::Relaxed);
         }

@@ -790,3 +790,28 @@ async fn other_preconditions_go_to_the_origin() {
         "the stored response is untouched"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn long_keys_count_against_the_byte_bound() {
+    let layer = CacheLayer::builder()
+        .max_capacity_bytes(64 * 1024)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (app, _calls) = origin(layer, |n, _| {
+        numbered(n, &[("cache-control", "max-age=60")])
+    });
+    let filler = "q".repeat(8 * 1024);
+    for i in 0..40 {
+        get(&app, &format!("/{i}?{filler}")).await;
+        handle.run_pending_tasks();
+    }
+    handle.run_pending_tasks();
+    // Each key alone is 8 KiB, so at most 8 of them fit in 64 KiB.
+    assert!(
+        handle.entry_count() <= 8,
+        "{} entries with 8 KiB keys in 64 KiB",
+        handle.entry_count()
+    );
+    assert!(handle.weighted_size() <= 64 * 1024);
+}
