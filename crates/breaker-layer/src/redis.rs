@@ -75,9 +75,11 @@ impl RedisOpenSyncBuilder {
     }
 
     /// Backoff between subscriber reconnections: doubles from `min` up to `max`, back to `min` after a success.
+    /// `min` is at least 1 ms, so a Redis that accepts and drops connections is not hammered in a loop.
     ///
     /// Defaults to 100 ms and 10 s.
     pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        let min = min.max(Duration::from_millis(1));
         self.reconnect_min = min;
         self.reconnect_max = max.max(min);
         self
@@ -215,8 +217,9 @@ fn decode(text: &str) -> Option<Message<'_>> {
         "-" => false,
         _ => return None,
     };
-    let name = rest.get(1..1 + name_len)?;
-    let key = rest.get(1 + name_len..)?;
+    let name_end = name_len.checked_add(1)?;
+    let name = rest.get(1..name_end)?;
+    let key = rest.get(name_end..)?;
     Some(Message {
         instance,
         wait,
@@ -302,8 +305,12 @@ async fn subscribe_loop(
             return;
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(max);
+        backoff = next_backoff(backoff, max);
     }
+}
+
+fn next_backoff(backoff: Duration, max: Duration) -> Duration {
+    backoff.saturating_mul(2).min(max)
 }
 
 fn apply(inner: &Inner, text: &str) {
@@ -354,5 +361,34 @@ mod tests {
         assert_eq!(decode("v1 a 1 9 -x"), None);
         assert_eq!(decode("v1 a x 1 -x"), None);
         assert_eq!(decode(""), None);
+    }
+
+    #[test]
+    fn hostile_messages_are_refused_without_panicking() {
+        // Anyone who can publish on the channel reaches this parser; a panic would end the subscriber task.
+        assert_eq!(decode("v1 a 1 18446744073709551615 -x"), None);
+        assert_eq!(decode("v1 a 1 18446744073709551614 -x"), None);
+        assert_eq!(decode("v1 a 99999999999999999999 1 -x"), None);
+        assert_eq!(decode("v1 a 1 1 -\u{e9}"), None);
+    }
+
+    #[test]
+    fn reconnect_backoff_neither_spins_nor_overflows() {
+        let client = redis::Client::open("redis://127.0.0.1:1").unwrap();
+        let b = RedisOpenSync::builder(client).reconnect_backoff(Duration::ZERO, Duration::ZERO);
+        assert!(
+            b.reconnect_min > Duration::ZERO,
+            "a zero delay would reconnect in a busy loop"
+        );
+        assert!(b.reconnect_max >= b.reconnect_min);
+        let mut d = Duration::from_secs(1);
+        for _ in 0..100 {
+            d = next_backoff(d, Duration::MAX);
+        }
+        assert_eq!(d, Duration::MAX);
+        assert_eq!(
+            next_backoff(Duration::from_secs(8), Duration::from_secs(10)),
+            Duration::from_secs(10)
+        );
     }
 }
