@@ -998,6 +998,13 @@ where
 {
     parts.extensions.insert(LowerChecked);
     let lower = shared.lower.clone();
+    // Released when this future ends or is dropped (a client that went away mid-miss), so no
+    // lease outlives its request, in Redis or in this instance's table.
+    #[cfg(feature = "redis")]
+    let _release = lower.clone().map(|lower| LeaseRelease {
+        lower,
+        key: key.clone(),
+    });
     // Only a GET fills the shared tier, so only a GET leads a fill.
     let lease = parts.method == http::Method::GET;
     if let Some(lower) = &lower
@@ -1012,12 +1019,21 @@ where
         inner,
         shared: shared.clone(),
     };
-    let result = cache.call(Request::from_parts(parts, body)).await;
-    #[cfg(feature = "redis")]
-    if let Some(lower) = &lower {
-        lower.release_lease(&key);
+    cache.call(Request::from_parts(parts, body)).await
+}
+
+/// Releases the fill lease a miss may hold on `key` when dropped.
+#[cfg(feature = "redis")]
+struct LeaseRelease {
+    lower: Arc<Lower>,
+    key: String,
+}
+
+#[cfg(feature = "redis")]
+impl Drop for LeaseRelease {
+    fn drop(&mut self) {
+        self.lower.release_lease(&self.key);
     }
-    result
 }
 
 /// Whether a request that missed L1 should look in the lower tiers first: not when it already

@@ -497,3 +497,48 @@ async fn a_prefix_purge_empties_redis_and_every_l1() {
         ));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_client_went_away_releases_its_lease() {
+    let server = RedisServer::start().unwrap();
+    let origin = Origin::default();
+    let l2 = RedisTier::builder(&server.url())
+        .prefix("t11")
+        .timeout(Duration::from_millis(100))
+        .lease_ttl(Duration::from_secs(60))
+        .lease_wait(200, Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let cache = CacheLayer::builder().redis(l2).build().unwrap();
+    let handle = cache.handle();
+    let app = Router::new()
+        .route("/slow", get(slow))
+        .with_state(origin.clone())
+        .layer(cache);
+    let lease = "t11:l:http://example.com/slow";
+
+    let app_a = app.clone();
+    let leader = tokio::spawn(async move { fetch(&app_a, "/slow").await });
+    eventually("the leader at the origin", || {
+        origin.calls.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(handle.tier_stats().leases_taken, 1);
+    assert!(exists(&server, lease));
+    // The client disconnects: the response future is dropped mid-miss.
+    leader.abort();
+    let _ = leader.await;
+    eventually("the lease released", || !exists(&server, lease)).await;
+
+    // The next miss leads again instead of waiting out a lease nobody holds.
+    let app_b = app.clone();
+    let next = tokio::spawn(async move { fetch(&app_b, "/slow").await });
+    eventually("the second leader at the origin", || {
+        origin.calls.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    let s = handle.tier_stats();
+    assert_eq!((s.leases_taken, s.leases_waited), (2, 0), "{s:?}");
+    origin.gate.notify_one();
+    assert_eq!(next.await.unwrap().body, "slow");
+}
