@@ -665,7 +665,9 @@ impl CircuitBreaker {
         if config.jitter > 0.0 {
             wait = (wait * (1.0 + config.jitter * (2.0 * core.rng.f64() - 1.0))).min(cap);
         }
-        Duration::try_from_secs_f64(wait.max(0.001)).unwrap_or(config.wait_in_open)
+        // The only failure left is a wait past Duration::MAX (a huge cap or wait_in_open): keep the longest wait.
+        Duration::try_from_secs_f64(wait.max(0.001))
+            .unwrap_or_else(|_| config.backoff.map_or(config.wait_in_open, |b| b.max))
     }
 
     fn change(
@@ -1286,6 +1288,48 @@ mod tests {
             b.call(async { Ok::<_, ()>(1) }).await,
             Err(CallError::Rejected(_))
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_capped_at_the_largest_duration_stays_at_the_cap() {
+        let b = CircuitBreaker::builder()
+            .consecutive_failures(1)
+            .half_open_probes(1)
+            .wait_in_open(Duration::from_secs(1))
+            .open_backoff(Backoff {
+                multiplier: 1e300,
+                max: Duration::MAX,
+            })
+            .build()
+            .unwrap();
+        fail_n(&b, 1);
+        let first = b.try_acquire().unwrap_err();
+        tokio::time::advance(first.retry_after()).await;
+        b.try_acquire().unwrap().failure();
+        let r = b.try_acquire().unwrap_err();
+        assert!(
+            r.retry_after() > Duration::from_secs(1 << 30),
+            "the grown wait must not fall back to wait_in_open: {:?}",
+            r.retry_after()
+        );
+        assert!(r.retry_after_secs() > 1 << 30);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn breakers_built_from_one_builder_have_their_own_open_listener() {
+        let template = CircuitBreaker::builder().consecutive_failures(1);
+        let a = template.clone().name("a").build().unwrap();
+        let b = template.name("b").build().unwrap();
+        let called = Arc::new(AtomicU64::new(0));
+        let c = called.clone();
+        a.set_open_listener(Arc::new(move |_, _, _| {
+            c.fetch_add(1, Ordering::Relaxed);
+        }));
+        fail_n(&b, 1);
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(called.load(Ordering::Relaxed), 0, "b was never attached");
+        fail_n(&a, 1);
+        assert_eq!(called.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test(start_paused = true)]

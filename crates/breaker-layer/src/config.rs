@@ -325,7 +325,9 @@ impl BreakerBuilder {
         Ok(CircuitBreaker::from_config(self.validated()?, None))
     }
 
-    pub(crate) fn validated(self) -> Result<Config, ConfigError> {
+    pub(crate) fn validated(mut self) -> Result<Config, ConfigError> {
+        // Clones of one builder share the config's fields; each built breaker (or registry) gets its own listener slot.
+        self.config.open_listener = Arc::new(OnceLock::new());
         let c = &self.config;
         if c.name.is_empty() {
             return Err(ConfigError::new("name", "must not be empty"));
