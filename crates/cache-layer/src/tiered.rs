@@ -938,7 +938,6 @@ async fn subscribe_loop(l2: RedisTier, lower: Weak<Lower>) {
                 continue;
             }
         };
-        backoff = Duration::from_millis(50);
         let Some(me) = lower.upgrade() else { return };
         if !first {
             me.flush().await;
@@ -951,6 +950,7 @@ async fn subscribe_loop(l2: RedisTier, lower: Weak<Lower>) {
         me.retry_pending().await;
         drop(me);
 
+        let up_since = Instant::now();
         let (mut sink, mut stream) = pubsub.split();
         let mut heartbeat = tokio::time::interval(inner.heartbeat);
         heartbeat.tick().await;
@@ -976,8 +976,21 @@ async fn subscribe_loop(l2: RedisTier, lower: Weak<Lower>) {
             me.stats.subscribed.store(false, Ordering::Relaxed);
         }
         tracing::debug!("invalidation subscription lost");
+        // A subscription that keeps dropping right after it was made (a server that kills
+        // subscribers, a proxy that resets) is retried with growing pauses, not in a loop that
+        // reconnects and flushes L1 as fast as the network allows.
+        if up_since.elapsed() < STABLE_SUBSCRIPTION {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        } else {
+            backoff = Duration::from_millis(50);
+        }
     }
 }
+
+/// How long a subscription must have lasted for its loss to be retried at once.
+#[cfg(feature = "redis")]
+const STABLE_SUBSCRIPTION: Duration = Duration::from_secs(5);
 
 /// The miss path with lower tiers: look below L1, promote what is found, then let the service
 /// answer (from L1 now, or from the origin).

@@ -542,3 +542,26 @@ async fn a_leader_whose_client_went_away_releases_its_lease() {
     origin.gate.notify_one();
     assert_eq!(next.await.unwrap().body, "slow");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_killed_again_and_again_is_retried_with_growing_pauses() {
+    let server = RedisServer::start().unwrap();
+    let origin = Origin::default();
+    let a = instance(&server.url(), "t12", &origin, Duration::from_secs(60));
+    let handle = a.handle.clone();
+    let subscriptions = |n: u64| {
+        let handle = handle.clone();
+        move || handle.tier_stats().subscriptions >= n
+    };
+    eventually("the first subscription", subscriptions(1)).await;
+    let started = std::time::Instant::now();
+    for n in 2..=5 {
+        server.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]).unwrap();
+        eventually("a new subscription", subscriptions(n)).await;
+    }
+    // Pauses of 50, 100, 200 and 400 ms: a server that keeps killing subscribers is not
+    // reconnected to (and L1 not flushed) in a tight loop.
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(600), "{elapsed:?}");
+    assert!(a.handle.tier_stats().flushes <= 4);
+}
