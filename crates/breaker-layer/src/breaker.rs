@@ -404,7 +404,11 @@ impl CircuitBreaker {
             rng: fastrand::Rng::new(),
         };
         let visible = core.visible();
-        let metrics = Handles::register(&config.name, key.as_deref());
+        let metrics = Handles::register(
+            &config.name,
+            key.as_deref().filter(|_| config.key_label),
+            key.is_some(),
+        );
         metrics.state.set(visible.gauge_value());
         Self {
             shared: Arc::new(Shared {

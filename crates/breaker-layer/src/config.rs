@@ -103,6 +103,8 @@ pub(crate) struct Config {
     pub(crate) initial_state: BreakerState,
     pub(crate) transition_capacity: usize,
     pub(crate) open_listener: Arc<OnceLock<OpenListener>>,
+    /// Per-key breakers label their metric series with their key (see `KeyedBuilder::key_label`).
+    pub(crate) key_label: bool,
 }
 
 impl fmt::Debug for Config {
@@ -168,6 +170,7 @@ impl Default for BreakerBuilder {
                 initial_state: BreakerState::Closed,
                 transition_capacity: 64,
                 open_listener: Arc::new(OnceLock::new()),
+                key_label: false,
             },
         }
     }

@@ -99,9 +99,24 @@ pub struct KeyedBuilder {
     template: BreakerBuilder,
     max_keys: usize,
     idle_timeout: Option<Duration>,
+    key_label: bool,
 }
 
 impl KeyedBuilder {
+    /// Label each breaker's metric series with its key (`key="tenant-a"`) and give each its own `breaker_state`
+    /// gauge. Turn it on only when the keys come from a small set you control (route templates, configured
+    /// upstream hosts): a metrics recorder keeps every series it has seen, even after the registry evicts the
+    /// breaker, so keys taken from request headers (`Host`, a tenant header) would let clients grow it without
+    /// bound. Off, the registry's breakers share the call and transition series of the registry's name, and
+    /// per-key states are visible through [`KeyedBreakers::subscribe`], [`KeyedBreakers::get`] and tracing events
+    /// (which always carry the key).
+    ///
+    /// Defaults to `false`.
+    pub fn key_label(mut self, yes: bool) -> Self {
+        self.key_label = yes;
+        self
+    }
+
     /// Most breakers held at once; when full, a new key evicts an idle breaker, else the least recently used
     /// Closed one, else the least recently used. Must be non-zero.
     ///
@@ -131,7 +146,8 @@ impl KeyedBuilder {
                 "must be non-zero when set",
             ));
         }
-        let config = self.template.validated()?;
+        let mut config = self.template.validated()?;
+        config.key_label = self.key_label;
         let (transitions, _) = broadcast::channel(config.transition_capacity);
         let evicted = |reason: &'static str| {
             metrics::counter!(
@@ -219,6 +235,7 @@ impl KeyedBreakers {
             template,
             max_keys: 1024,
             idle_timeout: Some(Duration::from_secs(600)),
+            key_label: false,
         }
     }
 
@@ -436,6 +453,59 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(HostKey.extract(&req).as_deref(), Some("[::1]"));
+    }
+
+    /// Distinct metric series the recorder holds, and whether any carries a `key` label.
+    fn series(snapshotter: &metrics_util::debugging::Snapshotter) -> (usize, bool) {
+        let all = snapshotter.snapshot().into_vec();
+        let keyed = all.iter().any(|(k, ..)| {
+            k.key()
+                .labels()
+                .any(|l| l.key() == crate::metrics::LABEL_KEY)
+        });
+        (all.len(), keyed)
+    }
+
+    #[test]
+    fn flooding_keys_does_not_grow_the_metrics_recorder_by_default() {
+        let recorder = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let r = KeyedBreakers::builder(
+                CircuitBreaker::builder()
+                    .name("flood")
+                    .consecutive_failures(1),
+            )
+            .max_keys(4)
+            .build()
+            .unwrap();
+            for i in 0..50 {
+                r.get_or_insert(&format!("attacker-{i}"))
+                    .try_acquire()
+                    .unwrap()
+                    .failure();
+            }
+            let (count, keyed) = series(&snapshotter);
+            assert!(
+                !keyed,
+                "keys from requests must not become label values unless asked for"
+            );
+            assert!(count < 20, "{count} series for one registry");
+
+            let labelled = KeyedBreakers::builder(CircuitBreaker::builder().name("upstreams"))
+                .key_label(true)
+                .build()
+                .unwrap();
+            labelled
+                .get_or_insert("a.example")
+                .try_acquire()
+                .unwrap()
+                .success();
+            assert!(
+                series(&snapshotter).1,
+                "key_label(true) labels series with the key"
+            );
+        });
     }
 
     #[test]

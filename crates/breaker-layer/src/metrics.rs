@@ -41,9 +41,11 @@ pub(crate) struct Handles {
 }
 
 impl Handles {
-    pub(crate) fn register(name: &str, key: Option<&str>) -> Self {
+    /// `label_key` is the key to put in the labels, if any; a keyed breaker without it shares the aggregate call
+    /// and transition series of its registry and sets no state gauge (one gauge cannot hold many states).
+    pub(crate) fn register(name: &str, label_key: Option<&str>, keyed: bool) -> Self {
         let mut labels = vec![Label::new(LABEL_BREAKER, name.to_owned())];
-        if let Some(key) = key {
+        if let Some(key) = label_key {
             labels.push(Label::new(LABEL_KEY, key.to_owned()));
         }
         let calls = |outcome: &'static str| {
@@ -52,7 +54,11 @@ impl Handles {
             metrics::counter!(BREAKER_CALLS_TOTAL, l)
         };
         Self {
-            state: metrics::gauge!(BREAKER_STATE, labels.clone()),
+            state: if keyed && label_key.is_none() {
+                Gauge::noop()
+            } else {
+                metrics::gauge!(BREAKER_STATE, labels.clone())
+            },
             success: calls("success"),
             failure: calls("failure"),
             slow: calls("slow"),

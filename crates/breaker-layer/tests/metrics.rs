@@ -84,9 +84,10 @@ async fn calls_states_transitions_and_evictions_are_recorded() {
         1.0
     );
 
-    // Per-key breakers carry their key; the registry counts evictions.
+    // Per-key breakers asked to carry their key do; the registry counts evictions.
     let keyed = KeyedBreakers::builder(CircuitBreaker::builder().name("k").consecutive_failures(1))
         .max_keys(1)
+        .key_label(true)
         .build()
         .unwrap();
     keyed
