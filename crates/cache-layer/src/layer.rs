@@ -47,6 +47,9 @@ impl fmt::Debug for CacheLayer {
     }
 }
 
+/// Longest cache name: every `Cache-Status` value is formatted in a fixed stack buffer.
+const MAX_NAME_LEN: usize = 64;
+
 /// State shared by the layer, its services and its handle.
 pub(crate) struct Shared {
     pub(crate) config: Config,
@@ -71,6 +74,7 @@ pub(crate) struct Config {
     pub(crate) max_variants: usize,
     pub(crate) early_refresh_beta: Option<f64>,
     pub(crate) cache_status: bool,
+    pub(crate) refresh_timeout: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -137,6 +141,7 @@ impl CacheLayer {
             max_variants: b.max_variants,
             early_refresh_beta: b.early_refresh_beta,
             cache_status: b.cache_status,
+            refresh_timeout: b.refresh_timeout,
         };
         let lower =
             (!lower_config.is_empty()).then(|| Lower::start(lower_config, l1.clone(), clock));
@@ -223,6 +228,7 @@ pub struct CacheLayerBuilder {
     max_variants: usize,
     max_tag_entries: u64,
     max_in_flight_refreshes: usize,
+    refresh_timeout: Duration,
     early_refresh_beta: Option<f64>,
     cache_status: bool,
     lower: LowerConfig,
@@ -260,6 +266,7 @@ impl Default for CacheLayerBuilder {
             max_variants: 8,
             max_tag_entries: 1_000_000,
             max_in_flight_refreshes: 1024,
+            refresh_timeout: Duration::from_secs(30),
             early_refresh_beta: None,
             cache_status: true,
             lower: LowerConfig::default(),
@@ -379,6 +386,14 @@ impl CacheLayerBuilder {
         self
     }
 
+    /// Longest a background refresh may take; past it the refresh is dropped and its key may
+    /// be refreshed again, so an origin that never answers cannot hold a key's (or every)
+    /// refresh slot forever. Defaults to 30 s.
+    pub fn refresh_timeout(mut self, timeout: Duration) -> Self {
+        self.refresh_timeout = timeout;
+        self
+    }
+
     /// Turns on probabilistic early refresh (XFetch) with this beta (1.0 is the usual value):
     /// a fresh hit close to expiry starts one background refresh. Defaults to off.
     pub fn early_refresh(mut self, beta: Option<f64>) -> Self {
@@ -426,8 +441,17 @@ impl CacheLayerBuilder {
                 "lower tiers must be built inside a tokio runtime",
             ));
         }
-        if self.name.is_empty() || !self.name.bytes().all(crate::directives::is_tchar) {
-            return Err(ConfigError::new("cache_name", "must be a non-empty token"));
+        if self.name.is_empty()
+            || self.name.len() > MAX_NAME_LEN
+            || !self.name.bytes().all(crate::directives::is_tchar)
+        {
+            return Err(ConfigError::new(
+                "cache_name",
+                "must be a non-empty token of at most 64 bytes",
+            ));
+        }
+        if self.refresh_timeout.is_zero() {
+            return Err(ConfigError::new("refresh_timeout", "must be above zero"));
         }
         if let Some(n) = self.target_name.take() {
             self.target = Some(HeaderName::from_bytes(n.as_bytes()).map_err(|_| {

@@ -432,20 +432,26 @@ impl<S> Cache<S> {
         parts.method = Method::GET;
         let mut inner = self.inner.clone();
         let shared = shared.clone();
+        let limit = shared.config.refresh_timeout;
         runtime.spawn(async move {
             let _guard: InFlightGuard = guard;
-            if poll_fn(|cx| inner.poll_ready(cx)).await.is_err() {
-                return;
-            }
-            let ctx = FetchCtx {
-                key,
-                stale: Some(v),
-                fwd: Fwd::Stale,
-                req_dirs: RequestDirectives::default(),
-                background: true,
+            let refresh = async move {
+                if poll_fn(|cx| inner.poll_ready(cx)).await.is_err() {
+                    return;
+                }
+                let ctx = FetchCtx {
+                    key,
+                    stale: Some(v),
+                    fwd: Fwd::Stale,
+                    req_dirs: RequestDirectives::default(),
+                    background: true,
+                };
+                if let Ok(resp) = fetch(shared, inner, parts, body, ctx).await {
+                    drop(resp);
+                }
             };
-            if let Ok(resp) = fetch(shared, inner, parts, body, ctx).await {
-                drop(resp);
+            if tokio::time::timeout(limit, refresh).await.is_err() {
+                tracing::debug!("background refresh timed out");
             }
         });
     }

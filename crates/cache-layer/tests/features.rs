@@ -815,3 +815,73 @@ async fn long_keys_count_against_the_byte_bound() {
     );
     assert!(handle.weighted_size() <= 64 * 1024);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_the_origin_never_answers_frees_its_slot() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let layer = CacheLayer::builder()
+        .refresh_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let app = Router::new()
+        .route(
+            "/",
+            axum::routing::get(move || {
+                let c = c.clone();
+                async move {
+                    let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                    if n == 2 {
+                        std::future::pending::<()>().await;
+                    }
+                    (
+                        [("cache-control", "max-age=1, stale-while-revalidate=600")],
+                        format!("call {n}"),
+                    )
+                }
+            }),
+        )
+        .layer(layer);
+    get(&app, "/").await;
+    advance(2.0).await;
+    assert_eq!(get(&app, "/").await.text(), "call 1");
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        (calls.load(Ordering::SeqCst), handle.refreshes_in_flight()),
+        (2, 1)
+    );
+    advance(11.0).await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        handle.refreshes_in_flight(),
+        0,
+        "the hung refresh gave its slot back"
+    );
+    assert_eq!(get(&app, "/").await.text(), "call 1");
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "the key is refreshed again"
+    );
+    assert_eq!(get(&app, "/").await.text(), "call 3");
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    let long = "c".repeat(65);
+    let e = CacheLayer::builder().cache_name(long).build().unwrap_err();
+    assert!(e.to_string().contains("cache_name"), "{e}");
+    let e = CacheLayer::builder()
+        .refresh_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("refresh_timeout"), "{e}");
+}
