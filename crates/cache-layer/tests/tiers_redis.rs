@@ -502,7 +502,7 @@ async fn a_prefix_purge_empties_redis_and_every_l1() {
 async fn a_leader_whose_client_went_away_releases_its_lease() {
     let server = RedisServer::start().unwrap();
     let origin = Origin::default();
-    let l2 = RedisTier::builder(&server.url())
+    let l2 = RedisTier::builder(server.url())
         .prefix("t11")
         .timeout(Duration::from_millis(100))
         .lease_ttl(Duration::from_secs(60))
