@@ -128,7 +128,9 @@ impl Rejected {
     /// [`retry_after`](Self::retry_after) in whole seconds, rounded up and at least 1, as `Retry-After` wants it.
     pub fn retry_after_secs(&self) -> u64 {
         let d = self.retry_after;
-        (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+        d.as_secs()
+            .saturating_add(u64::from(d.subsec_nanos() > 0))
+            .max(1)
     }
 
     /// The state that refused the call: Open, HalfOpen (no free probe slot) or ForcedOpen.
@@ -1334,6 +1336,18 @@ mod tests {
         assert_eq!(called.load(Ordering::Relaxed), 0, "b was never attached");
         fail_n(&a, 1);
         assert_eq!(called.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_of_the_longest_wait_does_not_overflow() {
+        let b = CircuitBreaker::builder()
+            .wait_in_open(Duration::MAX)
+            .build()
+            .unwrap();
+        b.force_open();
+        let r = b.try_acquire().unwrap_err();
+        assert_eq!(r.retry_after(), Duration::MAX);
+        assert_eq!(r.retry_after_secs(), u64::MAX);
     }
 
     #[tokio::test(start_paused = true)]

@@ -195,7 +195,9 @@ impl BreakerBuilder {
 
     /// Judge the calls of the last `span`, counted in one-second buckets (`span` is rounded up to whole seconds).
     pub fn time_window(mut self, span: Duration) -> Self {
-        let secs = span.as_secs() + u64::from(span.subsec_nanos() > 0);
+        let secs = span
+            .as_secs()
+            .saturating_add(u64::from(span.subsec_nanos() > 0));
         let buckets = u32::try_from(secs).unwrap_or(u32::MAX);
         self.config.window = SlidingWindow::Time {
             buckets,
@@ -530,6 +532,14 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("`failure_rate_threshold`"), "{text}");
         assert!(text.contains("101"), "{text}");
+    }
+
+    #[test]
+    fn the_longest_time_window_is_rejected_not_a_panic() {
+        assert_eq!(
+            field_of(BreakerBuilder::default().time_window(Duration::MAX)),
+            "time_window"
+        );
     }
 
     #[test]
