@@ -9,14 +9,16 @@
 //! load spreads over all of them; the report takes medians over rounds.
 //!
 //! Besides requests per second it reads the CPU time of every thread of the process from
-//! `/proc/self/task/*/schedstat`: the server side's CPU time per request is a second, less load-sensitive
-//! measure of what a layer costs, and the busy fractions show whether the server (not the generator) was
-//! the bottleneck. Threads are pinned with `taskset` (`--pin`), so the scheduler cannot switch the server and
-//! the generator between sharing a core and having one each in the middle of a run.
+//! `/proc/self/task/*/schedstat`: the server side's CPU time per request is the measure of what a layer
+//! costs that other processes' load disturbs least. Threads are pinned with `taskset` (`--pin`): by default
+//! server and generator share CPU 0 and take turns, which keeps that figure steady to a few percent; `split`
+//! gives the generator a CPU of its own. Before each window the harness waits (bounded) for other processes
+//! to leave its CPUs alone, and reports how much CPU they used.
 //!
 //! ```text
 //! cargo run --release --bin throughput -- [--variants a,b,c] [--rounds N] [--seconds S] [--connections C]
-//!                                         [--warmup S] [--seed N] [--pin split|shared|off] [--out PATH]
+//!                                         [--warmup S] [--seed N] [--pin shared|split|off] [--quiet-wait S]
+//!                                         [--out PATH]
 //! ```
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -62,8 +64,8 @@ const VALIDATION_REQUESTS: u64 = 5;
 /// so background work of the previous variant (span export, cache housekeeping) does not land in the next
 /// one's CPU account.
 const QUIET_SAMPLE: Duration = Duration::from_millis(250);
-/// Other processes' CPU use (in cores) below which the machine counts as quiet.
-const QUIET_CORES: f64 = 0.1;
+/// Other processes' CPU use (in cores) that counts as noise when they have no CPU of their own.
+const NOISE_CORES: f64 = 0.1;
 
 /// The fixed response body: about 1 KiB of chat history as JSON.
 fn body() -> &'static Bytes {
@@ -141,17 +143,27 @@ impl Variant {
             Self::Bare => "the router alone",
             Self::Identity => "`Router::layer(Identity)`: the cost every `Router::layer` pays",
             Self::Breaker => "breaker-layer `BreakerLayer`, closed",
-            Self::Dedup => "dedup-layer `DedupLayer`, every request a distinct query string (nothing to coalesce)",
+            Self::Dedup => {
+                "dedup-layer `DedupLayer`, every request a distinct query string (nothing to coalesce)"
+            }
             Self::CacheHit => "cache-layer `CacheLayer`, L1 hit (same URL every request)",
-            Self::Telemetry => "telemetry-layer: HTTP metrics + one span per request exported over OTLP (batched)",
-            Self::TelemetryMetrics => "telemetry-layer: HTTP metrics only (no span export, no subscriber)",
-            Self::TowerResilience => "tower-resilience `CircuitBreakerLayer`, closed (behind `HandleErrorLayer`)",
+            Self::Telemetry => {
+                "telemetry-layer: HTTP metrics + one span per request exported over OTLP (batched)"
+            }
+            Self::TelemetryMetrics => {
+                "telemetry-layer: HTTP metrics only (no span export, no subscriber)"
+            }
+            Self::TowerResilience => {
+                "tower-resilience `CircuitBreakerLayer`, closed (behind `HandleErrorLayer`)"
+            }
             Self::AxumResponseCache => "axum-response-cache `CacheLayer`, hit",
             Self::HttpCacheTower => {
                 "http-cache-tower-server `ServerCacheLayer` (moka), hit (behind `HandleErrorLayer`)"
             }
             Self::AxumPrometheus => "axum-prometheus `PrometheusMetricLayer`",
-            Self::TraceLayer => "tower-http `TraceLayer`, INFO spans + response event formatted by `fmt` into a sink",
+            Self::TraceLayer => {
+                "tower-http `TraceLayer`, INFO spans + response event formatted by `fmt` into a sink"
+            }
         }
     }
 
@@ -169,7 +181,10 @@ impl Variant {
 
     /// Whether the measured requests are answered from a cache.
     fn cached(self) -> bool {
-        matches!(self, Self::CacheHit | Self::AxumResponseCache | Self::HttpCacheTower)
+        matches!(
+            self,
+            Self::CacheHit | Self::AxumResponseCache | Self::HttpCacheTower
+        )
     }
 }
 
@@ -203,7 +218,10 @@ fn routes(calls: Arc<AtomicU64>) -> Router {
             async {
                 (
                     [
-                        (CACHE_CONTROL, HeaderValue::from_static("public, max-age=60")),
+                        (
+                            CACHE_CONTROL,
+                            HeaderValue::from_static("public, max-age=60"),
+                        ),
                         (CONTENT_TYPE, HeaderValue::from_static("application/json")),
                     ],
                     body().clone(),
@@ -237,7 +255,10 @@ impl Server {
             Variant::Identity => (routes.layer(Identity::new()), Probe::None),
             Variant::Breaker => {
                 let breaker = CircuitBreaker::builder().name("throughput").build()?;
-                (routes.layer(BreakerLayer::new(breaker.clone())), Probe::Breaker(breaker))
+                (
+                    routes.layer(BreakerLayer::new(breaker.clone())),
+                    Probe::Breaker(breaker),
+                )
             }
             Variant::Dedup => {
                 let layer = dedup_layer::DedupLayer::new();
@@ -257,10 +278,16 @@ impl Server {
                     return Err("telemetry: span export is not enabled".into());
                 }
                 dispatch = Some(tracing::Dispatch::new(
-                    tracing_subscriber::registry()
-                        .with(telemetry.otel_layer().map(|layer| layer.with_filter(LevelFilter::INFO))),
+                    tracing_subscriber::registry().with(
+                        telemetry
+                            .otel_layer()
+                            .map(|layer| layer.with_filter(LevelFilter::INFO)),
+                    ),
                 ));
-                (telemetry.instrument(routes), Probe::Telemetry(Box::new(telemetry)))
+                (
+                    telemetry.instrument(routes),
+                    Probe::Telemetry(Box::new(telemetry)),
+                )
             }
             Variant::TelemetryMetrics => {
                 let telemetry = Telemetry::builder()
@@ -269,7 +296,10 @@ impl Server {
                     .install_subscriber(false)
                     .from_env(false)
                     .build()?;
-                (telemetry.instrument(routes), Probe::TelemetryMetrics(Box::new(telemetry)))
+                (
+                    telemetry.instrument(routes),
+                    Probe::TelemetryMetrics(Box::new(telemetry)),
+                )
             }
             Variant::TowerResilience => {
                 let breaker = tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
@@ -279,7 +309,9 @@ impl Server {
                 let app = routes.layer(
                     ServiceBuilder::new()
                         .layer(HandleErrorLayer::new(
-                            |_: tower_resilience_circuitbreaker::CircuitBreakerError<Infallible>| async {
+                            |_: tower_resilience_circuitbreaker::CircuitBreakerError<
+                                Infallible,
+                            >| async {
                                 StatusCode::SERVICE_UNAVAILABLE
                             },
                         ))
@@ -288,7 +320,9 @@ impl Server {
                 (app, Probe::None)
             }
             Variant::AxumResponseCache => (
-                routes.layer(axum_response_cache::CacheLayer::with_lifespan(Duration::from_secs(60))),
+                routes.layer(axum_response_cache::CacheLayer::with_lifespan(
+                    Duration::from_secs(60),
+                )),
                 Probe::None,
             ),
             Variant::HttpCacheTower => {
@@ -297,11 +331,16 @@ impl Server {
                         .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
                             StatusCode::INTERNAL_SERVER_ERROR
                         }))
-                        .layer(http_cache_tower_server::ServerCacheLayer::new(http_cache::MokaManager::default())),
+                        .layer(http_cache_tower_server::ServerCacheLayer::new(
+                            http_cache::MokaManager::default(),
+                        )),
                 );
                 (app, Probe::None)
             }
-            Variant::AxumPrometheus => (routes.layer(axum_prometheus::PrometheusMetricLayer::new()), Probe::Prometheus),
+            Variant::AxumPrometheus => (
+                routes.layer(axum_prometheus::PrometheusMetricLayer::new()),
+                Probe::Prometheus,
+            ),
             Variant::TraceLayer => {
                 let written = Arc::new(AtomicU64::new(0));
                 let sink = written.clone();
@@ -406,9 +445,7 @@ impl Env {
             post(move |body: Bytes| {
                 counter.fetch_add(1, Ordering::Relaxed);
                 received.fetch_add(body.len() as u64, Ordering::Relaxed);
-                async move {
-                    ([(CONTENT_TYPE, "application/x-protobuf")], Bytes::new())
-                }
+                async move { ([(CONTENT_TYPE, "application/x-protobuf")], Bytes::new()) }
             }),
         );
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
@@ -450,7 +487,12 @@ impl Env {
 
 /// The calling thread's id, from `/proc/thread-self` (a link to `/proc/<pid>/task/<tid>`).
 fn current_tid() -> Option<u32> {
-    std::fs::read_link("/proc/thread-self").ok()?.file_name()?.to_str()?.parse().ok()
+    std::fs::read_link("/proc/thread-self")
+        .ok()?
+        .file_name()?
+        .to_str()?
+        .parse()
+        .ok()
 }
 
 /// Nanoseconds on CPU of every live thread of this process.
@@ -460,12 +502,20 @@ fn cpu_snapshot() -> HashMap<u32, u64> {
         return threads;
     };
     for entry in dir.flatten() {
-        let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let on_cpu = std::fs::read_to_string(entry.path().join("schedstat"))
             .ok()
-            .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()));
+            .and_then(|s| {
+                s.split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse::<u64>().ok())
+            });
         if let Some(ns) = on_cpu {
             threads.insert(tid, ns);
         }
@@ -475,7 +525,11 @@ fn cpu_snapshot() -> HashMap<u32, u64> {
 
 /// CPU nanoseconds spent between two snapshots by the threads `select` accepts (threads born in between
 /// count from zero).
-fn cpu_between(before: &HashMap<u32, u64>, after: &HashMap<u32, u64>, select: impl Fn(u32) -> bool) -> u64 {
+fn cpu_between(
+    before: &HashMap<u32, u64>,
+    after: &HashMap<u32, u64>,
+    select: impl Fn(u32) -> bool,
+) -> u64 {
     after
         .iter()
         .filter(|(tid, _)| select(**tid))
@@ -505,6 +559,16 @@ impl Pinning {
         }
     }
 
+    /// Other processes' CPU use (in cores) that leaves the CPUs this run uses alone: with everything on
+    /// one CPU, the others may have the rest.
+    fn quiet_cores(self) -> f64 {
+        let cpus = cpu_count() as f64;
+        match self {
+            Self::Shared => (cpus - 1.0 - NOISE_CORES).max(NOISE_CORES),
+            Self::Split | Self::Off => NOISE_CORES,
+        }
+    }
+
     fn describe(self) -> &'static str {
         match self {
             Self::Split => "split: server threads on CPU 1, load generator and OTLP sink on CPU 0",
@@ -521,7 +585,11 @@ fn pin(tid: u32, cpu: usize) -> Result<()> {
         .output()
         .map_err(|e| format!("cannot run taskset (use --pin off): {e}"))?;
     if !output.status.success() {
-        return Err(format!("taskset failed: {}", String::from_utf8_lossy(&output.stderr).trim()).into());
+        return Err(format!(
+            "taskset failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )
+        .into());
     }
     Ok(())
 }
@@ -531,7 +599,12 @@ fn pin(tid: u32, cpu: usize) -> Result<()> {
 fn machine_busy_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().next()?;
-    let ticks: Vec<u64> = line.split_whitespace().skip(1).take(3).filter_map(|t| t.parse().ok()).collect();
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(3)
+        .filter_map(|t| t.parse().ok())
+        .collect();
     // USER_HZ is 100 on Linux.
     (ticks.len() == 3).then(|| ticks.iter().sum::<u64>() as f64 / 100.0)
 }
@@ -564,16 +637,16 @@ impl Usage {
     }
 }
 
-/// Watches the machine until other processes leave it alone (use less than [`QUIET_CORES`]) or `max_wait`
-/// has passed; returns the time waited beyond the first look.
-fn wait_for_quiet(max_wait: Duration) -> Duration {
+/// Watches the machine until other processes leave our CPUs alone (use less than `quiet_cores`) or
+/// `max_wait` has passed; returns the time waited beyond the first look.
+fn wait_for_quiet(quiet_cores: f64, max_wait: Duration) -> Duration {
     let start = std::time::Instant::now();
     loop {
         let before = Usage::now();
         std::thread::sleep(QUIET_SAMPLE);
         let others = Usage::now().others_since(&before);
         let waited = start.elapsed().saturating_sub(QUIET_SAMPLE);
-        if others.is_nan() || others < QUIET_CORES || waited >= max_wait {
+        if others.is_nan() || others < quiet_cores || waited >= max_wait {
             return waited;
         }
     }
@@ -626,7 +699,10 @@ impl Requests {
 }
 
 /// One response, read to its end.
-async fn exchange(sender: &mut Sender, request: Request<Empty<Bytes>>) -> Result<(StatusCode, HeaderMap, Bytes)> {
+async fn exchange(
+    sender: &mut Sender,
+    request: Request<Empty<Bytes>>,
+) -> Result<(StatusCode, HeaderMap, Bytes)> {
     sender.ready().await?;
     let response = sender.send_request(request).await?;
     let (parts, body) = response.into_parts();
@@ -664,7 +740,9 @@ async fn drive(
         if started >= window_start && ended <= window_end {
             result.measured += 1;
             if result.latencies_ns.len() < MAX_SAMPLES_PER_CONNECTION {
-                result.latencies_ns.push((ended - started).as_nanos() as u64);
+                result
+                    .latencies_ns
+                    .push((ended - started).as_nanos() as u64);
             }
         }
     }
@@ -695,7 +773,12 @@ struct Settings {
     window: Duration,
 }
 
-async fn measure(server: &Server, env: &Env, generator_tid: u32, settings: &Settings) -> Result<Sample> {
+async fn measure(
+    server: &Server,
+    env: &Env,
+    generator_tid: u32,
+    settings: &Settings,
+) -> Result<Sample> {
     let mut senders = Vec::with_capacity(settings.connections);
     for _ in 0..settings.connections {
         senders.push(connect(server.addr).await?);
@@ -705,7 +788,12 @@ async fn measure(server: &Server, env: &Env, generator_tid: u32, settings: &Sett
     let mut tasks = Vec::with_capacity(senders.len());
     for (i, sender) in senders.into_iter().enumerate() {
         let requests = Requests::new(server.addr, server.variant.unique_urls(), i)?;
-        tasks.push(tokio::spawn(drive(sender, requests, window_start, window_end)));
+        tasks.push(tokio::spawn(drive(
+            sender,
+            requests,
+            window_start,
+            window_end,
+        )));
     }
 
     tokio::time::sleep_until(window_start).await;
@@ -727,8 +815,14 @@ async fn measure(server: &Server, env: &Env, generator_tid: u32, settings: &Sett
     if measured == 0 {
         return Err("no request completed inside the window".into());
     }
-    let excluded = env.excluded_threads.lock().map(|set| set.clone()).unwrap_or_default();
-    let server_ns = cpu_between(cpu_before, cpu_after, |tid| tid != generator_tid && !excluded.contains(&tid));
+    let excluded = env
+        .excluded_threads
+        .lock()
+        .map(|set| set.clone())
+        .unwrap_or_default();
+    let server_ns = cpu_between(cpu_before, cpu_after, |tid| {
+        tid != generator_tid && !excluded.contains(&tid)
+    });
     let generator_ns = cpu_between(cpu_before, cpu_after, |tid| tid == generator_tid);
     let p50_us = percentile(&mut latencies, 0.50) / 1e3;
     let p99_us = percentile(&mut latencies, 0.99) / 1e3;
@@ -781,21 +875,32 @@ async fn validate(server: &Server, env: &Env) -> Result<()> {
                 .unwrap_or("");
             let hit = cache_status.split(';').any(|p| p.trim() == "hit");
             if hit != (i > 0) {
-                return Err(fail(format!("request {i} answered Cache-Status `{cache_status}`")));
+                return Err(fail(format!(
+                    "request {i} answered Cache-Status `{cache_status}`"
+                )));
             }
         }
     }
     let reached = server.calls() - calls_before;
-    let expected = if server.variant.cached() { 1 } else { VALIDATION_REQUESTS };
+    let expected = if server.variant.cached() {
+        1
+    } else {
+        VALIDATION_REQUESTS
+    };
     if reached != expected {
-        return Err(fail(format!("{reached} of {VALIDATION_REQUESTS} requests reached the handler, expected {expected}")));
+        return Err(fail(format!(
+            "{reached} of {VALIDATION_REQUESTS} requests reached the handler, expected {expected}"
+        )));
     }
 
     match &server.probe {
         Probe::None => {}
         Probe::Breaker(breaker) => {
             if breaker.state() != BreakerState::Closed {
-                return Err(fail(format!("breaker is {:?}, not closed", breaker.state())));
+                return Err(fail(format!(
+                    "breaker is {:?}, not closed",
+                    breaker.state()
+                )));
             }
         }
         Probe::Dedup(handle) => {
@@ -807,7 +912,9 @@ async fn validate(server: &Server, env: &Env) -> Result<()> {
                 let mut sender = connect(server.addr).await?;
                 let mut requests = Requests::new(server.addr, true, usize::MAX - 1 - i)?;
                 let request = requests.next()?;
-                tasks.push(tokio::spawn(async move { exchange(&mut sender, request).await }));
+                tasks.push(tokio::spawn(
+                    async move { exchange(&mut sender, request).await },
+                ));
             }
             for task in tasks {
                 let (status, _, _) = task.await??;
@@ -817,7 +924,9 @@ async fn validate(server: &Server, env: &Env) -> Result<()> {
             }
             let reached = server.calls() - before;
             if reached != burst as u64 {
-                return Err(fail(format!("{reached} of {burst} distinct concurrent requests reached the handler")));
+                return Err(fail(format!(
+                    "{reached} of {burst} distinct concurrent requests reached the handler"
+                )));
             }
             if handle.inflight() != 0 || handle.waiters() != 0 {
                 return Err(fail("in-flight map not empty after the burst".to_owned()));
@@ -888,7 +997,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: throughput [--variants a,b,c] [--rounds N] [--seconds S] [--connections C] \
-                     [--warmup S] [--seed N] [--pin split|shared|off] [--quiet-wait S] [--out PATH]";
+                     [--warmup S] [--seed N] [--pin shared|split|off] [--quiet-wait S] [--out PATH]";
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
@@ -897,8 +1006,11 @@ fn parse_args() -> Result<Args> {
         seconds: 2.0,
         warmup: 0.3,
         connections: 32,
-        seed: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1),
-        pinning: Pinning::Split,
+        seed: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1),
+        pinning: Pinning::Shared,
         quiet_wait: 3.0,
         out: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results/throughput.md"),
     };
@@ -908,13 +1020,18 @@ fn parse_args() -> Result<Args> {
             println!("{USAGE}\nvariants: {}", ALL.map(Variant::name).join(", "));
             std::process::exit(0);
         }
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
         match flag.as_str() {
             "--variants" => {
                 let mut chosen = vec![Variant::Bare, Variant::Identity];
                 for name in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                     let v = Variant::parse(name).ok_or_else(|| {
-                        format!("unknown variant `{name}`; known: {}", ALL.map(Variant::name).join(", "))
+                        format!(
+                            "unknown variant `{name}`; known: {}",
+                            ALL.map(Variant::name).join(", ")
+                        )
                     })?;
                     if !chosen.contains(&v) {
                         chosen.push(v);
@@ -929,7 +1046,8 @@ fn parse_args() -> Result<Args> {
             "--seed" => args.seed = value.parse()?,
             "--quiet-wait" => args.quiet_wait = value.parse()?,
             "--pin" => {
-                args.pinning = Pinning::parse(&value).ok_or_else(|| format!("--pin takes split, shared or off\n{USAGE}"))?
+                args.pinning = Pinning::parse(&value)
+                    .ok_or_else(|| format!("--pin takes shared, split or off\n{USAGE}"))?
             }
             "--out" => args.out = value.into(),
             _ => return Err(format!("unknown option {flag}\n{USAGE}").into()),
@@ -950,7 +1068,7 @@ fn parse_args() -> Result<Args> {
     if !(1..=512).contains(&args.connections) {
         return Err("--connections must be 1..=512".into());
     }
-    if args.pinning == Pinning::Split && std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+    if args.pinning == Pinning::Split && cpu_count() < 2 {
         return Err("--pin split needs 2 CPUs; use --pin shared or off".into());
     }
     Ok(args)
@@ -999,26 +1117,45 @@ fn column(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> Vec<f64> {
 
 /// The smallest and largest of `values`.
 fn range(values: &[f64]) -> (f64, f64) {
-    values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+    values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
 }
 
 /// Median of each round's `value(variant) / value(bare)`: the two windows of a round are seconds apart, so
 /// slow drift of the machine cancels out.
 fn paired(samples: &[Sample], bare: &[Sample], value: impl Fn(&Sample) -> f64) -> f64 {
-    median(&samples.iter().zip(bare).map(|(s, b)| value(s) / value(b)).collect::<Vec<_>>())
+    median(
+        &samples
+            .iter()
+            .zip(bare)
+            .map(|(s, b)| value(s) / value(b))
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// Requests per second and latency, medians over rounds.
 fn throughput_table(args: &Args, results: &BTreeMap<Variant, Vec<Sample>>) -> String {
-    let rps = |v: Variant| results.get(&v).map_or(f64::NAN, |s| median(&column(s, |x| x.rps)));
+    let rps = |v: Variant| {
+        results
+            .get(&v)
+            .map_or(f64::NAN, |s| median(&column(s, |x| x.rps)))
+    };
     let (bare_rps, identity_rps) = (rps(Variant::Bare), rps(Variant::Identity));
-    let bare = results.get(&Variant::Bare).map(Vec::as_slice).unwrap_or(&[]);
+    let bare = results
+        .get(&Variant::Bare)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
     let mut out = String::from(
         "| variant | req/s (median) | min | max | × bare | × identity | × bare, paired | p50 µs | p99 µs |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for &variant in &args.variants {
-        let Some(samples) = results.get(&variant) else { continue };
+        let Some(samples) = results.get(&variant) else {
+            continue;
+        };
         let r = column(samples, |x| x.rps);
         let (min, max) = range(&r);
         let m = median(&r);
@@ -1039,16 +1176,25 @@ fn throughput_table(args: &Args, results: &BTreeMap<Variant, Vec<Sample>>) -> St
 /// Server-side CPU time per request, medians over rounds; ratios are bare's cost over the variant's, so
 /// they read like throughput ratios.
 fn cost_table(args: &Args, results: &BTreeMap<Variant, Vec<Sample>>) -> String {
-    let cpu = |v: Variant| results.get(&v).map_or(f64::NAN, |s| median(&column(s, |x| x.server_cpu_us)));
+    let cpu = |v: Variant| {
+        results
+            .get(&v)
+            .map_or(f64::NAN, |s| median(&column(s, |x| x.server_cpu_us)))
+    };
     let (bare_cpu, identity_cpu) = (cpu(Variant::Bare), cpu(Variant::Identity));
-    let bare = results.get(&Variant::Bare).map(Vec::as_slice).unwrap_or(&[]);
+    let bare = results
+        .get(&Variant::Bare)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
     let mut out = String::from(
         "| variant | server CPU µs/req (median) | min | max | CPU × bare | CPU × identity | CPU × bare, paired \
          | server busy | generator busy | others' CPU (cores) | handler calls/req |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for &variant in &args.variants {
-        let Some(samples) = results.get(&variant) else { continue };
+        let Some(samples) = results.get(&variant) else {
+            continue;
+        };
         let c = column(samples, |x| x.server_cpu_us);
         let (min, max) = range(&c);
         let m = median(&c);
@@ -1068,7 +1214,11 @@ fn cost_table(args: &Args, results: &BTreeMap<Variant, Vec<Sample>>) -> String {
     out
 }
 
-fn rounds_table(args: &Args, results: &BTreeMap<Variant, Vec<Sample>>, cell: impl Fn(&Sample) -> String) -> String {
+fn rounds_table(
+    args: &Args,
+    results: &BTreeMap<Variant, Vec<Sample>>,
+    cell: impl Fn(&Sample) -> String,
+) -> String {
     let mut out = String::from("| variant |");
     for round in 1..=args.rounds {
         let _ = write!(out, " {round} |");
@@ -1077,7 +1227,9 @@ fn rounds_table(args: &Args, results: &BTreeMap<Variant, Vec<Sample>>, cell: imp
     out.push_str(&"---:|".repeat(args.rounds));
     out.push('\n');
     for &variant in &args.variants {
-        let Some(samples) = results.get(&variant) else { continue };
+        let Some(samples) = results.get(&variant) else {
+            continue;
+        };
         let _ = write!(out, "| {} |", variant.name());
         for s in samples {
             let _ = write!(out, " {} |", cell(s));
@@ -1089,7 +1241,10 @@ fn rounds_table(args: &Args, results: &BTreeMap<Variant, Vec<Sample>>, cell: imp
 
 /// `YYYY-MM-DD HH:MM UTC` from the system clock (days to civil date after Howard Hinnant).
 fn utc_now() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -1100,7 +1255,18 @@ fn utc_now() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+/// CPUs of the machine, as `nproc` counts them when the process starts (pinning narrows what
+/// `available_parallelism` reports afterwards).
+fn cpu_count() -> usize {
+    static CPUS: OnceLock<usize> = OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 fn cpu_model() -> String {
@@ -1165,7 +1331,10 @@ fn run() -> Result<()> {
     let args = parse_args()?;
     let command = format!(
         "cargo run --release --bin throughput --{}",
-        std::env::args().skip(1).map(|a| format!(" {a}")).collect::<String>()
+        std::env::args()
+            .skip(1)
+            .map(|a| format!(" {a}"))
+            .collect::<String>()
     );
     let settings = Settings {
         connections: args.connections,
@@ -1186,6 +1355,9 @@ fn run() -> Result<()> {
 
     let generator_tid = current_tid().ok_or("cannot read /proc/thread-self")?;
     let load_before = load_average();
+    // Read before anything is pinned or measured: the binary was built from this state.
+    let source = source_state();
+    let _ = cpu_count();
     // Threads inherit the affinity of the thread that creates them: every runtime and helper thread is made
     // by this one, so pin it where the servers go first, then move the sink's threads and itself.
     match args.pinning {
@@ -1199,20 +1371,31 @@ fn run() -> Result<()> {
         servers.push(Server::start(variant, &env)?);
     }
     if args.pinning == Pinning::Split {
-        let sink_threads = env.excluded_threads.lock().map(|set| set.clone()).unwrap_or_default();
+        let sink_threads = env
+            .excluded_threads
+            .lock()
+            .map(|set| set.clone())
+            .unwrap_or_default();
         for tid in sink_threads {
             pin(tid, 0)?;
         }
         pin(generator_tid, 0)?;
     }
-    let generator = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let generator = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     for server in &servers {
         generator.block_on(validate(server, &env))?;
         eprintln!("validated {:<22} on {}", server.variant.name(), server.addr);
     }
 
-    let telemetry = servers.iter().find(|s| matches!(s.probe, Probe::Telemetry(_)));
-    let sink_before = (env.sink.bytes.load(Ordering::Relaxed), env.sink.exports.load(Ordering::Relaxed));
+    let telemetry = servers
+        .iter()
+        .find(|s| matches!(s.probe, Probe::Telemetry(_)));
+    let sink_before = (
+        env.sink.bytes.load(Ordering::Relaxed),
+        env.sink.exports.load(Ordering::Relaxed),
+    );
     let telemetry_calls_before = telemetry.map_or(0, Server::calls);
 
     let mut results: BTreeMap<Variant, Vec<Sample>> = BTreeMap::new();
@@ -1223,7 +1406,10 @@ fn run() -> Result<()> {
         shuffle.shuffle(&mut order);
         for &i in &order {
             let server = &servers[i];
-            waited += wait_for_quiet(Duration::from_secs_f64(args.quiet_wait));
+            waited += wait_for_quiet(
+                args.pinning.quiet_cores(),
+                Duration::from_secs_f64(args.quiet_wait),
+            );
             let sample = generator
                 .block_on(measure(server, &env, generator_tid, &settings))
                 .map_err(|e| format!("{} (round {round}): {e}", server.variant.name()))?;
@@ -1242,10 +1428,10 @@ fn run() -> Result<()> {
         }
     }
     for server in &servers {
-        if let Probe::Breaker(breaker) = &server.probe {
-            if breaker.state() != BreakerState::Closed {
-                return Err(format!("breaker ended {:?}, not closed", breaker.state()).into());
-            }
+        if let Probe::Breaker(breaker) = &server.probe
+            && breaker.state() != BreakerState::Closed
+        {
+            return Err(format!("breaker ended {:?}, not closed", breaker.state()).into());
         }
     }
 
@@ -1271,23 +1457,25 @@ fn run() -> Result<()> {
 
     let throughput = throughput_table(&args, &results);
     let cost = cost_table(&args, &results);
-    let summary = format!("Throughput, medians over rounds:\n\n{throughput}\nServer-side CPU per request:\n\n{cost}");
+    let summary = format!(
+        "Throughput, medians over rounds:\n\n{throughput}\nServer-side CPU per request:\n\n{cost}"
+    );
     println!("\n{summary}\n{notes}");
     let mut file = String::from("# Served-HTTP throughput\n\n");
     let _ = writeln!(file, "- date: {}", utc_now());
     let _ = writeln!(
         file,
         "- machine: {} CPUs (nproc), {}; load average {load_before} before, {} after",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        cpu_count(),
         cpu_model(),
         load_average()
     );
-    let _ = writeln!(file, "- source: {}", source_state());
+    let _ = writeln!(file, "- source: {source}");
     let _ = writeln!(file, "- command (in benches/peers): `{command}`");
     let _ = writeln!(
         file,
         "- settings: {} rounds × {} variants, {} s window after {} s warm-up, {} keep-alive connections, seed {}, \
-         pinning {}; before each window up to {} s waiting for other processes to use less than {QUIET_CORES} \
+         pinning {}; before each window up to {} s waiting for other processes to use less than {:.1} \
          core (waited {:.0} s in all)",
         args.rounds,
         args.variants.len(),
@@ -1297,10 +1485,15 @@ fn run() -> Result<()> {
         args.seed,
         args.pinning.describe(),
         args.quiet_wait,
+        args.pinning.quiet_cores(),
         waited.as_secs_f64()
     );
     file.push_str("\nEvery variant serves `GET /rooms/lobby/messages`, a fixed ");
-    let _ = write!(file, "{}-byte JSON body with `Cache-Control: public, max-age=60`:\n\n", body().len());
+    let _ = write!(
+        file,
+        "{}-byte JSON body with `Cache-Control: public, max-age=60`:\n\n",
+        body().len()
+    );
     for &variant in &args.variants {
         let _ = writeln!(file, "- `{}`: {}", variant.name(), variant.what());
     }
@@ -1315,7 +1508,9 @@ fn run() -> Result<()> {
     file.push_str("\n## req/s per round\n\n");
     file.push_str(&rounds_table(&args, &results, |x| format!("{:.0}", x.rps)));
     file.push_str("\n## Server CPU µs/req per round\n\n");
-    file.push_str(&rounds_table(&args, &results, |x| format!("{:.2}", x.server_cpu_us)));
+    file.push_str(&rounds_table(&args, &results, |x| {
+        format!("{:.2}", x.server_cpu_us)
+    }));
     file.push_str("\nSee README.md for how the figures are taken and how to read them.\n");
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir)?;
