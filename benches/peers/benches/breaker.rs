@@ -19,7 +19,11 @@ fn ours() -> BreakerLayer {
 }
 
 fn theirs() -> CircuitBreakerLayer {
-    CircuitBreakerLayer::builder().failure_rate_threshold(0.5).sliding_window_size(100).build().unwrap()
+    CircuitBreakerLayer::builder()
+        .failure_rate_threshold(0.5)
+        .sliding_window_size(100)
+        .build()
+        .unwrap()
 }
 
 fn app() -> Router {
@@ -31,11 +35,16 @@ fn request() -> Request<Body> {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// The cheapest possible inner service, so the breaker's own cost dominates.
-fn trivial() -> impl Service<Request<()>, Response = Response<Body>, Error = Infallible, Future: Send> + Clone + Send {
+fn trivial()
+-> impl Service<Request<()>, Response = Response<Body>, Error = Infallible, Future: Send> + Clone + Send
+{
     service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(Body::empty())) })
 }
 
@@ -63,11 +72,17 @@ fn closed_path(c: &mut Criterion) {
     });
     let mk = || Request::new(());
     let mut bare = trivial();
-    g.bench_function("service bare", |b| b.to_async(&rt).iter(|| drive_ref(&mut bare, mk)));
+    g.bench_function("service bare", |b| {
+        b.to_async(&rt).iter(|| drive_ref(&mut bare, mk))
+    });
     let mut with_ours = ours().layer(trivial());
-    g.bench_function("service breaker-layer", |b| b.to_async(&rt).iter(|| drive_ref(&mut with_ours, mk)));
+    g.bench_function("service breaker-layer", |b| {
+        b.to_async(&rt).iter(|| drive_ref(&mut with_ours, mk))
+    });
     let mut with_theirs = theirs().layer(trivial());
-    g.bench_function("service tower-resilience", |b| b.to_async(&rt).iter(|| drive_ref(&mut with_theirs, mk)));
+    g.bench_function("service tower-resilience", |b| {
+        b.to_async(&rt).iter(|| drive_ref(&mut with_theirs, mk))
+    });
     g.finish();
 }
 
@@ -88,17 +103,27 @@ fn axum_group(c: &mut Criterion) {
     let mut g = c.benchmark_group("axum");
     g.throughput(Throughput::Elements(1));
     let mut bare = app();
-    g.bench_function("bare", |b| b.to_async(&rt).iter(|| drive_ref(&mut bare, request)));
+    g.bench_function("bare", |b| {
+        b.to_async(&rt).iter(|| drive_ref(&mut bare, request))
+    });
     let mut with_ours = app().layer(ours());
-    g.bench_function("breaker-layer", |b| b.to_async(&rt).iter(|| drive_ref(&mut with_ours, request)));
+    g.bench_function("breaker-layer", |b| {
+        b.to_async(&rt).iter(|| drive_ref(&mut with_ours, request))
+    });
     let mut ours_outside = ours().layer(app());
     g.bench_function("breaker-layer around the router", |b| {
-        b.to_async(&rt).iter(|| drive_ref(&mut ours_outside, request))
+        b.to_async(&rt)
+            .iter(|| drive_ref(&mut ours_outside, request))
     });
     let mut identity = app().layer(tower::layer::util::Identity::new());
-    g.bench_function("Router::layer(Identity)", |b| b.to_async(&rt).iter(|| drive_ref(&mut identity, request)));
+    g.bench_function("Router::layer(Identity)", |b| {
+        b.to_async(&rt).iter(|| drive_ref(&mut identity, request))
+    });
     let mut with_theirs = theirs().layer(app());
-    g.bench_function("tower-resilience", |b| b.to_async(&rt).iter(|| drive_ref(&mut with_theirs, request)));
+    g.bench_function("tower-resilience", |b| {
+        b.to_async(&rt)
+            .iter(|| drive_ref(&mut with_theirs, request))
+    });
     g.finish();
 }
 
@@ -107,23 +132,32 @@ fn ratio_report() {
     const ROUNDS: usize = 15;
     const REQUESTS: usize = 20_000;
     let rt = runtime();
-    let mut variants: Vec<(&str, tower::util::BoxCloneService<Request<Body>, http::Response<Body>, Infallible>)> = vec![
+    let mut variants: Vec<(
+        &str,
+        tower::util::BoxCloneService<Request<Body>, http::Response<Body>, Infallible>,
+    )> = vec![
         ("bare axum", tower::util::BoxCloneService::new(app())),
-        ("Router::layer(Identity)", tower::util::BoxCloneService::new(app().layer(tower::layer::util::Identity::new()))),
-        ("Router::layer(BreakerLayer)", tower::util::BoxCloneService::new(app().layer(ours()))),
+        (
+            "Router::layer(Identity)",
+            tower::util::BoxCloneService::new(app().layer(tower::layer::util::Identity::new())),
+        ),
+        (
+            "Router::layer(BreakerLayer)",
+            tower::util::BoxCloneService::new(app().layer(ours())),
+        ),
         (
             "BreakerLayer around the router",
-            tower::util::BoxCloneService::new(
-                ServiceExt::<Request<Body>>::map_response(ours().layer(app()), |r| r.map(Body::new)),
-            ),
+            tower::util::BoxCloneService::new(ServiceExt::<Request<Body>>::map_response(
+                ours().layer(app()),
+                |r| r.map(Body::new),
+            )),
         ),
         (
             "tower-resilience around the router",
-            tower::util::BoxCloneService::new(
-                ServiceExt::<Request<Body>>::map_err(theirs().layer(app()), |e| -> Infallible {
-                    panic!("breaker error: {e:?}")
-                }),
-            ),
+            tower::util::BoxCloneService::new(ServiceExt::<Request<Body>>::map_err(
+                theirs().layer(app()),
+                |e| -> Infallible { panic!("breaker error: {e:?}") },
+            )),
         ),
     ];
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); variants.len()];
@@ -146,7 +180,10 @@ fn ratio_report() {
         })
         .collect();
     for ((name, _), ns) in variants.iter().zip(&per) {
-        eprintln!("ratio report: {name:<36} {ns:>6.0} ns/req  throughput vs bare {:.3}", per[0] / ns);
+        eprintln!(
+            "ratio report: {name:<36} {ns:>6.0} ns/req  throughput vs bare {:.3}",
+            per[0] / ns
+        );
     }
     eprintln!(
         "ratio report: BreakerLayer vs Router::layer(Identity) (axum's own layering cost removed): {:.3}",
@@ -155,7 +192,9 @@ fn ratio_report() {
 }
 
 fn main() {
-    let mut c = Criterion::default().measurement_time(Duration::from_secs(3)).configure_from_args();
+    let mut c = Criterion::default()
+        .measurement_time(Duration::from_secs(3))
+        .configure_from_args();
     closed_path(&mut c);
     axum_group(&mut c);
     c.final_summary();
