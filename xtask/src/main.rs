@@ -1,7 +1,7 @@
 //! Workspace automation, run through the `cargo xtask` alias.
 //!
 //! `cargo xtask test` is the one command that proves the workspace: it installs what a fresh machine lacks
-//! (`redis-server`), then runs formatting, lints, docs and the whole test suite.
+//! (`redis-server`, `promtool`), then runs formatting, lints, docs and the whole test suite.
 
 use std::env;
 use std::ffi::OsStr;
@@ -12,15 +12,20 @@ const USAGE: &str = "\
 cargo xtask <command>
 
 Commands:
-  test     install missing test services (redis-server), then run cargo fmt --check, clippy -D warnings,
+  test     install missing test programs (redis-server, promtool), then run cargo fmt --check, clippy -D warnings,
            cargo doc (warnings denied), doc tests and the whole test suite (nextest when installed)
   bench    run every criterion benchmark of the workspace (release profile); `--peers` also runs the
            peer comparison benchmarks in benches/peers
   help     print this message
 ";
 
-/// Binaries the test suite starts as real services.
-const REDIS_BINARIES: [&str; 2] = ["redis-server", "redis-cli"];
+/// Programs the test suite runs for real, with the Debian package that provides each: Redis servers and their
+/// client, and Prometheus' `promtool`, which checks the `/metrics` exposition.
+const TEST_PROGRAMS: [(&str, &str); 3] = [
+    ("redis-server", "redis-server"),
+    ("redis-cli", "redis-tools"),
+    ("promtool", "prometheus"),
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -46,7 +51,7 @@ fn test(args: &[String]) -> Result<(), String> {
     if let Some(unknown) = args.first() {
         return Err(format!("`test` takes no arguments, got `{unknown}`"));
     }
-    ensure_redis()?;
+    ensure_test_programs()?;
     let root = workspace_root()?;
 
     step("cargo fmt --check");
@@ -135,37 +140,44 @@ fn bench(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// Makes sure `redis-server` and `redis-cli` are on PATH, installing Debian's package when running as root.
-fn ensure_redis() -> Result<(), String> {
-    let missing: Vec<&str> = REDIS_BINARIES
+/// Makes sure every program in [`TEST_PROGRAMS`] is on PATH, installing Debian's packages when running as root.
+fn ensure_test_programs() -> Result<(), String> {
+    let missing: Vec<(&str, &str)> = TEST_PROGRAMS
         .iter()
         .copied()
-        .filter(|binary| find_on_path(binary).is_none())
+        .filter(|(program, _)| find_on_path(program).is_none())
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
-    let how = "install it with `apt-get update && apt-get install -y redis-server` (Debian/Ubuntu) \
-               or your system's package manager, then run `cargo xtask test` again";
+    let programs: Vec<&str> = missing.iter().map(|(program, _)| *program).collect();
+    let mut packages: Vec<&str> = missing.iter().map(|(_, package)| *package).collect();
+    packages.dedup();
+    let how = format!(
+        "install with `apt-get update && apt-get install -y {}` (Debian/Ubuntu) or your system's package \
+         manager, then run `cargo xtask test` again",
+        packages.join(" ")
+    );
     if !is_root() || find_on_path("apt-get").is_none() {
         return Err(format!(
-            "{} not found on PATH; the tests start real Redis servers: {how}",
-            missing.join(" and ")
+            "{} not found on PATH; the tests run them for real: {how}",
+            programs.join(", ")
         ));
     }
-    step("installing redis-server (apt-get)");
+    step(&format!("installing {} (apt-get)", packages.join(" ")));
     run(Command::new("apt-get").arg("update").arg("-qq"))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(["redis-server", "redis-tools"])
+        .args(&packages)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    // The Debian package may start a system service on port 6379; the tests never use it, and they pick free ports.
-    match REDIS_BINARIES
+    // Debian's packages may start system services (Redis on 6379, Prometheus on 9090); the tests never use them:
+    // they start their own servers on free ports.
+    match TEST_PROGRAMS
         .iter()
-        .find(|binary| find_on_path(binary).is_none())
+        .find(|(program, _)| find_on_path(program).is_none())
     {
-        Some(binary) => Err(format!(
-            "`{binary}` still missing after apt-get install; {how}"
+        Some((program, _)) => Err(format!(
+            "`{program}` still missing after apt-get install; {how}"
         )),
         None => Ok(()),
     }

@@ -327,7 +327,9 @@ impl BreakerBuilder {
     ///
     /// Must be called with the `metrics` recorder already installed: the call counters are registered here.
     pub fn build(self) -> Result<CircuitBreaker, ConfigError> {
-        Ok(CircuitBreaker::from_config(self.validated()?, None))
+        let config = self.validated()?;
+        crate::metrics::describe();
+        Ok(CircuitBreaker::from_config(config, None))
     }
 
     pub(crate) fn validated(mut self) -> Result<Config, ConfigError> {

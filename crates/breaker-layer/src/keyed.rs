@@ -140,6 +140,7 @@ impl KeyedBuilder {
         if self.max_keys == 0 {
             return Err(ConfigError::new("max_keys", "must be at least 1"));
         }
+        crate::metrics::describe();
         if self.idle_timeout.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::new(
                 "idle_timeout",

@@ -77,3 +77,24 @@ impl Handles {
         metrics::counter!(BREAKER_TRANSITIONS_TOTAL, l).increment(1);
     }
 }
+
+/// Registers the help text and unit of every metric above with the installed recorder, so exporters such as
+/// Prometheus print `# HELP` lines. Building a breaker calls it; call it yourself after installing a recorder late.
+pub fn describe() {
+    metrics::describe_gauge!(
+        BREAKER_STATE,
+        "Circuit breaker state: 0 closed, 1 open, 2 half-open, 3 disabled, 4 forced open, 5 metrics only"
+    );
+    metrics::describe_counter!(
+        BREAKER_CALLS_TOTAL,
+        "Calls through a circuit breaker by outcome: success, failure, slow, rejected, ignored, would_reject"
+    );
+    metrics::describe_counter!(
+        BREAKER_TRANSITIONS_TOTAL,
+        "Circuit breaker state transitions by from and to state"
+    );
+    metrics::describe_counter!(
+        BREAKER_KEYS_EVICTED_TOTAL,
+        "Per-key circuit breakers dropped from a bounded registry, by reason: idle, capacity"
+    );
+}

@@ -109,6 +109,7 @@ impl CacheLayer {
     }
 
     fn from_builder(mut b: CacheLayerBuilder) -> Self {
+        crate::metrics::describe();
         let clock = Clock::new();
         let lower_config = std::mem::take(&mut b.lower);
         let l1 = MemoryTier::new(

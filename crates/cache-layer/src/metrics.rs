@@ -36,6 +36,54 @@ pub const LABEL_OUTCOME: &str = "outcome";
 /// Label naming why an entry left a tier.
 pub const LABEL_CAUSE: &str = "cause";
 
+/// Registers the help text and unit of every metric above with the installed recorder, so exporters such as
+/// Prometheus print `# HELP` lines. Building a layer calls it; call it yourself after installing a recorder late.
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        CACHE_REQUESTS_TOTAL,
+        "Requests seen by the cache by tier and outcome: hit, miss, stale, revalidated, uncacheable, bypass"
+    );
+    describe_gauge!(CACHE_BYTES, Unit::Bytes, "Bytes held by a cache tier");
+    describe_gauge!(
+        CACHE_ENTRIES,
+        "Entries (URLs with their variants) held by a cache tier"
+    );
+    describe_counter!(
+        CACHE_EVICTIONS_TOTAL,
+        "Entries removed from a cache tier by cause: size, expired, explicit, replaced"
+    );
+    describe_counter!(
+        CACHE_TIER_ERRORS_TOTAL,
+        "Failed or timed-out calls to a lower cache tier"
+    );
+    describe_histogram!(
+        CACHE_TIER_CALL_SECONDS,
+        Unit::Seconds,
+        "Duration of calls to a lower cache tier"
+    );
+    describe_counter!(
+        CACHE_DROPPED_WRITES_TOTAL,
+        "Writes to lower cache tiers dropped because too many were in flight"
+    );
+    describe_counter!(
+        CACHE_LEASES_TOTAL,
+        "Fill leases for stampede protection by outcome: taken, waited, filled, gave_up"
+    );
+    describe_counter!(
+        CACHE_PUBSUB_SUBSCRIPTIONS_TOTAL,
+        "Invalidation subscriptions established, the first one included"
+    );
+    describe_counter!(
+        CACHE_FLUSHES_TOTAL,
+        "In-process cache flushes after a lost invalidation subscription"
+    );
+    describe_counter!(
+        CACHE_REMOTE_PURGES_TOTAL,
+        "Purges received from other instances and applied here"
+    );
+}
+
 /// What the cache did with a request: the values of the `outcome` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

@@ -289,6 +289,7 @@ impl DedupLayerBuilder {
     }
 
     fn assemble(self) -> DedupLayer {
+        crate::names::describe();
         let key: Arc<dyn MakeKey> = match self.key {
             Some(key) => key,
             None => Arc::new(DefaultKey::new(

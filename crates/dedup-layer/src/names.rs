@@ -43,3 +43,20 @@ pub const IDEMPOTENCY_MISSING: &str = "missing";
 pub const IDEMPOTENCY_INVALID: &str = "invalid";
 /// The store failed or timed out; the request failed open or was answered with 503.
 pub const IDEMPOTENCY_STORE_ERROR: &str = "store_error";
+
+/// Registers the help text of every metric above with the installed recorder, so exporters such as Prometheus
+/// print `# HELP` lines. Building a layer calls it; call it yourself after installing a recorder late.
+pub fn describe() {
+    metrics::describe_counter!(
+        DEDUP_REQUESTS_TOTAL,
+        "Requests of coalescable methods by outcome: leader, coalesced, bypassed, timeout"
+    );
+    metrics::describe_gauge!(
+        DEDUP_INFLIGHT,
+        "Keys in flight: distinct requests running with other callers able to join"
+    );
+    metrics::describe_counter!(
+        DEDUP_IDEMPOTENCY_TOTAL,
+        "Idempotency-Key decisions by outcome: new, replayed, conflict, mismatch, missing, invalid, store_error"
+    );
+}

@@ -294,6 +294,7 @@ impl<St: IdempotencyStore> IdempotencyLayerBuilder<St> {
     }
 
     fn assemble(self) -> IdempotencyLayer<St> {
+        crate::names::describe();
         IdempotencyLayer {
             config: Arc::new(self.config),
         }
