@@ -76,6 +76,7 @@ pub struct TelemetryLayerBuilder {
     body_size_metrics: bool,
     max_cached_series: usize,
     pub(crate) recorder: Option<SharedRecorder>,
+    pub(crate) tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
 }
 
 impl std::fmt::Debug for TelemetryLayerBuilder {
@@ -105,6 +106,7 @@ impl Default for TelemetryLayerBuilder {
             body_size_metrics: true,
             max_cached_series: 4096,
             recorder: None,
+            tracer: None,
         }
     }
 }
@@ -206,6 +208,7 @@ impl TelemetryLayerBuilder {
             record_query: self.record_query,
             default_scheme: self.scheme,
             trust_forwarded_proto: self.trust_forwarded_proto,
+            tracer: self.tracer,
         };
         Ok(TelemetryLayer {
             shared: Arc::new(shared),

@@ -57,6 +57,12 @@
 //! one is ignored. [`TraceClientLayer`] does the client side. Captured headers come from an allowlist
 //! ([`TelemetryLayerBuilder::capture_request_headers`]); credentials and the query string are not recorded
 //! unless allowed.
+//!
+//! Set up by [`Telemetry`] with span export on, the request span is an OpenTelemetry SDK span started
+//! directly (no `tracing` span), current in the OpenTelemetry context while the inner service runs:
+//! `opentelemetry::Context::current()` in a handler returns it, `tracing` spans opened there become its
+//! children and `tracing` events outside any span become its events. A [`TelemetryLayer`] built alone
+//! opens a `tracing` span instead, for whatever subscriber is installed.
 
 #![forbid(unsafe_code)]
 
@@ -71,6 +77,7 @@ pub mod names;
 mod otlp;
 mod service;
 mod setup;
+mod span;
 
 pub use body::{RequestBody, ResponseBody};
 pub use client::{ClientResponseFuture, TraceClient, TraceClientLayer};

@@ -13,8 +13,11 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::Body;
 use metrics::Gauge;
 use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry::{Key, KeyValue, Value};
 use opentelemetry_http::HeaderExtractor;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracer;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_service::Service;
@@ -25,7 +28,11 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::attributes::{MethodLabel, Scheme, protocol_version, redact_query};
 use crate::body::{RequestBody, ResponseBody};
 use crate::metrics::{ErrorKind, HttpMetrics, Route, SeriesKey};
-use crate::names::{ERROR_TYPE, ERROR_TYPE_CLIENT_DISCONNECT, HTTP_RESPONSE_STATUS_CODE};
+use crate::names::{
+    ERROR_TYPE, ERROR_TYPE_CLIENT_DISCONNECT, HTTP_REQUEST_METHOD, HTTP_REQUEST_METHOD_ORIGINAL,
+    HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE, NETWORK_PROTOCOL_VERSION, URL_SCHEME,
+};
+use crate::span::{RequestSpan, error_status, start_server_span};
 
 const TRACEPARENT: &str = "traceparent";
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -47,6 +54,8 @@ pub(crate) struct Shared {
     pub(crate) record_query: bool,
     pub(crate) default_scheme: Scheme,
     pub(crate) trust_forwarded_proto: bool,
+    /// Starts request spans directly when set; otherwise they are `tracing` spans.
+    pub(crate) tracer: Option<SdkTracer>,
 }
 
 impl Shared {
@@ -161,7 +170,25 @@ where
         let route = req.extensions().get::<MatchedPath>().cloned().map(Route);
 
         let (request_size, counter) = request_size(&req);
-        let span = make_span(shared, &req, method, scheme, version, route.as_ref());
+        let span = match &shared.tracer {
+            Some(tracer) => RequestSpan::Otel(make_otel_span(
+                shared,
+                tracer,
+                &req,
+                method,
+                scheme,
+                version,
+                route.as_ref(),
+            )),
+            None => RequestSpan::Tracing(make_span(
+                shared,
+                &req,
+                method,
+                scheme,
+                version,
+                route.as_ref(),
+            )),
+        };
 
         let active = shared.metrics.active(method, scheme);
         active.increment(1.0);
@@ -250,11 +277,97 @@ fn make_span<B>(
         let parent = shared.propagator.extract(&HeaderExtractor(req.headers()));
         let _ = span.set_parent(parent);
     }
-    capture_headers(&span, req.headers(), &shared.request_headers);
+    for_captured(req.headers(), &shared.request_headers, |key, value| {
+        span.set_attribute(key, value);
+    });
     span
 }
 
-fn capture_headers(span: &Span, headers: &HeaderMap, captured: &[CapturedHeader]) {
+const URL_PATH: &str = "url.path";
+const URL_QUERY: &str = "url.query";
+
+fn make_otel_span<B>(
+    shared: &Shared,
+    tracer: &SdkTracer,
+    req: &Request<B>,
+    method: MethodLabel,
+    scheme: Scheme,
+    version: &'static str,
+    route: Option<&Route>,
+) -> opentelemetry::Context {
+    let route_str = route.map(|r| r.0.as_str());
+    let name = SpanName::new(method, route_str).as_str().to_owned();
+    let mut attributes = Vec::with_capacity(9 + shared.request_headers.len());
+    attributes.push(KeyValue::new(
+        Key::from_static_str(HTTP_REQUEST_METHOD),
+        Value::from(method.as_str()),
+    ));
+    if method == MethodLabel::Other {
+        attributes.push(KeyValue::new(
+            Key::from_static_str(HTTP_REQUEST_METHOD_ORIGINAL),
+            Value::from(req.method().as_str().to_owned()),
+        ));
+    }
+    if let Some(route) = route_str {
+        attributes.push(KeyValue::new(
+            Key::from_static_str(HTTP_ROUTE),
+            Value::from(route.to_owned()),
+        ));
+    }
+    attributes.push(KeyValue::new(
+        Key::from_static_str(URL_PATH),
+        Value::from(req.uri().path().to_owned()),
+    ));
+    if shared.record_query
+        && let Some(query) = req.uri().query()
+    {
+        attributes.push(KeyValue::new(
+            Key::from_static_str(URL_QUERY),
+            Value::from(redact_query(query)),
+        ));
+    }
+    attributes.push(KeyValue::new(
+        Key::from_static_str(URL_SCHEME),
+        Value::from(scheme.as_str()),
+    ));
+    attributes.push(KeyValue::new(
+        Key::from_static_str(NETWORK_PROTOCOL_VERSION),
+        Value::from(version),
+    ));
+    for_captured(req.headers(), &shared.request_headers, |key, value| {
+        attributes.push(KeyValue::new(key, value));
+    });
+    // A malformed header extracts to the current context without a remote span, which leaves the span
+    // a root (or a child of the caller's current span, as without the header).
+    let parent = if req.headers().contains_key(TRACEPARENT) {
+        shared.propagator.extract(&HeaderExtractor(req.headers()))
+    } else {
+        opentelemetry::Context::current()
+    };
+    start_server_span(tracer, name, attributes, &parent)
+}
+
+fn capture_headers(span: &RequestSpan, headers: &HeaderMap, captured: &[CapturedHeader]) {
+    match span {
+        RequestSpan::Tracing(span) => for_captured(headers, captured, |key, value| {
+            span.set_attribute(key, value);
+        }),
+        RequestSpan::Otel(cx) => {
+            let span = cx.span();
+            for_captured(headers, captured, |key, value| {
+                span.set_attribute(KeyValue::new(key, value));
+            });
+        }
+    }
+}
+
+/// Calls `record` with the attribute key and the joined non-sensitive values of each captured header
+/// present in `headers`.
+fn for_captured(
+    headers: &HeaderMap,
+    captured: &[CapturedHeader],
+    mut record: impl FnMut(Key, String),
+) {
     for header in captured {
         let mut values = headers
             .get_all(&header.name)
@@ -267,7 +380,7 @@ fn capture_headers(span: &Span, headers: &HeaderMap, captured: &[CapturedHeader]
                 value.push_str(", ");
                 value.push_str(more);
             }
-            span.set_attribute(header.key.clone(), value);
+            record(header.key.clone(), value);
         }
     }
 }
@@ -293,7 +406,7 @@ pub(crate) struct InFlight {
     status: Option<StatusCode>,
     error: Option<ErrorKind>,
     active: Gauge,
-    pub(crate) span: Span,
+    pub(crate) span: RequestSpan,
 }
 
 impl InFlight {
@@ -305,8 +418,7 @@ impl InFlight {
         if self.error.is_none() {
             self.error = Some(error);
             if let ErrorKind::Named(name) = error {
-                self.span.record(ERROR_TYPE, name);
-                self.span.record("otel.status_code", "ERROR");
+                self.record_error(name);
             }
         }
     }
@@ -316,20 +428,47 @@ impl InFlight {
         self.status = Some(status);
         // An `i64` becomes an integer attribute, as the conventions type it; the bridge would format
         // an unsigned value into a string.
-        self.span
-            .record(HTTP_RESPONSE_STATUS_CODE, i64::from(status.as_u16()));
+        let code = i64::from(status.as_u16());
+        match &self.span {
+            RequestSpan::Tracing(span) => {
+                span.record(HTTP_RESPONSE_STATUS_CODE, code);
+            }
+            RequestSpan::Otel(cx) => cx.span().set_attribute(KeyValue::new(
+                Key::from_static_str(HTTP_RESPONSE_STATUS_CODE),
+                Value::I64(code),
+            )),
+        }
         // Server spans are errors for 5xx only: a 4xx is the client's fault, not the server's.
         if status.is_server_error() {
             self.error = Some(ErrorKind::ServerStatus);
-            self.span.record(ERROR_TYPE, status.as_str());
-            self.span.record("otel.status_code", "ERROR");
+            self.record_error(status.as_str());
         }
-        if !self.span.is_disabled() {
+        if self.span.is_recording() {
             capture_headers(
                 &self.span,
                 response.headers(),
                 &self.shared.response_headers,
             );
+        }
+    }
+}
+
+impl InFlight {
+    /// Sets `error.type` and the error status on the span.
+    fn record_error(&self, error_type: &str) {
+        match &self.span {
+            RequestSpan::Tracing(span) => {
+                span.record(ERROR_TYPE, error_type);
+                span.record("otel.status_code", "ERROR");
+            }
+            RequestSpan::Otel(cx) => {
+                let span = cx.span();
+                span.set_attribute(KeyValue::new(
+                    Key::from_static_str(ERROR_TYPE),
+                    Value::from(error_type.to_owned()),
+                ));
+                span.set_status(error_status());
+            }
         }
     }
 }
@@ -360,6 +499,9 @@ impl Drop for InFlight {
             if self.status.is_some() {
                 handles.response_size.record(self.response_bytes as f64);
             }
+        }
+        if let RequestSpan::Otel(cx) = &self.span {
+            cx.span().end();
         }
     }
 }

@@ -18,7 +18,7 @@ use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracer, SdkTracerProvider}
 use tracing::Subscriber;
 use tracing_opentelemetry::OpenTelemetryLayer;
 use tracing_subscriber::Layer as _;
-use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::layer::{Layered, SubscriberExt as _};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -31,6 +31,7 @@ use crate::names::{
     HTTP_SERVER_REQUEST_DURATION, HTTP_SERVER_RESPONSE_BODY_SIZE,
 };
 use crate::otlp::OtlpExporter;
+use crate::span::RequestEvents;
 
 /// Content type of the Prometheus text exposition format served by [`Telemetry::metrics_router`].
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
@@ -127,9 +128,13 @@ impl Telemetry {
 
     /// The `tracing` layer that turns spans into OpenTelemetry spans for the OTLP pipeline, for an
     /// application that builds its own subscriber (`install_subscriber(false)`). `None` when spans are
-    /// not exported. Give it its own filter if your log filter is stricter than `INFO`: a disabled span
-    /// has no OpenTelemetry span and breaks the trace.
-    pub fn otel_layer<S>(&self) -> Option<OpenTelemetryLayer<S, SdkTracer>>
+    /// not exported.
+    ///
+    /// The request spans of [`layer`](Self::layer) do not need it: they are OpenTelemetry spans started
+    /// directly. This layer exports the application's `tracing` spans (children of the request span)
+    /// and attaches its events to the request span. Give it its own filter if your log filter is
+    /// stricter than `INFO`: a disabled span has no OpenTelemetry span and breaks the trace.
+    pub fn otel_layer<S>(&self) -> Option<impl tracing_subscriber::Layer<S>>
     where
         S: Subscriber + for<'span> LookupSpan<'span>,
     {
@@ -372,6 +377,10 @@ impl TelemetryBuilder {
 
         let mut layer = self.layer.clone();
         layer.recorder = Some(Arc::clone(&recorder) as SharedRecorder);
+        // Request spans are `INFO`: below a stricter span level they are not exported at all.
+        layer.tracer = tracer
+            .clone()
+            .filter(|_| self.span_level >= tracing::Level::INFO);
         let layer = layer.build()?;
 
         if self.install_recorder {
@@ -564,12 +573,19 @@ impl TelemetryBuilder {
     }
 }
 
-fn otel_layer<S>(tracer: SdkTracer) -> OpenTelemetryLayer<S, SdkTracer>
+fn otel_layer<S>(tracer: SdkTracer) -> Layered<RequestEvents, OpenTelemetryLayer<S, SdkTracer>, S>
 where
     S: Subscriber + for<'span> LookupSpan<'span>,
 {
     // Source locations, thread ids and the target cost attributes on every span and say nothing about
     // HTTP.
+    bridge(tracer).and_then(RequestEvents)
+}
+
+fn bridge<S>(tracer: SdkTracer) -> OpenTelemetryLayer<S, SdkTracer>
+where
+    S: Subscriber + for<'span> LookupSpan<'span>,
+{
     tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_location(false)

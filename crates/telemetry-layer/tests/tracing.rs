@@ -439,3 +439,57 @@ async fn nothing_is_exported_unless_configured() {
     );
     telemetry.flush().await.unwrap();
 }
+
+#[tokio::test]
+async fn handler_context_spans_and_events_belong_to_the_request_span() {
+    use opentelemetry::trace::TraceContextExt;
+
+    let receiver = receiver().await;
+    let telemetry = telemetry(&receiver, TelemetryLayer::builder());
+    let _subscriber = subscribe(&telemetry);
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let store = Arc::clone(&seen);
+    let app = telemetry.instrument(Router::new().route(
+        "/work",
+        get(move || {
+            let store = Arc::clone(&store);
+            async move {
+                let current = || {
+                    let cx = opentelemetry::Context::current();
+                    hex(&cx.span().span_context().span_id().to_bytes())
+                };
+                store.lock().unwrap().push(current());
+                tracing::info!(step = 1, "working");
+                // Across a suspension the request span is current again when the handler resumes.
+                tokio::task::yield_now().await;
+                store.lock().unwrap().push(current());
+                tracing::info_span!("inner").in_scope(|| tracing::info!("inside"));
+                "done"
+            }
+        }),
+    ));
+    assert_eq!(
+        call(&app, Request::get("/work").body(Body::empty()).unwrap()).await,
+        StatusCode::OK
+    );
+    // Outside the request, no span is current.
+    assert!(!opentelemetry::Context::current().has_active_span());
+
+    let spans = flushed_spans(&telemetry, &receiver).await;
+    let request = find(&spans, "GET /work");
+    let inner = find(&spans, "inner");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen, [hex(&request.span_id), hex(&request.span_id)]);
+    assert_eq!(inner.parent_span_id, request.span_id);
+    assert_eq!(inner.trace_id, request.trace_id);
+    let events: Vec<&str> = request.events.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(events, ["working"]);
+    let step = request.events[0]
+        .attributes
+        .iter()
+        .find(|kv| kv.key == "step")
+        .and_then(|kv| kv.value.as_ref()?.value.as_ref());
+    assert_eq!(step, Some(&Value::IntValue(1)));
+    let inner_events: Vec<&str> = inner.events.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(inner_events, ["inside"]);
+}
