@@ -62,7 +62,8 @@
 //! directly (no `tracing` span), current in the OpenTelemetry context while the inner service runs:
 //! `opentelemetry::Context::current()` in a handler returns it, `tracing` spans opened there become its
 //! children and `tracing` events outside any span become its events. A [`TelemetryLayer`] built alone
-//! opens a `tracing` span instead, for whatever subscriber is installed.
+//! opens a `tracing` span instead, for whatever subscriber is installed; so does the layer with
+//! [`TelemetryLayerBuilder::log_request_span`], for log layers, next to the exported span.
 
 #![forbid(unsafe_code)]
 

@@ -32,7 +32,7 @@ use crate::names::{
     ERROR_TYPE, ERROR_TYPE_CLIENT_DISCONNECT, HTTP_REQUEST_METHOD, HTTP_REQUEST_METHOD_ORIGINAL,
     HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE, NETWORK_PROTOCOL_VERSION, URL_SCHEME,
 };
-use crate::span::{RequestSpan, error_status, start_server_span};
+use crate::span::{RequestSpan, TWIN_SPAN_TARGET, error_status, start_server_span};
 
 const TRACEPARENT: &str = "traceparent";
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -56,6 +56,8 @@ pub(crate) struct Shared {
     pub(crate) trust_forwarded_proto: bool,
     /// Starts request spans directly when set; otherwise they are `tracing` spans.
     pub(crate) tracer: Option<SdkTracer>,
+    /// Opens a `tracing` twin of each directly started span, for log layers.
+    pub(crate) log_request_span: bool,
 }
 
 impl Shared {
@@ -171,15 +173,22 @@ where
 
         let (request_size, counter) = request_size(&req);
         let span = match &shared.tracer {
-            Some(tracer) => RequestSpan::Otel(make_otel_span(
-                shared,
-                tracer,
-                &req,
-                method,
-                scheme,
-                version,
-                route.as_ref(),
-            )),
+            Some(tracer) => RequestSpan::Otel(
+                make_otel_span(
+                    shared,
+                    tracer,
+                    &req,
+                    method,
+                    scheme,
+                    version,
+                    route.as_ref(),
+                ),
+                if shared.log_request_span {
+                    make_span(shared, &req, method, scheme, version, route.as_ref(), false)
+                } else {
+                    Span::none()
+                },
+            ),
             None => RequestSpan::Tracing(make_span(
                 shared,
                 &req,
@@ -187,6 +196,7 @@ where
                 scheme,
                 version,
                 route.as_ref(),
+                true,
             )),
         };
 
@@ -243,24 +253,35 @@ fn make_span<B>(
     scheme: Scheme,
     version: &'static str,
     route: Option<&Route>,
+    bridged: bool,
 ) -> Span {
     let route_str = route.map(|r| r.0.as_str());
-    let span = tracing::info_span!(
-        target: "telemetry_layer",
-        "HTTP request",
-        otel.name = SpanName::new(method, route_str).as_str(),
-        otel.kind = "server",
-        otel.status_code = Empty,
-        http.request.method = method.as_str(),
-        http.request.method_original = Empty,
-        http.route = route_str,
-        http.response.status_code = Empty,
-        url.path = req.uri().path(),
-        url.query = Empty,
-        url.scheme = scheme.as_str(),
-        network.protocol.version = version,
-        error.type = Empty,
-    );
+    // One callsite per target: a span's target is static.
+    macro_rules! request_span {
+        ($target:expr) => {
+            tracing::info_span!(
+                target: $target,
+                "HTTP request",
+                otel.name = SpanName::new(method, route_str).as_str(),
+                otel.kind = "server",
+                otel.status_code = Empty,
+                http.request.method = method.as_str(),
+                http.request.method_original = Empty,
+                http.route = route_str,
+                http.response.status_code = Empty,
+                url.path = req.uri().path(),
+                url.query = Empty,
+                url.scheme = scheme.as_str(),
+                network.protocol.version = version,
+                error.type = Empty,
+            )
+        };
+    }
+    let span = if bridged {
+        request_span!("telemetry_layer")
+    } else {
+        request_span!(TWIN_SPAN_TARGET)
+    };
     if span.is_disabled() {
         return span;
     }
@@ -271,6 +292,10 @@ fn make_span<B>(
         && let Some(query) = req.uri().query()
     {
         span.record("url.query", redact_query(query).as_str());
+    }
+    // Only the bridge reads the parent and the captured headers; otherwise the span is for logs.
+    if !bridged {
+        return span;
     }
     if req.headers().contains_key(TRACEPARENT) {
         // A malformed header extracts to an empty context, which leaves the span a new root.
@@ -352,7 +377,7 @@ fn capture_headers(span: &RequestSpan, headers: &HeaderMap, captured: &[Captured
         RequestSpan::Tracing(span) => for_captured(headers, captured, |key, value| {
             span.set_attribute(key, value);
         }),
-        RequestSpan::Otel(cx) => {
+        RequestSpan::Otel(cx, _) => {
             let span = cx.span();
             for_captured(headers, captured, |key, value| {
                 span.set_attribute(KeyValue::new(key, value));
@@ -433,10 +458,13 @@ impl InFlight {
             RequestSpan::Tracing(span) => {
                 span.record(HTTP_RESPONSE_STATUS_CODE, code);
             }
-            RequestSpan::Otel(cx) => cx.span().set_attribute(KeyValue::new(
-                Key::from_static_str(HTTP_RESPONSE_STATUS_CODE),
-                Value::I64(code),
-            )),
+            RequestSpan::Otel(cx, logged) => {
+                cx.span().set_attribute(KeyValue::new(
+                    Key::from_static_str(HTTP_RESPONSE_STATUS_CODE),
+                    Value::I64(code),
+                ));
+                logged.record(HTTP_RESPONSE_STATUS_CODE, code);
+            }
         }
         // Server spans are errors for 5xx only: a 4xx is the client's fault, not the server's.
         if status.is_server_error() {
@@ -461,13 +489,15 @@ impl InFlight {
                 span.record(ERROR_TYPE, error_type);
                 span.record("otel.status_code", "ERROR");
             }
-            RequestSpan::Otel(cx) => {
+            RequestSpan::Otel(cx, logged) => {
                 let span = cx.span();
                 span.set_attribute(KeyValue::new(
                     Key::from_static_str(ERROR_TYPE),
                     Value::from(error_type.to_owned()),
                 ));
                 span.set_status(error_status());
+                logged.record(ERROR_TYPE, error_type);
+                logged.record("otel.status_code", "ERROR");
             }
         }
     }
@@ -500,7 +530,7 @@ impl Drop for InFlight {
                 handles.response_size.record(self.response_bytes as f64);
             }
         }
-        if let RequestSpan::Otel(cx) = &self.span {
+        if let RequestSpan::Otel(cx, _) = &self.span {
             cx.span().end();
         }
     }

@@ -18,7 +18,7 @@ use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracer, SdkTracerProvider}
 use tracing::Subscriber;
 use tracing_opentelemetry::OpenTelemetryLayer;
 use tracing_subscriber::Layer as _;
-use tracing_subscriber::layer::{Layered, SubscriberExt as _};
+use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -31,7 +31,7 @@ use crate::names::{
     HTTP_SERVER_REQUEST_DURATION, HTTP_SERVER_RESPONSE_BODY_SIZE,
 };
 use crate::otlp::OtlpExporter;
-use crate::span::RequestEvents;
+use crate::span::{RequestEvents, is_twin_span};
 
 /// Content type of the Prometheus text exposition format served by [`Telemetry::metrics_router`].
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
@@ -377,6 +377,9 @@ impl TelemetryBuilder {
 
         let mut layer = self.layer.clone();
         layer.recorder = Some(Arc::clone(&recorder) as SharedRecorder);
+        if self.install_subscriber && self.log_to_stdout {
+            layer = layer.log_request_span(true);
+        }
         // Request spans are `INFO`: below a stricter span level they are not exported at all.
         layer.tracer = tracer
             .clone()
@@ -397,13 +400,26 @@ impl TelemetryBuilder {
             // With a log layer, each layer gets its own filter so `RUST_LOG` cannot detach traces.
             // Without one, the span level is the only filter and applies globally, which spares every
             // span callback the per-layer filter bookkeeping.
-            let (global_level, otel_alone, otel_filtered) = match tracer.clone() {
-                Some(tracer) if logs.is_none() => (Some(level), Some(otel_layer(tracer)), None),
-                Some(tracer) => (None, None, Some(otel_layer(tracer).with_filter(level))),
-                None => (None, None, None),
+            let (global_level, global_twins, otel_alone, otel_filtered) = match tracer.clone() {
+                // No log layer wants the request spans' `tracing` twins: a global filter turns them off
+                // at the callsite.
+                Some(tracer) if logs.is_none() => (
+                    Some(level),
+                    Some(tracing_subscriber::filter::filter_fn(not_twin_span)),
+                    Some(unfiltered_otel_layer(tracer)),
+                    None,
+                ),
+                Some(tracer) => (
+                    None,
+                    None,
+                    None,
+                    Some(otel_layer(tracer).with_filter(level)),
+                ),
+                None => (None, None, None, None),
             };
             tracing_subscriber::registry()
                 .with(global_level)
+                .with(global_twins)
                 .with(otel_alone)
                 .with(otel_filtered)
                 .with(logs)
@@ -573,19 +589,32 @@ impl TelemetryBuilder {
     }
 }
 
-fn otel_layer<S>(tracer: SdkTracer) -> Layered<RequestEvents, OpenTelemetryLayer<S, SdkTracer>, S>
+/// The bridge and the event layer, filtered so that the `tracing` twin of a request span (for log
+/// layers) does not become a second OpenTelemetry span.
+fn otel_layer<S>(tracer: SdkTracer) -> impl tracing_subscriber::Layer<S>
 where
     S: Subscriber + for<'span> LookupSpan<'span>,
 {
-    // Source locations, thread ids and the target cost attributes on every span and say nothing about
-    // HTTP.
+    unfiltered_otel_layer(tracer).with_filter(tracing_subscriber::filter::filter_fn(not_twin_span))
+}
+
+fn unfiltered_otel_layer<S>(tracer: SdkTracer) -> impl tracing_subscriber::Layer<S>
+where
+    S: Subscriber + for<'span> LookupSpan<'span>,
+{
     bridge(tracer).and_then(RequestEvents)
+}
+
+fn not_twin_span(meta: &tracing::Metadata<'_>) -> bool {
+    !is_twin_span(meta)
 }
 
 fn bridge<S>(tracer: SdkTracer) -> OpenTelemetryLayer<S, SdkTracer>
 where
     S: Subscriber + for<'span> LookupSpan<'span>,
 {
+    // Source locations, thread ids and the target cost attributes on every span and say nothing about
+    // HTTP.
     tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_location(false)

@@ -21,8 +21,10 @@ use tracing_subscriber::registry::LookupSpan;
 pub(crate) enum RequestSpan {
     /// A `tracing` span (possibly disabled), used when the layer has no tracer of its own.
     Tracing(tracing::Span),
-    /// The context holding the SDK span, started directly.
-    Otel(OtelContext),
+    /// The context holding the SDK span, started directly, and a `tracing` span of the same request for
+    /// subscribers other than the bridge (a log layer), which the bridge filters out (see
+    /// [`is_twin_span`]); `Span::none()` unless the layer was built with `log_request_span(true)`.
+    Otel(OtelContext, tracing::Span),
 }
 
 /// Keeps the request span current while held.
@@ -32,6 +34,7 @@ pub(crate) enum Entered<'a> {
     },
     Otel {
         _guard: ContextGuard,
+        _entered: tracing::span::Entered<'a>,
     },
 }
 
@@ -41,8 +44,9 @@ impl RequestSpan {
             Self::Tracing(span) => Entered::Tracing {
                 _entered: span.enter(),
             },
-            Self::Otel(cx) => Entered::Otel {
+            Self::Otel(cx, span) => Entered::Otel {
                 _guard: cx.clone().attach(),
+                _entered: span.enter(),
             },
         }
     }
@@ -51,9 +55,21 @@ impl RequestSpan {
     pub(crate) fn is_recording(&self) -> bool {
         match self {
             Self::Tracing(span) => !span.is_disabled(),
-            Self::Otel(cx) => cx.span().is_recording(),
+            Self::Otel(cx, _) => cx.span().is_recording(),
         }
     }
+}
+
+/// The target of the `tracing` twin of a request span started directly (under [`SPAN_TARGET`], so log
+/// filters naming that target cover it).
+///
+/// [`SPAN_TARGET`]: crate::names::SPAN_TARGET
+pub(crate) const TWIN_SPAN_TARGET: &str = "telemetry_layer::request";
+
+/// Whether `meta` is the `tracing` twin of a request span started directly, which the bridge must not
+/// turn into a second OpenTelemetry span.
+pub(crate) fn is_twin_span(meta: &tracing::Metadata<'_>) -> bool {
+    meta.is_span() && meta.target() == TWIN_SPAN_TARGET
 }
 
 /// Starts a server span named `name` with `attributes` under `parent`.

@@ -493,3 +493,59 @@ async fn handler_context_spans_and_events_belong_to_the_request_span() {
     let inner_events: Vec<&str> = inner.events.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(inner_events, ["inside"]);
 }
+
+/// Collects what a `fmt` layer writes.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn log_layers_see_the_request_span_and_only_one_span_is_exported() {
+    let receiver = receiver().await;
+    let telemetry = telemetry(&receiver, TelemetryLayer::builder().log_request_span(true));
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::registry()
+        .with(telemetry.otel_layer())
+        .with(tracing_subscriber::fmt::layer().with_writer(move || writer.clone()));
+    let _subscriber = tracing::subscriber::set_default(subscriber);
+    let app = telemetry.instrument(Router::new().route(
+        "/items/{id}",
+        get(|| async {
+            tracing::info!("fetching item");
+            "item"
+        }),
+    ));
+    assert_eq!(
+        call(&app, Request::get("/items/7").body(Body::empty()).unwrap()).await,
+        StatusCode::OK
+    );
+
+    let spans = flushed_spans(&telemetry, &receiver).await;
+    let names: Vec<&str> = spans.iter().map(|(_, s)| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["GET /items/{id}"],
+        "no second span from the log twin"
+    );
+    let events: Vec<&str> = spans[0].1.events.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(events, ["fetching item"]);
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("fetching item"))
+        .unwrap_or_else(|| panic!("no log line in {text:?}"));
+    assert!(line.contains("HTTP request"), "{line}");
+    assert!(line.contains("/items/{id}"), "{line}");
+}
