@@ -163,13 +163,15 @@ impl StoredResponse {
         }
         let status = StatusCode::from_u16(reader.u16()?).ok()?;
         let count = reader.u16()?;
-        let mut headers = HeaderMap::with_capacity(usize::from(count));
+        // The count is untrusted: reserve little up front and let `try_append` refuse what a header map cannot
+        // hold, so a record claiming too many fields is invalid, not a panic.
+        let mut headers = HeaderMap::try_with_capacity(usize::from(count).min(64)).ok()?;
         for _ in 0..count {
             let len = usize::from(reader.u16()?);
             let name = HeaderName::from_bytes(reader.take(len)?).ok()?;
             let len = usize::try_from(reader.u32()?).ok()?;
             let value = HeaderValue::from_bytes(reader.take(len)?).ok()?;
-            headers.append(name, value);
+            headers.try_append(name, value).ok()?;
         }
         Some(StoredResponse {
             status,
@@ -300,6 +302,14 @@ mod tests {
         headers.append("x-a", HeaderValue::from_static("2"));
         let stored = StoredResponse::new(StatusCode::CREATED, headers, Bytes::from_static(b"body"));
         assert_eq!(StoredResponse::decode(&stored.encode()), Some(stored));
+    }
+
+    #[test]
+    fn a_record_announcing_more_fields_than_a_header_map_holds_is_invalid_not_a_panic() {
+        // Version 1, status 200, 65535 fields announced (a header map cannot even reserve that many), one present.
+        let mut bytes = vec![RECORD_VERSION, 0, 200, 0xff, 0xff];
+        bytes.extend_from_slice(&[0, 1, b'a', 0, 0, 0, 1, b'b']);
+        assert_eq!(StoredResponse::decode(&bytes), None);
     }
 
     proptest! {
