@@ -430,13 +430,18 @@ fn variant(r: &mut Reader<'_>, now: Instant, now_ms: u64) -> Result<StoredRespon
         vary.push((name, value));
     }
     let nh = r.count(8)?;
-    let mut headers = HeaderMap::with_capacity(nh);
+    // The count is untrusted: reserve little up front and let `try_append` refuse what a header map cannot hold
+    // (a checksum-valid entry can still claim more fields than that), so it is an invalid entry, not a panic.
+    let mut headers = HeaderMap::try_with_capacity(nh.min(64))
+        .map_err(|_| DecodeError::Invalid("field count"))?;
     for _ in 0..nh {
         let name =
             HeaderName::from_bytes(r.bytes()?).map_err(|_| DecodeError::Invalid("field name"))?;
         let value =
             HeaderValue::from_bytes(r.bytes()?).map_err(|_| DecodeError::Invalid("field value"))?;
-        headers.append(name, value);
+        headers
+            .try_append(name, value)
+            .map_err(|_| DecodeError::Invalid("field count"))?;
     }
     let nt = r.count(4)?;
     let mut tags: Vec<Arc<str>> = Vec::with_capacity(nt);
@@ -665,6 +670,24 @@ mod tests {
         let s = fnv1a(&out);
         out.extend_from_slice(&s.to_le_bytes());
         out
+    }
+
+    #[test]
+    fn an_entry_announcing_more_fields_than_a_header_map_holds_is_invalid_not_a_panic() {
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&0u64.to_le_bytes()); // stored at
+        payload.extend_from_slice(&0u64.to_le_bytes()); // purge sequence
+        payload.extend_from_slice(&1u16.to_le_bytes()); // one variant
+        payload.extend_from_slice(&200u16.to_le_bytes());
+        payload.extend_from_slice(&[2, 0]); // HTTP/1.1, no flags
+        payload.extend_from_slice(&[0; 8 * 8]); // times and lifetimes
+        payload.extend_from_slice(&0u16.to_le_bytes()); // no Vary fields
+        // 30 000 fields announced, more than a header map can reserve, with enough bytes behind to pass the
+        // count's length check.
+        payload.extend_from_slice(&30_000u16.to_le_bytes());
+        payload.extend_from_slice(&vec![0; 30_000 * 8]);
+        let c = clock();
+        assert!(decode(&framed(&payload, 0, None), &c, Instant::now()).is_err());
     }
 
     proptest! {

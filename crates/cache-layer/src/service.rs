@@ -536,13 +536,14 @@ fn from_stored<ResBody: Body>(
     let mut headers = match snapshot {
         Some(h) => h,
         None => {
-            let mut headers = HeaderMap::with_capacity(v.headers.len() + 2);
-            headers.extend(v.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
-            headers.insert(header::AGE, age_value(age));
+            // A stored response can hold as many fields as a header map allows, so nothing here may assume room
+            // for two more: the fallible calls keep an absurdly large response from panicking the hit path.
+            let mut headers = v.headers.clone();
+            let _ = headers.try_insert(header::AGE, age_value(age));
             if shared.config.cache_status
                 && let Some(value) = cache_status_value(&shared.config.name, params)
             {
-                headers.append(CACHE_STATUS, value);
+                let _ = headers.try_append(CACHE_STATUS, value);
             }
             if reusable && let Ok(mut g) = v.hit_headers.try_lock() {
                 *g = Some((age, headers.clone()));

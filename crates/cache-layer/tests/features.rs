@@ -885,3 +885,37 @@ fn config_errors_name_the_field() {
         .unwrap_err();
     assert!(e.to_string().contains("refresh_timeout"), "{e}");
 }
+
+// ---- absurd responses never panic the hit path ----
+
+#[tokio::test(start_paused = true)]
+async fn a_stored_response_with_as_many_fields_as_a_header_map_holds_is_served_from_cache() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let app = Router::new()
+        .route(
+            "/",
+            axum::routing::get(move || {
+                c.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let mut response = Response::new(Body::from("many fields"));
+                    let headers = response.headers_mut();
+                    headers.insert(
+                        "cache-control",
+                        http::HeaderValue::from_static("max-age=60"),
+                    );
+                    // More values than a header map can reserve room for at once.
+                    for _ in 0..30_000 {
+                        headers.append("x-many", http::HeaderValue::from_static("v"));
+                    }
+                    response
+                }
+            }),
+        )
+        .layer(CacheLayer::new());
+    get(&app, "/").await;
+    let hit = get(&app, "/").await;
+    assert_eq!(hit.text(), "many fields");
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
