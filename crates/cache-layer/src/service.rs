@@ -262,6 +262,25 @@ where
         };
 
         let state = v.state(&shared.clock, now);
+        // Every answer from the stored response is a hit whose Cache-Status carries the remaining ttl.
+        let serve_stored = |outcome: Outcome, detail: Option<&'static str>| {
+            let params = StatusParams {
+                hit: true,
+                ttl: Some(ttl_of(&state)),
+                detail,
+                ..StatusParams::default()
+            };
+            hit(
+                &shared,
+                &key,
+                &v,
+                &state,
+                &parts.headers,
+                head,
+                outcome,
+                params,
+            )
+        };
         match usability(&req_dirs, &state) {
             Usability::Fresh => {
                 if let Some(beta) = shared.config.early_refresh_beta
@@ -270,41 +289,12 @@ where
                     tracing::debug!(key = %key, "early refresh");
                     self.spawn_refresh(&shared, parts.clone(), body, key.clone(), v.clone());
                 }
-                let params = StatusParams {
-                    hit: true,
-                    ttl: Some(ttl_of(&state)),
-                    ..StatusParams::default()
-                };
-                let resp = hit(
-                    &shared,
-                    &key,
-                    &v,
-                    &state,
-                    &parts.headers,
-                    head,
-                    Outcome::Hit,
-                    params,
-                );
+                let resp = serve_stored(Outcome::Hit, None);
                 crate::key::recycle_buffer(key);
                 resp
             }
             Usability::StaleAllowed => {
-                let params = StatusParams {
-                    hit: true,
-                    ttl: Some(ttl_of(&state)),
-                    detail: Some("max-stale"),
-                    ..StatusParams::default()
-                };
-                let resp = hit(
-                    &shared,
-                    &key,
-                    &v,
-                    &state,
-                    &parts.headers,
-                    head,
-                    Outcome::Stale,
-                    params,
-                );
+                let resp = serve_stored(Outcome::Stale, Some("max-stale"));
                 crate::key::recycle_buffer(key);
                 resp
             }
@@ -332,22 +322,7 @@ where
                     && state.staleness() <= v.stale_while_revalidate;
                 if swr {
                     tracing::debug!(key = %key, "stale-while-revalidate");
-                    let params = StatusParams {
-                        hit: true,
-                        ttl: Some(ttl_of(&state)),
-                        detail: Some("stale-while-revalidate"),
-                        ..StatusParams::default()
-                    };
-                    let resp = hit(
-                        &shared,
-                        &key,
-                        &v,
-                        &state,
-                        &parts.headers,
-                        head,
-                        Outcome::Stale,
-                        params,
-                    );
+                    let resp = serve_stored(Outcome::Stale, Some("stale-while-revalidate"));
                     self.spawn_refresh(&shared, parts, body, key, v);
                     return resp;
                 }
