@@ -157,8 +157,8 @@ fn run(variant: &str, requests: usize) {
         "metrics" => Some(Telemetry::builder().from_env(false).build().unwrap()),
         "spans" => {
             let port = receiver.as_ref().unwrap().port;
+            // `OTEL_BSP_*` from the environment size the span queue (see above).
             let telemetry = Telemetry::builder()
-                .from_env(false)
                 .otlp_endpoint(format!("http://127.0.0.1:{port}"))
                 .build()
                 .unwrap();

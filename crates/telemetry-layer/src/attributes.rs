@@ -142,6 +142,51 @@ pub(crate) fn redact_query(query: &str) -> String {
     out
 }
 
+/// The span name `{method} {route}` (or `{method}` alone), assembled on the stack for the usual route
+/// lengths, so naming a span costs one copy instead of a formatting pass and a growing `String`.
+pub(crate) struct SpanName {
+    buf: [u8; SPAN_NAME_INLINE],
+    len: usize,
+    long: Option<String>,
+}
+
+const SPAN_NAME_INLINE: usize = 128;
+
+impl SpanName {
+    pub(crate) fn new(method: MethodLabel, route: Option<&str>) -> Self {
+        let method = method.span_name();
+        let mut name = Self {
+            buf: [0; SPAN_NAME_INLINE],
+            len: 0,
+            long: None,
+        };
+        match route {
+            None => name.push(method),
+            Some(route) if method.len() + 1 + route.len() <= SPAN_NAME_INLINE => {
+                name.push(method);
+                name.push(" ");
+                name.push(route);
+            }
+            Some(route) => name.long = Some(format!("{method} {route}")),
+        }
+        name
+    }
+
+    fn push(&mut self, part: &str) {
+        let end = self.len + part.len();
+        self.buf[self.len..end].copy_from_slice(part.as_bytes());
+        self.len = end;
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match &self.long {
+            Some(long) => long,
+            // Whole `&str`s were copied in, so the bytes are UTF-8.
+            None => std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -56,6 +56,18 @@ impl ExportClient {
         self.timeout
     }
 
+    /// Runs `future` to completion on the client's runtime, blocking the calling thread, which must not
+    /// be a runtime thread.
+    pub(crate) fn block_on<T>(
+        &self,
+        future: impl Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
+        match &self.runtime {
+            Some(runtime) => runtime.block_on(future),
+            None => Err("the OTLP export runtime has stopped".to_owned()),
+        }
+    }
+
     /// Waits on the client's own runtime, so a retry backoff works from the batch processor's thread,
     /// which runs no runtime.
     pub(crate) async fn sleep(&self, duration: Duration) {

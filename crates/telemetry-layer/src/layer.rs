@@ -76,7 +76,7 @@ pub struct TelemetryLayerBuilder {
     body_size_metrics: bool,
     max_cached_series: usize,
     pub(crate) recorder: Option<SharedRecorder>,
-    pub(crate) tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
+    pub(crate) tracer: Option<Arc<crate::direct::DirectTracer>>,
     log_request_span: bool,
 }
 

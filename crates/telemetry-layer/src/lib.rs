@@ -70,6 +70,7 @@
 mod attributes;
 mod body;
 mod client;
+mod direct;
 mod error;
 mod export;
 mod layer;

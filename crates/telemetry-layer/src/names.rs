@@ -31,6 +31,10 @@ pub const HTTP_REQUEST_METHOD_ORIGINAL: &str = "http.request.method_original";
 pub const HTTP_ROUTE: &str = "http.route";
 /// Attribute: the response status code.
 pub const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
+/// Attribute: the request path (spans only).
+pub const URL_PATH: &str = "url.path";
+/// Attribute: the query string, recorded only when allowed, sensitive parameters redacted (spans only).
+pub const URL_QUERY: &str = "url.query";
 /// Attribute: `http` or `https`.
 pub const URL_SCHEME: &str = "url.scheme";
 /// Attribute: why the request failed; see [`ERROR_TYPE_CLIENT_DISCONNECT`] and the crate docs for the values.

@@ -7,20 +7,26 @@
 //! the integration tests decode it with `opentelemetry-proto`, and a test in this module compares the
 //! decoded message with `opentelemetry-proto`'s own conversion of the same spans.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{Method, Request, Uri};
-use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
+use opentelemetry::trace::{Event, Link, SpanContext, SpanId, SpanKind, Status};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
 use opentelemetry_http::HttpClient;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 
+use crate::direct::SpanRecord;
 use crate::export::ExportClient;
+use crate::names::{
+    HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE, NETWORK_PROTOCOL_VERSION, URL_PATH,
+    URL_SCHEME,
+};
 
 const PROTOBUF: &str = "application/x-protobuf";
 
@@ -66,7 +72,7 @@ struct Failure {
 
 /// Exports spans as OTLP/HTTP protobuf through [`ExportClient`].
 pub(crate) struct OtlpExporter {
-    client: ExportClient,
+    client: Arc<ExportClient>,
     endpoint: Uri,
     headers: Vec<(HeaderName, HeaderValue)>,
     retry: RetryPolicy,
@@ -87,7 +93,7 @@ impl std::fmt::Debug for OtlpExporter {
 
 impl OtlpExporter {
     pub(crate) fn new(
-        client: ExportClient,
+        client: Arc<ExportClient>,
         endpoint: Uri,
         headers: Vec<(HeaderName, HeaderValue)>,
     ) -> Self {
@@ -157,23 +163,16 @@ fn jitter(max_jitter: Duration) -> Duration {
     Duration::from_millis(random % (millis + 1))
 }
 
-impl SpanExporter for OtlpExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        if self.shut_down.load(Ordering::Relaxed) {
-            return Err(OTelSdkError::AlreadyShutdown);
-        }
-        let body = Bytes::from(encode_request(
-            &batch,
-            &self.resource,
-            &self.resource_schema_url,
-        ));
-        drop(batch);
+impl OtlpExporter {
+    /// Posts an encoded `ExportTraceServiceRequest`, retrying what the specification allows within the
+    /// export timeout.
+    async fn send(&self, body: Bytes) -> Result<(), String> {
         if body.len() > MAX_REQUEST_BYTES {
-            return Err(OTelSdkError::InternalFailure(format!(
+            return Err(format!(
                 "OTLP export: a batch of {} bytes exceeds the {MAX_REQUEST_BYTES}-byte limit and is dropped; \
                  lower OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
                 body.len()
-            )));
+            ));
         }
         let start = Instant::now();
         let mut delay = self.retry.initial_delay;
@@ -184,7 +183,7 @@ impl SpanExporter for OtlpExporter {
                 Err(failure) => failure,
             };
             if !failure.retryable || retries >= self.retry.max_retries {
-                return Err(OTelSdkError::InternalFailure(failure.message));
+                return Err(failure.message);
             }
             // The collector's hint raises the backoff; the export timeout bounds the whole export.
             let wait = failure
@@ -196,15 +195,44 @@ impl SpanExporter for OtlpExporter {
                 None => wait.min(self.retry.max_delay),
             };
             if start.elapsed().saturating_add(wait) >= self.client.timeout() {
-                return Err(OTelSdkError::InternalFailure(format!(
-                    "{} (no time left to retry)",
-                    failure.message
-                )));
+                return Err(format!("{} (no time left to retry)", failure.message));
             }
             self.client.sleep(wait).await;
             retries += 1;
             delay = delay.saturating_mul(2).min(self.retry.max_delay);
         }
+    }
+
+    /// Encodes and posts request span records, blocking the calling thread (the request span queue's)
+    /// until the export is done.
+    pub(crate) fn export_records(&self, records: &[SpanRecord]) -> Result<(), String> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        if self.shut_down.load(Ordering::Relaxed) {
+            return Err("OTLP export: the exporter is shut down".to_owned());
+        }
+        let body = Bytes::from(encode_records(
+            records,
+            &self.resource,
+            &self.resource_schema_url,
+        ));
+        self.client.block_on(self.send(body))
+    }
+}
+
+impl SpanExporter for OtlpExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        if self.shut_down.load(Ordering::Relaxed) {
+            return Err(OTelSdkError::AlreadyShutdown);
+        }
+        let body = Bytes::from(encode_request(
+            &batch,
+            &self.resource,
+            &self.resource_schema_url,
+        ));
+        drop(batch);
+        self.send(body).await.map_err(OTelSdkError::InternalFailure)
     }
 
     fn shutdown(&self) -> OTelSdkResult {
@@ -300,43 +328,59 @@ fn encode_span(out: &mut Vec<u8>, span: &SpanData) {
     }
     varint_field(out, 10, u64::from(span.dropped_attributes_count));
     for event in span.events.iter() {
-        // Event: 1 time_unix_nano, 2 name, 3 attributes, 4 dropped_attributes_count.
-        let len = fixed64_field_len(1, nanos(event.timestamp))
-            + string_field_len(2, &event.name)
-            + attributes_len(3, &event.attributes)
-            + varint_field_len(4, u64::from(event.dropped_attributes_count));
-        message_header(out, 11, len);
-        fixed64_field(out, 1, nanos(event.timestamp));
-        string_field(out, 2, &event.name);
-        for attribute in &event.attributes {
-            key_value(out, 3, attribute.key.as_str(), &attribute.value);
-        }
-        varint_field(out, 4, u64::from(event.dropped_attributes_count));
+        encode_event(out, event);
     }
     varint_field(out, 12, u64::from(span.events.dropped_count));
     for link in span.links.iter() {
-        // Link: 1 trace_id, 2 span_id, 3 trace_state, 4 attributes, 5 dropped_attributes_count, 6 flags.
-        let state = link.span_context.trace_state().header();
-        let flags = flags(&link.span_context, link.span_context.is_remote());
-        let len = bytes_field_len(1, 16)
-            + bytes_field_len(2, 8)
-            + string_field_len(3, &state)
-            + attributes_len(4, &link.attributes)
-            + varint_field_len(5, u64::from(link.dropped_attributes_count))
-            + fixed32_field_len(6, flags);
-        message_header(out, 13, len);
-        bytes_field(out, 1, &link.span_context.trace_id().to_bytes());
-        bytes_field(out, 2, &link.span_context.span_id().to_bytes());
-        string_field(out, 3, &state);
-        for attribute in &link.attributes {
-            key_value(out, 4, attribute.key.as_str(), &attribute.value);
-        }
-        varint_field(out, 5, u64::from(link.dropped_attributes_count));
-        fixed32_field(out, 6, flags);
+        encode_link(out, link);
     }
     varint_field(out, 14, u64::from(span.links.dropped_count));
-    // Status: 2 message, 3 code (0 unset, 1 ok, 2 error). Always present, as the reference exporter does.
-    let (code, message) = match &span.status {
+    encode_status(out, &span.status);
+    fixed32_field(out, 16, flags(context, span.parent_span_is_remote));
+}
+
+/// `Event` as repeated field 11 of `Span`: 1 time_unix_nano, 2 name, 3 attributes,
+/// 4 dropped_attributes_count.
+fn encode_event(out: &mut Vec<u8>, event: &Event) {
+    let len = fixed64_field_len(1, nanos(event.timestamp))
+        + string_field_len(2, &event.name)
+        + attributes_len(3, &event.attributes)
+        + varint_field_len(4, u64::from(event.dropped_attributes_count));
+    message_header(out, 11, len);
+    fixed64_field(out, 1, nanos(event.timestamp));
+    string_field(out, 2, &event.name);
+    for attribute in &event.attributes {
+        key_value(out, 3, attribute.key.as_str(), &attribute.value);
+    }
+    varint_field(out, 4, u64::from(event.dropped_attributes_count));
+}
+
+/// `Link` as repeated field 13 of `Span`: 1 trace_id, 2 span_id, 3 trace_state, 4 attributes,
+/// 5 dropped_attributes_count, 6 flags.
+fn encode_link(out: &mut Vec<u8>, link: &Link) {
+    let state = link.span_context.trace_state().header();
+    let flags = flags(&link.span_context, link.span_context.is_remote());
+    let len = bytes_field_len(1, 16)
+        + bytes_field_len(2, 8)
+        + string_field_len(3, &state)
+        + attributes_len(4, &link.attributes)
+        + varint_field_len(5, u64::from(link.dropped_attributes_count))
+        + fixed32_field_len(6, flags);
+    message_header(out, 13, len);
+    bytes_field(out, 1, &link.span_context.trace_id().to_bytes());
+    bytes_field(out, 2, &link.span_context.span_id().to_bytes());
+    string_field(out, 3, &state);
+    for attribute in &link.attributes {
+        key_value(out, 4, attribute.key.as_str(), &attribute.value);
+    }
+    varint_field(out, 5, u64::from(link.dropped_attributes_count));
+    fixed32_field(out, 6, flags);
+}
+
+/// `Status` as field 15 of `Span`: 2 message, 3 code (0 unset, 1 ok, 2 error). Always present, as the
+/// reference exporter does.
+fn encode_status(out: &mut Vec<u8>, status: &Status) {
+    let (code, message) = match status {
         Status::Unset => (0, ""),
         Status::Ok => (1, ""),
         Status::Error { description } => (2, description.as_ref()),
@@ -348,7 +392,93 @@ fn encode_span(out: &mut Vec<u8>, span: &SpanData) {
     );
     string_field(out, 2, message);
     varint_field(out, 3, code);
-    fixed32_field(out, 16, flags(context, span.parent_span_is_remote));
+}
+
+/// The instrumentation scope of request spans: the name of the SDK tracer their children come from.
+pub(crate) const REQUEST_SCOPE: &str = "telemetry-layer";
+
+/// `ExportTraceServiceRequest` holding request span records, all in the [`REQUEST_SCOPE`] scope.
+pub(crate) fn encode_records(records: &[SpanRecord], resource: &[u8], schema_url: &str) -> Vec<u8> {
+    let mut spans = Vec::with_capacity(records.len() * 320);
+    let mut scratch = Vec::with_capacity(512);
+    for record in records {
+        scratch.clear();
+        encode_record(&mut scratch, record);
+        message_header(&mut spans, 2, scratch.len());
+        spans.extend_from_slice(&scratch);
+    }
+    // ScopeSpans: 1 scope (InstrumentationScope: 1 name), 2 spans. ResourceSpans: 1 resource,
+    // 2 scope_spans, 3 schema_url.
+    let scope_len = string_field_len(1, REQUEST_SCOPE);
+    let scope_spans_len = field_len(1, scope_len) + spans.len();
+    let resource_spans_len = field_len(1, resource.len())
+        + field_len(2, scope_spans_len)
+        + string_field_len(3, schema_url);
+    let mut out = Vec::with_capacity(field_len(1, resource_spans_len));
+    message_header(&mut out, 1, resource_spans_len);
+    message_header(&mut out, 1, resource.len());
+    out.extend_from_slice(resource);
+    message_header(&mut out, 2, scope_spans_len);
+    message_header(&mut out, 1, scope_len);
+    string_field(&mut out, 1, REQUEST_SCOPE);
+    out.extend_from_slice(&spans);
+    string_field(&mut out, 3, schema_url);
+    out
+}
+
+/// A request span record as a `Span`, its typed attributes first, in the order the layer sets them.
+fn encode_record(out: &mut Vec<u8>, record: &SpanRecord) {
+    let context = &record.context;
+    bytes_field(out, 1, &context.trace_id().to_bytes());
+    bytes_field(out, 2, &context.span_id().to_bytes());
+    string_field(out, 3, &context.trace_state().header());
+    if record.parent_span_id != SpanId::INVALID {
+        bytes_field(out, 4, &record.parent_span_id.to_bytes());
+    }
+    record.with_name(|name| string_field(out, 5, name));
+    varint_field(out, 6, span_kind(&SpanKind::Server));
+    fixed64_field(out, 7, nanos(record.start));
+    fixed64_field(out, 8, nanos(record.end));
+    str_attribute(out, 9, HTTP_REQUEST_METHOD, record.method.as_str());
+    if let Some(route) = &record.route {
+        str_attribute(out, 9, HTTP_ROUTE, route.0.as_str());
+    }
+    str_attribute(out, 9, URL_PATH, &record.path);
+    str_attribute(out, 9, URL_SCHEME, record.scheme.as_str());
+    str_attribute(out, 9, NETWORK_PROTOCOL_VERSION, record.version);
+    if let Some(code) = record.status_code {
+        key_value(out, 9, HTTP_RESPONSE_STATUS_CODE, &Value::I64(code));
+    }
+    for attribute in &record.attributes {
+        key_value(out, 9, attribute.key.as_str(), &attribute.value);
+    }
+    varint_field(out, 10, u64::from(record.dropped_attributes));
+    for event in &record.events {
+        encode_event(out, event);
+    }
+    varint_field(out, 12, u64::from(record.dropped_events));
+    for link in &record.links {
+        encode_link(out, link);
+    }
+    varint_field(out, 14, u64::from(record.dropped_links));
+    encode_status(out, &record.status);
+    fixed32_field(out, 16, flags(context, record.parent_is_remote));
+}
+
+/// A `KeyValue` with a string value, as repeated field `field`.
+#[inline]
+fn str_attribute(out: &mut Vec<u8>, field: u32, key: &str, value: &str) {
+    // AnyValue: 1 string_value, written even when empty (a oneof member).
+    let value_len = field_len(1, value.len());
+    message_header(
+        out,
+        field,
+        string_field_len(1, key) + field_len(2, value_len),
+    );
+    string_field(out, 1, key);
+    message_header(out, 2, value_len);
+    message_header(out, 1, value.len());
+    out.extend_from_slice(value.as_bytes());
 }
 
 fn span_kind(kind: &SpanKind) -> u64 {
@@ -715,7 +845,7 @@ mod tests {
             .build();
 
         let mut exporter = OtlpExporter::new(
-            ExportClient::new(Duration::from_secs(1)).unwrap(),
+            Arc::new(ExportClient::new(Duration::from_secs(1)).unwrap()),
             Uri::from_static("http://127.0.0.1:9/v1/traces"),
             Vec::new(),
         );
@@ -778,7 +908,7 @@ mod tests {
         let server = tokio::spawn(async move { axum::serve(listener, collector).await });
 
         let exporter = OtlpExporter::new(
-            ExportClient::new(Duration::from_secs(5)).unwrap(),
+            Arc::new(ExportClient::new(Duration::from_secs(5)).unwrap()),
             format!("http://{addr}/v1/traces").parse().unwrap(),
             vec![(
                 HeaderName::from_static("api-key"),
@@ -835,7 +965,7 @@ mod tests {
             listener.local_addr().unwrap().port()
         };
         let exporter = OtlpExporter::new(
-            ExportClient::new(Duration::from_secs(5)).unwrap(),
+            Arc::new(ExportClient::new(Duration::from_secs(5)).unwrap()),
             format!("http://127.0.0.1:{port}/v1/traces")
                 .parse()
                 .unwrap(),

@@ -17,7 +17,6 @@ use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::{Key, KeyValue, Value};
 use opentelemetry_http::HeaderExtractor;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracer;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_service::Service;
@@ -25,14 +24,16 @@ use tracing::Span;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::attributes::SpanName;
 use crate::attributes::{MethodLabel, Scheme, protocol_version, redact_query};
 use crate::body::{RequestBody, ResponseBody};
+use crate::direct::{DirectTracer, RequestFields};
 use crate::metrics::{ErrorKind, HttpMetrics, Route, SeriesKey};
 use crate::names::{
-    ERROR_TYPE, ERROR_TYPE_CLIENT_DISCONNECT, HTTP_REQUEST_METHOD, HTTP_REQUEST_METHOD_ORIGINAL,
-    HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE, NETWORK_PROTOCOL_VERSION, URL_SCHEME,
+    ERROR_TYPE, ERROR_TYPE_CLIENT_DISCONNECT, HTTP_REQUEST_METHOD_ORIGINAL,
+    HTTP_RESPONSE_STATUS_CODE, URL_QUERY,
 };
-use crate::span::{RequestSpan, TWIN_SPAN_TARGET, error_status, start_server_span};
+use crate::span::{RequestSpan, TWIN_SPAN_TARGET, error_status};
 
 const TRACEPARENT: &str = "traceparent";
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -55,7 +56,7 @@ pub(crate) struct Shared {
     pub(crate) default_scheme: Scheme,
     pub(crate) trust_forwarded_proto: bool,
     /// Starts request spans directly when set; otherwise they are `tracing` spans.
-    pub(crate) tracer: Option<SdkTracer>,
+    pub(crate) tracer: Option<Arc<DirectTracer>>,
     /// Opens a `tracing` twin of each directly started span, for log layers.
     pub(crate) log_request_span: bool,
 }
@@ -78,51 +79,6 @@ impl Shared {
             return scheme;
         }
         self.default_scheme
-    }
-}
-
-/// The span name `{method} {route}` (or `{method}` alone), assembled on the stack for the usual route
-/// lengths, so naming a span costs one copy instead of a formatting pass and a growing `String`.
-struct SpanName {
-    buf: [u8; SPAN_NAME_INLINE],
-    len: usize,
-    long: Option<String>,
-}
-
-const SPAN_NAME_INLINE: usize = 128;
-
-impl SpanName {
-    fn new(method: MethodLabel, route: Option<&str>) -> Self {
-        let method = method.span_name();
-        let mut name = Self {
-            buf: [0; SPAN_NAME_INLINE],
-            len: 0,
-            long: None,
-        };
-        match route {
-            None => name.push(method),
-            Some(route) if method.len() + 1 + route.len() <= SPAN_NAME_INLINE => {
-                name.push(method);
-                name.push(" ");
-                name.push(route);
-            }
-            Some(route) => name.long = Some(format!("{method} {route}")),
-        }
-        name
-    }
-
-    fn push(&mut self, part: &str) {
-        let end = self.len + part.len();
-        self.buf[self.len..end].copy_from_slice(part.as_bytes());
-        self.len = end;
-    }
-
-    fn as_str(&self) -> &str {
-        match &self.long {
-            Some(long) => long,
-            // Whole `&str`s were copied in, so the bytes are UTF-8.
-            None => std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default(),
-        }
     }
 }
 
@@ -308,41 +264,22 @@ fn make_span<B>(
     span
 }
 
-const URL_PATH: &str = "url.path";
-const URL_QUERY: &str = "url.query";
-
 fn make_otel_span<B>(
     shared: &Shared,
-    tracer: &SdkTracer,
+    tracer: &DirectTracer,
     req: &Request<B>,
     method: MethodLabel,
     scheme: Scheme,
     version: &'static str,
     route: Option<&Route>,
 ) -> opentelemetry::Context {
-    let route_str = route.map(|r| r.0.as_str());
-    let name = SpanName::new(method, route_str).as_str().to_owned();
-    let mut attributes = Vec::with_capacity(9 + shared.request_headers.len());
-    attributes.push(KeyValue::new(
-        Key::from_static_str(HTTP_REQUEST_METHOD),
-        Value::from(method.as_str()),
-    ));
+    let mut attributes = Vec::new();
     if method == MethodLabel::Other {
         attributes.push(KeyValue::new(
             Key::from_static_str(HTTP_REQUEST_METHOD_ORIGINAL),
             Value::from(req.method().as_str().to_owned()),
         ));
     }
-    if let Some(route) = route_str {
-        attributes.push(KeyValue::new(
-            Key::from_static_str(HTTP_ROUTE),
-            Value::from(route.to_owned()),
-        ));
-    }
-    attributes.push(KeyValue::new(
-        Key::from_static_str(URL_PATH),
-        Value::from(req.uri().path().to_owned()),
-    ));
     if shared.record_query
         && let Some(query) = req.uri().query()
     {
@@ -351,14 +288,6 @@ fn make_otel_span<B>(
             Value::from(redact_query(query)),
         ));
     }
-    attributes.push(KeyValue::new(
-        Key::from_static_str(URL_SCHEME),
-        Value::from(scheme.as_str()),
-    ));
-    attributes.push(KeyValue::new(
-        Key::from_static_str(NETWORK_PROTOCOL_VERSION),
-        Value::from(version),
-    ));
     for_captured(req.headers(), &shared.request_headers, |key, value| {
         attributes.push(KeyValue::new(key, value));
     });
@@ -369,7 +298,17 @@ fn make_otel_span<B>(
     } else {
         opentelemetry::Context::current()
     };
-    start_server_span(tracer, name, attributes, &parent)
+    tracer.start(
+        &parent,
+        RequestFields {
+            method,
+            route: route.cloned(),
+            path: req.uri().path().to_owned(),
+            scheme,
+            version,
+            attributes,
+        },
+    )
 }
 
 fn capture_headers(span: &RequestSpan, headers: &HeaderMap, captured: &[CapturedHeader]) {

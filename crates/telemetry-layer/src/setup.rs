@@ -14,7 +14,10 @@ use metrics_exporter_prometheus::{
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::SpanExporter as _;
+use opentelemetry_sdk::trace::{
+    BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, ShouldSample,
+};
 use tracing::Subscriber;
 use tracing_opentelemetry::OpenTelemetryLayer;
 use tracing_subscriber::Layer as _;
@@ -22,6 +25,7 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
+use crate::direct::{BatchSettings, DirectTracer, SpanQueue};
 use crate::error::TelemetryError;
 use crate::export::ExportClient;
 use crate::layer::{TelemetryLayer, TelemetryLayerBuilder};
@@ -30,7 +34,7 @@ use crate::names::{
     DEFAULT_DURATION_BUCKETS, DEFAULT_SIZE_BUCKETS, HTTP_SERVER_REQUEST_BODY_SIZE,
     HTTP_SERVER_REQUEST_DURATION, HTTP_SERVER_RESPONSE_BODY_SIZE,
 };
-use crate::otlp::OtlpExporter;
+use crate::otlp::{OtlpExporter, REQUEST_SCOPE};
 use crate::span::{RequestEvents, is_twin_span};
 
 /// Content type of the Prometheus text exposition format served by [`Telemetry::metrics_router`].
@@ -165,9 +169,18 @@ impl Telemetry {
     }
 }
 
-/// Flushes and shuts down the span pipeline and stops metric upkeep when dropped.
+/// The two span pipelines: the SDK's, for the application's spans (through the `tracing` bridge), and
+/// the request spans' own.
+struct Pipelines {
+    provider: SdkTracerProvider,
+    tracer: Arc<DirectTracer>,
+    requests: Arc<SpanQueue>,
+}
+
+/// Flushes and shuts down the span pipelines and stops metric upkeep when dropped.
 #[derive(Debug)]
 pub struct TelemetryGuard {
+    requests: Option<Arc<SpanQueue>>,
     provider: Option<SdkTracerProvider>,
     _upkeep: mpsc::Sender<()>,
 }
@@ -179,12 +192,7 @@ impl TelemetryGuard {
     ///
     /// [`TelemetryError::Flush`] when the export fails.
     pub fn force_flush(&self) -> Result<(), TelemetryError> {
-        match &self.provider {
-            Some(provider) => provider
-                .force_flush()
-                .map_err(|e| TelemetryError::Flush(e.to_string())),
-            None => Ok(()),
-        }
+        flush(self.requests.as_deref(), self.provider.as_ref())
     }
 
     /// Like [`force_flush`](Self::force_flush), on Tokio's blocking pool so the runtime keeps running.
@@ -193,36 +201,59 @@ impl TelemetryGuard {
     ///
     /// [`TelemetryError::Flush`] when the export fails.
     pub async fn flush(&self) -> Result<(), TelemetryError> {
-        let Some(provider) = self.provider.clone() else {
+        if self.requests.is_none() && self.provider.is_none() {
             return Ok(());
-        };
-        tokio::task::spawn_blocking(move || provider.force_flush())
+        }
+        let (requests, provider) = (self.requests.clone(), self.provider.clone());
+        tokio::task::spawn_blocking(move || flush(requests.as_deref(), provider.as_ref()))
             .await
             .map_err(|e| TelemetryError::Flush(e.to_string()))?
-            .map_err(|e| TelemetryError::Flush(e.to_string()))
     }
 
-    /// Flushes and stops the span pipeline.
+    /// Flushes and stops the span pipelines.
     ///
     /// # Errors
     ///
     /// [`TelemetryError::Flush`] when the final export fails.
     pub fn shutdown(mut self) -> Result<(), TelemetryError> {
-        match self.provider.take() {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), TelemetryError> {
+        // Request spans first: their children are in the SDK's pipeline, and both finish either way.
+        let requests = match self.requests.take() {
+            Some(queue) => queue.shutdown().map_err(TelemetryError::Flush),
+            None => Ok(()),
+        };
+        let provider = match self.provider.take() {
             Some(provider) => provider
                 .shutdown()
                 .map_err(|e| TelemetryError::Flush(e.to_string())),
             None => Ok(()),
-        }
+        };
+        requests.and(provider)
     }
+}
+
+fn flush(
+    requests: Option<&SpanQueue>,
+    provider: Option<&SdkTracerProvider>,
+) -> Result<(), TelemetryError> {
+    let requests = requests.map_or(Ok(()), |queue| {
+        queue.force_flush().map_err(TelemetryError::Flush)
+    });
+    let provider = provider.map_or(Ok(()), |provider| {
+        provider
+            .force_flush()
+            .map_err(|e| TelemetryError::Flush(e.to_string()))
+    });
+    requests.and(provider)
 }
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Some(provider) = self.provider.take() {
-            // Nothing to report to at this point; the exporter logs its own failures.
-            let _ = provider.shutdown();
-        }
+        // Nothing to report to at this point; the exporters log their own failures.
+        let _ = self.stop();
     }
 }
 
@@ -370,10 +401,8 @@ impl TelemetryBuilder {
         let recorder = Arc::new(self.prometheus_recorder()?);
         let handle = recorder.handle();
 
-        let tracer_provider = self.tracer_provider()?;
-        let tracer = tracer_provider
-            .as_ref()
-            .map(|provider| provider.tracer("telemetry-layer"));
+        let pipelines = self.tracer_provider()?;
+        let tracer = pipelines.as_ref().map(|p| p.provider.tracer(REQUEST_SCOPE));
 
         let mut layer = self.layer.clone();
         layer.recorder = Some(Arc::clone(&recorder) as SharedRecorder);
@@ -381,8 +410,9 @@ impl TelemetryBuilder {
             layer = layer.log_request_span(true);
         }
         // Request spans are `INFO`: below a stricter span level they are not exported at all.
-        layer.tracer = tracer
-            .clone()
+        layer.tracer = pipelines
+            .as_ref()
+            .map(|p| Arc::clone(&p.tracer))
             .filter(|_| self.span_level >= tracing::Level::INFO);
         let layer = layer.build()?;
 
@@ -425,8 +455,8 @@ impl TelemetryBuilder {
                 .with(logs)
                 .try_init()
                 .map_err(|_| TelemetryError::SubscriberAlreadyInstalled)?;
-            if let Some(provider) = &tracer_provider {
-                opentelemetry::global::set_tracer_provider(provider.clone());
+            if let Some(pipelines) = &pipelines {
+                opentelemetry::global::set_tracer_provider(pipelines.provider.clone());
                 opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
             }
         }
@@ -438,7 +468,8 @@ impl TelemetryBuilder {
             handle,
             tracer,
             guard: TelemetryGuard {
-                provider: tracer_provider,
+                requests: pipelines.as_ref().map(|p| Arc::clone(&p.requests)),
+                provider: pipelines.map(|p| p.provider),
                 _upkeep: upkeep,
             },
         })
@@ -488,7 +519,7 @@ impl TelemetryBuilder {
         Ok(builder.build_recorder())
     }
 
-    fn tracer_provider(&self) -> Result<Option<SdkTracerProvider>, TelemetryError> {
+    fn tracer_provider(&self) -> Result<Option<Pipelines>, TelemetryError> {
         let env = |name: &str| {
             if self.read_env {
                 std::env::var(name).ok().filter(|v| !v.trim().is_empty())
@@ -569,9 +600,11 @@ impl TelemetryBuilder {
             .and_then(|ms| ms.trim().parse::<u64>().ok())
             .map_or(DEFAULT_EXPORT_TIMEOUT, Duration::from_millis);
 
-        let client =
-            ExportClient::new(timeout).map_err(|e| TelemetryError::Exporter(e.to_string()))?;
-        let exporter = OtlpExporter::new(client, endpoint, headers);
+        let client = Arc::new(
+            ExportClient::new(timeout).map_err(|e| TelemetryError::Exporter(e.to_string()))?,
+        );
+        let exporter = OtlpExporter::new(Arc::clone(&client), endpoint.clone(), headers.clone());
+        let mut request_exporter = OtlpExporter::new(client, endpoint, headers);
 
         let service_name = env("OTEL_SERVICE_NAME").unwrap_or_else(|| self.service_name.clone());
         let resource = if self.read_env {
@@ -581,11 +614,26 @@ impl TelemetryBuilder {
         }
         .with_service_name(service_name)
         .build();
+        // Request spans and the SDK's spans sample alike: the SDK reads `OTEL_TRACES_SAMPLER` when its
+        // configuration is created.
+        let sampler: Box<dyn ShouldSample> = if self.read_env {
+            opentelemetry_sdk::trace::Config::default().sampler
+        } else {
+            Box::new(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
+        };
+        request_exporter.set_resource(&resource);
+        let queue = SpanQueue::start(BatchSettings::from_env(env), request_exporter)
+            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
         let provider = SdkTracerProvider::builder()
             .with_resource(resource)
+            .with_sampler(sampler.box_clone())
             .with_span_processor(BatchSpanProcessor::builder(exporter).build())
             .build();
-        Ok(Some(provider))
+        Ok(Some(Pipelines {
+            provider,
+            tracer: Arc::new(DirectTracer::new(sampler, Arc::clone(&queue))),
+            requests: queue,
+        }))
     }
 }
 

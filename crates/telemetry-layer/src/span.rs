@@ -7,9 +7,8 @@
 //! there take it as parent (the bridge falls back to the current OpenTelemetry context), and
 //! [`RequestEvents`] attaches `tracing` events emitted outside any `tracing` span to it.
 
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _, Tracer as _};
+use opentelemetry::trace::{Status, TraceContextExt as _};
 use opentelemetry::{Context as OtelContext, ContextGuard, Key, KeyValue, Value};
-use opentelemetry_sdk::trace::SdkTracer;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::Layer;
@@ -70,21 +69,6 @@ pub(crate) const TWIN_SPAN_TARGET: &str = "telemetry_layer::request";
 /// turn into a second OpenTelemetry span.
 pub(crate) fn is_twin_span(meta: &tracing::Metadata<'_>) -> bool {
     meta.is_span() && meta.target() == TWIN_SPAN_TARGET
-}
-
-/// Starts a server span named `name` with `attributes` under `parent`.
-pub(crate) fn start_server_span(
-    tracer: &SdkTracer,
-    name: String,
-    attributes: Vec<KeyValue>,
-    parent: &OtelContext,
-) -> OtelContext {
-    let span = tracer
-        .span_builder(name)
-        .with_kind(SpanKind::Server)
-        .with_attributes(attributes)
-        .start_with_context(tracer, parent);
-    parent.with_span(span)
 }
 
 /// Sets an error status with no description, as the bridge does for `otel.status_code = "ERROR"`.
