@@ -23,9 +23,7 @@ use opentelemetry::trace::{
     Event, Link, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags,
 };
 use opentelemetry::{Context as OtelContext, KeyValue, Value};
-use opentelemetry_sdk::trace::{
-    IdGenerator, RandomIdGenerator, SamplingDecision, ShouldSample, SpanLimits,
-};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SamplingDecision, ShouldSample};
 
 use crate::attributes::{MethodLabel, Scheme, SpanName};
 use crate::metrics::Route;
@@ -38,20 +36,61 @@ pub(crate) struct SpanRecord {
     pub(crate) context: SpanContext,
     pub(crate) parent_span_id: SpanId,
     pub(crate) parent_is_remote: bool,
-    pub(crate) start: SystemTime,
-    pub(crate) end: SystemTime,
-    /// A name set with `update_name`; otherwise the span is named `{method} {route}`.
-    pub(crate) name: Option<Cow<'static, str>>,
     pub(crate) method: MethodLabel,
-    pub(crate) route: Option<Route>,
-    pub(crate) path: String,
     pub(crate) scheme: Scheme,
     pub(crate) version: &'static str,
+    pub(crate) start: SystemTime,
+    pub(crate) end: SystemTime,
+    pub(crate) route: Option<Route>,
+    pub(crate) path: UrlPath,
     pub(crate) status_code: Option<i64>,
     /// Every other attribute, in the order it was set.
     pub(crate) attributes: Vec<KeyValue>,
-    pub(crate) dropped_attributes: u32,
+    /// What most request spans never get, kept apart so that a record stays small to move.
+    pub(crate) extras: Option<Box<Extras>>,
+}
+
+/// Paths up to this many bytes are kept in the record itself.
+const INLINE_PATH: usize = 54;
+
+/// The request path, in place when short: the record is freed on the export thread, and a path that
+/// never had an allocation of its own costs neither thread an allocator call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum UrlPath {
+    Inline { len: u8, bytes: [u8; INLINE_PATH] },
+    Heap(Box<str>),
+}
+
+impl UrlPath {
+    pub(crate) fn new(path: &str) -> Self {
+        match u8::try_from(path.len()) {
+            Ok(len) if path.len() <= INLINE_PATH => {
+                let mut bytes = [0; INLINE_PATH];
+                bytes[..path.len()].copy_from_slice(path.as_bytes());
+                Self::Inline { len, bytes }
+            }
+            _ => Self::Heap(path.into()),
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            // Copied whole from a `&str`, so the bytes are UTF-8.
+            Self::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            Self::Heap(path) => path,
+        }
+    }
+}
+
+/// The parts of a [`SpanRecord`] that only some spans have.
+#[derive(Debug, Default)]
+pub(crate) struct Extras {
+    /// A name set with `update_name`; otherwise the span is named `{method} {route}`.
+    pub(crate) name: Option<Cow<'static, str>>,
     pub(crate) status: Status,
+    pub(crate) dropped_attributes: u32,
     pub(crate) events: Vec<Event>,
     pub(crate) dropped_events: u32,
     pub(crate) links: Vec<Link>,
@@ -59,22 +98,35 @@ pub(crate) struct SpanRecord {
 }
 
 impl SpanRecord {
-    /// Calls `f` with the name the span is exported under.
-    pub(crate) fn with_name<R>(&self, f: impl FnOnce(&str) -> R) -> R {
-        match &self.name {
-            Some(name) => f(name),
-            None => {
-                f(SpanName::new(self.method, self.route.as_ref().map(|r| r.0.as_str())).as_str())
-            }
+    /// The span name in at most two parts: a name set by the application, or the method's span name
+    /// and the route, to be joined by a space.
+    pub(crate) fn name_parts(&self) -> (&str, Option<&str>) {
+        match self.extras.as_ref().and_then(|e| e.name.as_deref()) {
+            Some(name) => (name, None),
+            None => (
+                self.method.span_name(),
+                self.route.as_ref().map(|r| r.0.as_str()),
+            ),
         }
     }
+
+    fn extras(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Box::default)
+    }
 }
+
+/// The SDK's default span limits, which the SDK's own spans get too.
+const MAX_ATTRIBUTES: usize = 128;
+const MAX_EVENTS: usize = 128;
+const MAX_LINKS: usize = 128;
+const MAX_ATTRIBUTES_PER_EVENT: usize = 128;
+const MAX_ATTRIBUTES_PER_LINK: usize = 128;
 
 /// What the layer knows of a request when its span starts.
 pub(crate) struct RequestFields {
     pub(crate) method: MethodLabel,
     pub(crate) route: Option<Route>,
-    pub(crate) path: String,
+    pub(crate) path: UrlPath,
     pub(crate) scheme: Scheme,
     pub(crate) version: &'static str,
     /// `http.request.method_original`, `url.query` and captured request headers.
@@ -86,7 +138,6 @@ pub(crate) struct RequestFields {
 pub(crate) struct DirectTracer {
     sampler: Box<dyn ShouldSample>,
     ids: RandomIdGenerator,
-    limits: SpanLimits,
     queue: Arc<SpanQueue>,
 }
 
@@ -95,14 +146,18 @@ impl DirectTracer {
         Self {
             sampler,
             ids: RandomIdGenerator::default(),
-            limits: SpanLimits::default(),
             queue,
         }
     }
 
     /// Starts a server span for the request described by `fields` under `parent`, and returns `parent`
     /// with that span active.
-    pub(crate) fn start(&self, parent: &OtelContext, fields: RequestFields) -> OtelContext {
+    pub(crate) fn start(
+        &self,
+        parent: &OtelContext,
+        start: SystemTime,
+        fields: RequestFields,
+    ) -> OtelContext {
         let parent_span = parent.span();
         let parent_context = parent_span.span_context();
         let has_parent = parent.has_active_span() && parent_context.is_valid();
@@ -142,28 +197,21 @@ impl DirectTracer {
                 context: context.clone(),
                 parent_span_id,
                 parent_is_remote,
-                start: opentelemetry::time::now(),
-                end: SystemTime::UNIX_EPOCH,
-                name: None,
                 method: fields.method,
-                route: fields.route,
-                path: fields.path,
                 scheme: fields.scheme,
                 version: fields.version,
+                start,
+                end: start,
+                route: fields.route,
+                path: fields.path,
                 status_code: None,
                 attributes,
-                dropped_attributes: 0,
-                status: Status::Unset,
-                events: Vec::new(),
-                dropped_events: 0,
-                links: Vec::new(),
-                dropped_links: 0,
+                extras: None,
             }
         });
         parent.with_span(LiveSpan {
             context,
             record,
-            limits: self.limits,
             queue: Arc::clone(&self.queue),
         })
     }
@@ -176,12 +224,7 @@ pub(crate) struct LiveSpan {
     context: SpanContext,
     /// `None` for a span the sampler dropped, and once ended.
     record: Option<SpanRecord>,
-    limits: SpanLimits,
     queue: Arc<SpanQueue>,
-}
-
-fn limit(value: u32) -> usize {
-    usize::try_from(value).unwrap_or(usize::MAX)
 }
 
 fn count(value: usize) -> u32 {
@@ -200,15 +243,15 @@ impl opentelemetry::trace::Span for LiveSpan {
         let Some(record) = &mut self.record else {
             return;
         };
-        if record.events.len() < limit(self.limits.max_events_per_span) {
-            let keep = limit(self.limits.max_attributes_per_event);
-            let dropped = attributes.len().saturating_sub(keep);
-            attributes.truncate(keep);
-            record
+        let extras = record.extras();
+        if extras.events.len() < MAX_EVENTS {
+            let dropped = attributes.len().saturating_sub(MAX_ATTRIBUTES_PER_EVENT);
+            attributes.truncate(MAX_ATTRIBUTES_PER_EVENT);
+            extras
                 .events
                 .push(Event::new(name, timestamp, attributes, count(dropped)));
         } else {
-            record.dropped_events = record.dropped_events.saturating_add(1);
+            extras.dropped_events = extras.dropped_events.saturating_add(1);
         }
     }
 
@@ -228,18 +271,20 @@ impl opentelemetry::trace::Span for LiveSpan {
             (attribute.key.as_str(), &attribute.value)
         {
             record.status_code = Some(*code);
-        } else if record.attributes.len() < limit(self.limits.max_attributes_per_span) {
+        } else if record.attributes.len() < MAX_ATTRIBUTES {
             record.attributes.push(attribute);
         } else {
-            record.dropped_attributes = record.dropped_attributes.saturating_add(1);
+            let extras = record.extras();
+            extras.dropped_attributes = extras.dropped_attributes.saturating_add(1);
         }
     }
 
     fn set_status(&mut self, status: Status) {
-        if let Some(record) = &mut self.record
-            && status > record.status
-        {
-            record.status = status;
+        if let Some(record) = &mut self.record {
+            let extras = record.extras();
+            if status > extras.status {
+                extras.status = status;
+            }
         }
     }
 
@@ -248,7 +293,7 @@ impl opentelemetry::trace::Span for LiveSpan {
         T: Into<Cow<'static, str>>,
     {
         if let Some(record) = &mut self.record {
-            record.name = Some(new_name.into());
+            record.extras().name = Some(new_name.into());
         }
     }
 
@@ -256,15 +301,15 @@ impl opentelemetry::trace::Span for LiveSpan {
         let Some(record) = &mut self.record else {
             return;
         };
-        if record.links.len() < limit(self.limits.max_links_per_span) {
-            let keep = limit(self.limits.max_attributes_per_link);
-            let dropped = attributes.len().saturating_sub(keep);
-            attributes.truncate(keep);
-            record
+        let extras = record.extras();
+        if extras.links.len() < MAX_LINKS {
+            let dropped = attributes.len().saturating_sub(MAX_ATTRIBUTES_PER_LINK);
+            attributes.truncate(MAX_ATTRIBUTES_PER_LINK);
+            extras
                 .links
                 .push(Link::new(span_context, attributes, count(dropped)));
         } else {
-            record.dropped_links = record.dropped_links.saturating_add(1);
+            extras.dropped_links = extras.dropped_links.saturating_add(1);
         }
     }
 
@@ -528,4 +573,259 @@ impl SpanQueue {
 /// A poisoned lock still holds consistent data here: every critical section only moves whole values.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use opentelemetry::trace::{SpanContext, TraceContextExt as _, TraceId, TraceState};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_sdk::trace::Sampler;
+    use prost::Message as _;
+
+    use super::*;
+    use crate::export::ExportClient;
+
+    fn exporter(port: u16) -> OtlpExporter {
+        OtlpExporter::new(
+            Arc::new(ExportClient::new(Duration::from_millis(200)).unwrap()),
+            format!("http://127.0.0.1:{port}/v1/traces")
+                .parse()
+                .unwrap(),
+            Vec::new(),
+        )
+    }
+
+    /// A port nothing listens on.
+    fn closed_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// Settings under which nothing is exported until a flush or shutdown.
+    fn manual(max_queue: usize) -> BatchSettings {
+        BatchSettings {
+            max_queue,
+            max_batch: max_queue + 1,
+            delay: Duration::from_secs(3600),
+            flush_timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn fields(path: &str) -> RequestFields {
+        RequestFields {
+            method: MethodLabel::Get,
+            route: None,
+            path: UrlPath::new(path),
+            scheme: Scheme::Http,
+            version: "1.1",
+            attributes: Vec::new(),
+        }
+    }
+
+    fn tracer(sampler: Sampler, queue: &Arc<SpanQueue>) -> DirectTracer {
+        DirectTracer::new(Box::new(sampler), Arc::clone(queue))
+    }
+
+    fn always_on() -> Sampler {
+        Sampler::ParentBased(Box::new(Sampler::AlwaysOn))
+    }
+
+    fn remote_parent(sampled: bool) -> OtelContext {
+        OtelContext::new().with_remote_span_context(SpanContext::new(
+            TraceId::from(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736),
+            SpanId::from(0x00f0_67aa_0ba9_02b7),
+            if sampled {
+                TraceFlags::SAMPLED
+            } else {
+                TraceFlags::default()
+            },
+            true,
+            TraceState::default(),
+        ))
+    }
+
+    #[test]
+    fn short_paths_are_kept_in_place_and_long_ones_on_the_heap() {
+        for path in ["", "/", "/rooms/lobby/messages", "/é/ü/€", &"/x".repeat(27)] {
+            let kept = UrlPath::new(path);
+            assert!(matches!(kept, UrlPath::Inline { .. }), "{path}");
+            assert_eq!(kept.as_str(), path);
+        }
+        let long = format!("/{}", "€".repeat(20));
+        let kept = UrlPath::new(&long);
+        assert!(matches!(kept, UrlPath::Heap(_)));
+        assert_eq!(kept.as_str(), long);
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_growing() {
+        let queue = SpanQueue::start(manual(4), exporter(closed_port())).unwrap();
+        let tracer = tracer(always_on(), &queue);
+        for n in 0..10 {
+            let cx = tracer.start(
+                &OtelContext::new(),
+                SystemTime::now(),
+                fields(&format!("/{n}")),
+            );
+            cx.span().end();
+        }
+        assert_eq!(queue.queued(), 4);
+        assert_eq!(lock(&queue.state).dropped, 6);
+        // The collector is unreachable: shutdown reports the failed export, and later spans are dropped.
+        let error = queue.shutdown().unwrap_err();
+        assert!(error.contains("OTLP export"), "{error}");
+        let cx = tracer.start(&OtelContext::new(), SystemTime::now(), fields("/late"));
+        cx.span().end();
+        assert_eq!(queue.queued(), 0);
+        assert_eq!(queue.shutdown(), Ok(()), "a second shutdown does nothing");
+        assert_eq!(queue.force_flush(), Ok(()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flush_exports_every_ended_span_and_drop_ends_an_unended_one() {
+        let received = Arc::new(AtomicUsize::new(0));
+        let bodies: Arc<Mutex<Vec<ExportTraceServiceRequest>>> = Arc::default();
+        let (count, seen) = (Arc::clone(&received), Arc::clone(&bodies));
+        let collector = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: Bytes| {
+                let request = ExportTraceServiceRequest::decode(body).unwrap();
+                let spans: usize = request.resource_spans[0].scope_spans[0].spans.len();
+                count.fetch_add(spans, Ordering::SeqCst);
+                seen.lock().unwrap().push(request);
+                async {}
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move { axum::serve(listener, collector).await });
+
+        let queue = SpanQueue::start(manual(64), exporter(port)).unwrap();
+        let tracer = tracer(always_on(), &queue);
+        let parent = remote_parent(true);
+        for n in 0..3 {
+            let cx = tracer.start(&parent, SystemTime::now(), fields(&format!("/{n}")));
+            cx.span()
+                .set_attribute(KeyValue::new(HTTP_RESPONSE_STATUS_CODE, 200_i64));
+            cx.span().add_event("handled", vec![]);
+            cx.span().end();
+        }
+        // Never ended: dropping the last context holding it ends it.
+        drop(tracer.start(&parent, SystemTime::now(), fields("/dropped")));
+        assert_eq!(queue.queued(), 4);
+        let flushing = Arc::clone(&queue);
+        tokio::task::spawn_blocking(move || flushing.force_flush())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(received.load(Ordering::SeqCst), 4);
+        let spans = bodies.lock().unwrap()[0].resource_spans[0].scope_spans[0]
+            .spans
+            .clone();
+        let mut paths: Vec<String> = spans
+            .iter()
+            .filter_map(|s| {
+                match s
+                    .attributes
+                    .iter()
+                    .find(|a| a.key == "url.path")?
+                    .value
+                    .clone()?
+                    .value?
+                {
+                    Value::StringValue(path) => Some(path),
+                    _ => None,
+                }
+            })
+            .collect();
+        paths.sort();
+        assert_eq!(paths, ["/0", "/1", "/2", "/dropped"]);
+        for span in &spans {
+            assert_eq!(hex(&span.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+            assert_eq!(hex(&span.parent_span_id), "00f067aa0ba902b7");
+            assert_eq!(span.flags & 0x300, 0x300, "the parent is remote");
+        }
+        assert_eq!(spans[0].events.len(), 1);
+        assert!(spans[3].events.is_empty());
+        let blocking = Arc::clone(&queue);
+        tokio::task::spawn_blocking(move || blocking.shutdown())
+            .await
+            .unwrap()
+            .unwrap();
+        server.abort();
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn sampling_follows_the_sdk_sampler_and_the_parent() {
+        let queue = SpanQueue::start(manual(16), exporter(closed_port())).unwrap();
+
+        // An unsampled parent: the span is not recorded, but its context carries the trace on.
+        let on = tracer(always_on(), &queue);
+        let cx = on.start(&remote_parent(false), SystemTime::now(), fields("/a"));
+        let span = cx.span();
+        assert!(!span.is_recording());
+        assert!(!span.span_context().is_sampled());
+        assert_eq!(
+            span.span_context().trace_id(),
+            TraceId::from(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736)
+        );
+        span.end();
+
+        // No parent: a new trace, recorded.
+        let cx = on.start(&OtelContext::new(), SystemTime::now(), fields("/b"));
+        assert!(cx.span().is_recording());
+        assert!(cx.span().span_context().is_valid());
+        cx.span().end();
+
+        // Always off: nothing recorded even under a sampled parent.
+        let off = tracer(Sampler::AlwaysOff, &queue);
+        let cx = off.start(&remote_parent(true), SystemTime::now(), fields("/c"));
+        assert!(!cx.span().is_recording());
+        cx.span().end();
+
+        assert_eq!(queue.queued(), 1);
+        assert!(queue.shutdown().is_err(), "the collector is unreachable");
+    }
+
+    #[test]
+    fn span_api_calls_keep_the_sdk_limits_and_status_order() {
+        let queue = SpanQueue::start(manual(4), exporter(closed_port())).unwrap();
+        let tracer = tracer(always_on(), &queue);
+        let cx = tracer.start(&OtelContext::new(), SystemTime::now(), fields("/limits"));
+        let span = cx.span();
+        for n in 0..130 {
+            span.add_event(format!("e{n}"), vec![]);
+            span.set_attribute(KeyValue::new(format!("a{n}"), n));
+        }
+        span.set_status(Status::error("first"));
+        span.set_status(Status::Unset);
+        span.update_name("renamed");
+        span.end();
+        let state = lock(&queue.state);
+        let record = &state.spans[0];
+        let extras = record.extras.as_ref().unwrap();
+        assert_eq!(record.attributes.len(), MAX_ATTRIBUTES);
+        assert_eq!(extras.dropped_attributes, 2);
+        assert_eq!(extras.events.len(), MAX_EVENTS);
+        assert_eq!(extras.dropped_events, 2);
+        assert_eq!(
+            extras.status,
+            Status::error("first"),
+            "Unset never replaces a status"
+        );
+        assert_eq!(record.name_parts(), ("renamed", None));
+        drop(state);
+        let _ = queue.shutdown();
+    }
 }

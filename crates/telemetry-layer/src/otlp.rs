@@ -212,11 +212,7 @@ impl OtlpExporter {
         if self.shut_down.load(Ordering::Relaxed) {
             return Err("OTLP export: the exporter is shut down".to_owned());
         }
-        let body = Bytes::from(encode_records(
-            records,
-            &self.resource,
-            &self.resource_schema_url,
-        ));
+        let body = encode_records(records, &self.resource, &self.resource_schema_url);
         self.client.block_on(self.send(body))
     }
 }
@@ -398,32 +394,56 @@ fn encode_status(out: &mut Vec<u8>, status: &Status) {
 pub(crate) const REQUEST_SCOPE: &str = "telemetry-layer";
 
 /// `ExportTraceServiceRequest` holding request span records, all in the [`REQUEST_SCOPE`] scope.
-pub(crate) fn encode_records(records: &[SpanRecord], resource: &[u8], schema_url: &str) -> Vec<u8> {
-    let mut spans = Vec::with_capacity(records.len() * 320);
-    let mut scratch = Vec::with_capacity(512);
-    for record in records {
-        scratch.clear();
-        encode_record(&mut scratch, record);
-        message_header(&mut spans, 2, scratch.len());
-        spans.extend_from_slice(&scratch);
-    }
+///
+/// The spans are written once, into the buffer that becomes the request body: room is left before them
+/// for the enclosing messages' headers, which are written into its end once the spans' length is known.
+pub(crate) fn encode_records(records: &[SpanRecord], resource: &[u8], schema_url: &str) -> Bytes {
     // ScopeSpans: 1 scope (InstrumentationScope: 1 name), 2 spans. ResourceSpans: 1 resource,
-    // 2 scope_spans, 3 schema_url.
+    // 2 scope_spans, 3 schema_url. Each header is a one-byte tag and a length of at most ten bytes.
     let scope_len = string_field_len(1, REQUEST_SCOPE);
-    let scope_spans_len = field_len(1, scope_len) + spans.len();
+    let room = 2 * 11 + field_len(1, resource.len()) + field_len(1, scope_len);
+    let mut out = Vec::with_capacity(room + records.len() * 320 + schema_url.len() + 16);
+    out.resize(room, 0);
+    for record in records {
+        // The span goes straight after a two-byte length, the size of any span under 16 KiB; the
+        // content moves when its length takes one byte or more than two.
+        tag(&mut out, 2, LEN);
+        let at = out.len();
+        out.extend_from_slice(&[0, 0]);
+        encode_record(&mut out, record);
+        let len = out.len() - at - 2;
+        let mut header = [0u8; 10];
+        let mut n = 0;
+        let mut rest = len as u64;
+        while rest >= 0x80 {
+            header[n] = (rest as u8) | 0x80;
+            rest >>= 7;
+            n += 1;
+        }
+        header[n] = rest as u8;
+        n += 1;
+        if n == 2 {
+            out[at..at + 2].copy_from_slice(&header[..2]);
+        } else {
+            out.splice(at..at + 2, header[..n].iter().copied());
+        }
+    }
+    let spans_len = out.len() - room;
+    string_field(&mut out, 3, schema_url);
+    let scope_spans_len = field_len(1, scope_len) + spans_len;
     let resource_spans_len = field_len(1, resource.len())
         + field_len(2, scope_spans_len)
         + string_field_len(3, schema_url);
-    let mut out = Vec::with_capacity(field_len(1, resource_spans_len));
-    message_header(&mut out, 1, resource_spans_len);
-    message_header(&mut out, 1, resource.len());
-    out.extend_from_slice(resource);
-    message_header(&mut out, 2, scope_spans_len);
-    message_header(&mut out, 1, scope_len);
-    string_field(&mut out, 1, REQUEST_SCOPE);
-    out.extend_from_slice(&spans);
-    string_field(&mut out, 3, schema_url);
-    out
+    let mut prefix = Vec::with_capacity(room);
+    message_header(&mut prefix, 1, resource_spans_len);
+    message_header(&mut prefix, 1, resource.len());
+    prefix.extend_from_slice(resource);
+    message_header(&mut prefix, 2, scope_spans_len);
+    message_header(&mut prefix, 1, scope_len);
+    string_field(&mut prefix, 1, REQUEST_SCOPE);
+    let start = room - prefix.len();
+    out[start..room].copy_from_slice(&prefix);
+    Bytes::from(out).slice(start..)
 }
 
 /// A request span record as a `Span`, its typed attributes first, in the order the layer sets them.
@@ -431,11 +451,21 @@ fn encode_record(out: &mut Vec<u8>, record: &SpanRecord) {
     let context = &record.context;
     bytes_field(out, 1, &context.trace_id().to_bytes());
     bytes_field(out, 2, &context.span_id().to_bytes());
-    string_field(out, 3, &context.trace_state().header());
+    if let Some(state) = trace_state(context) {
+        string_field(out, 3, &state);
+    }
     if record.parent_span_id != SpanId::INVALID {
         bytes_field(out, 4, &record.parent_span_id.to_bytes());
     }
-    record.with_name(|name| string_field(out, 5, name));
+    match record.name_parts() {
+        (name, None) => string_field(out, 5, name),
+        (method, Some(route)) => {
+            message_header(out, 5, method.len() + 1 + route.len());
+            out.extend_from_slice(method.as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(route.as_bytes());
+        }
+    }
     varint_field(out, 6, span_kind(&SpanKind::Server));
     fixed64_field(out, 7, nanos(record.start));
     fixed64_field(out, 8, nanos(record.end));
@@ -443,7 +473,7 @@ fn encode_record(out: &mut Vec<u8>, record: &SpanRecord) {
     if let Some(route) = &record.route {
         str_attribute(out, 9, HTTP_ROUTE, route.0.as_str());
     }
-    str_attribute(out, 9, URL_PATH, &record.path);
+    str_attribute(out, 9, URL_PATH, record.path.as_str());
     str_attribute(out, 9, URL_SCHEME, record.scheme.as_str());
     str_attribute(out, 9, NETWORK_PROTOCOL_VERSION, record.version);
     if let Some(code) = record.status_code {
@@ -452,17 +482,28 @@ fn encode_record(out: &mut Vec<u8>, record: &SpanRecord) {
     for attribute in &record.attributes {
         key_value(out, 9, attribute.key.as_str(), &attribute.value);
     }
-    varint_field(out, 10, u64::from(record.dropped_attributes));
-    for event in &record.events {
-        encode_event(out, event);
+    match &record.extras {
+        None => encode_status(out, &Status::Unset),
+        Some(extras) => {
+            varint_field(out, 10, u64::from(extras.dropped_attributes));
+            for event in &extras.events {
+                encode_event(out, event);
+            }
+            varint_field(out, 12, u64::from(extras.dropped_events));
+            for link in &extras.links {
+                encode_link(out, link);
+            }
+            varint_field(out, 14, u64::from(extras.dropped_links));
+            encode_status(out, &extras.status);
+        }
     }
-    varint_field(out, 12, u64::from(record.dropped_events));
-    for link in &record.links {
-        encode_link(out, link);
-    }
-    varint_field(out, 14, u64::from(record.dropped_links));
-    encode_status(out, &record.status);
     fixed32_field(out, 16, flags(context, record.parent_is_remote));
+}
+
+/// The `tracestate` header of `context`, `None` when empty (the usual case, which allocates nothing).
+fn trace_state(context: &SpanContext) -> Option<String> {
+    let state = context.trace_state().header();
+    (!state.is_empty()).then_some(state)
 }
 
 /// A `KeyValue` with a string value, as repeated field `field`.
@@ -733,6 +774,7 @@ mod tests {
     use prost::Message;
 
     use super::*;
+    use crate::names::HTTP_REQUEST_METHOD_ORIGINAL as HTTP_REQUEST_METHOD_ORIGINAL_KEY;
 
     fn context(trace: u128, span: u64, remote: bool, state: &str) -> SpanContext {
         let state = if state.is_empty() {
@@ -862,6 +904,189 @@ mod tests {
         assert_eq!(decoded, reference);
         // Byte-for-byte too: same field order and the same defaults left out.
         assert_eq!(body, reference.encode_to_vec());
+    }
+
+    /// A `MatchedPath` as axum makes it, from a request routed to `template`.
+    async fn matched_path(template: &'static str, uri: &'static str) -> axum::extract::MatchedPath {
+        use std::sync::Mutex;
+        use tower::ServiceExt as _;
+        let slot: Arc<Mutex<Option<axum::extract::MatchedPath>>> = Arc::default();
+        let seen = Arc::clone(&slot);
+        let app = axum::Router::new().route(
+            template,
+            axum::routing::get(move |path: axum::extract::MatchedPath| {
+                *seen.lock().unwrap() = Some(path);
+                async {}
+            }),
+        );
+        app.oneshot(
+            http::Request::get(uri)
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        slot.lock().unwrap().take().unwrap()
+    }
+
+    /// The `SpanData` the SDK would export for `record`, attributes in the encoder's order.
+    fn as_span_data(record: &SpanRecord) -> SpanData {
+        let (first, route) = record.name_parts();
+        let name = match route {
+            Some(route) => format!("{first} {route}"),
+            None => first.to_owned(),
+        };
+        let mut attributes = vec![KeyValue::new(HTTP_REQUEST_METHOD, record.method.as_str())];
+        if let Some(route) = &record.route {
+            attributes.push(KeyValue::new(HTTP_ROUTE, route.0.as_str().to_owned()));
+        }
+        attributes.push(KeyValue::new(URL_PATH, record.path.as_str().to_owned()));
+        attributes.push(KeyValue::new(URL_SCHEME, record.scheme.as_str()));
+        attributes.push(KeyValue::new(NETWORK_PROTOCOL_VERSION, record.version));
+        if let Some(code) = record.status_code {
+            attributes.push(KeyValue::new(HTTP_RESPONSE_STATUS_CODE, code));
+        }
+        attributes.extend(record.attributes.iter().cloned());
+        let mut events = SpanEvents::default();
+        let mut links = SpanLinks::default();
+        let (mut dropped_attributes_count, mut status) = (0, Status::Unset);
+        if let Some(extras) = &record.extras {
+            events.events = extras.events.clone();
+            events.dropped_count = extras.dropped_events;
+            links.links = extras.links.clone();
+            links.dropped_count = extras.dropped_links;
+            dropped_attributes_count = extras.dropped_attributes;
+            status = extras.status.clone();
+        }
+        SpanData {
+            span_context: record.context.clone(),
+            parent_span_id: record.parent_span_id,
+            parent_span_is_remote: record.parent_is_remote,
+            span_kind: SpanKind::Server,
+            name: name.into(),
+            start_time: record.start,
+            end_time: record.end,
+            attributes,
+            dropped_attributes_count,
+            events,
+            links,
+            status,
+            instrumentation_scope: InstrumentationScope::builder(REQUEST_SCOPE).build(),
+        }
+    }
+
+    #[tokio::test]
+    async fn request_records_encode_as_the_reference_conversion_of_the_same_spans() {
+        use crate::attributes::{MethodLabel, Scheme};
+        use crate::direct::{Extras, UrlPath};
+        use crate::metrics::Route;
+
+        let start = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_000_000_001);
+        let plain = SpanRecord {
+            context: context(0x0102, 0x0304, false, ""),
+            parent_span_id: SpanId::INVALID,
+            parent_is_remote: false,
+            method: MethodLabel::Get,
+            scheme: Scheme::Http,
+            version: "1.1",
+            start,
+            end: start + Duration::from_micros(250),
+            route: Some(Route(matched_path("/users/{id}", "/users/7").await)),
+            path: UrlPath::new("/users/7"),
+            status_code: Some(200),
+            attributes: Vec::new(),
+            extras: None,
+        };
+        let mut events = vec![Event::new(
+            "retrying",
+            start + Duration::from_micros(3),
+            vec![KeyValue::new("attempt", 2_i64)],
+            1,
+        )];
+        events.push(Event::new("empty", start, vec![], 0));
+        let detailed = SpanRecord {
+            context: context(0xffee, 0xddcc, false, "vendor=abc"),
+            parent_span_id: SpanId::from(0x0abc),
+            parent_is_remote: true,
+            method: MethodLabel::Other,
+            scheme: Scheme::Https,
+            version: "2",
+            start,
+            end: start + Duration::from_secs(2),
+            route: None,
+            // Longer than a one-byte length, and a span over 16 KiB moves its content for a three-byte one.
+            path: UrlPath::new(&format!("/{}", "p".repeat(20_000))),
+            status_code: Some(503),
+            attributes: vec![
+                KeyValue::new(HTTP_REQUEST_METHOD_ORIGINAL_KEY, "PURGE"),
+                KeyValue::new("error.type", "503"),
+                KeyValue::new("retries", 3_i64),
+            ],
+            extras: Some(Box::new(Extras {
+                name: Some("purge everything".into()),
+                status: Status::error("upstream down"),
+                dropped_attributes: 4,
+                events,
+                dropped_events: 5,
+                links: vec![Link::new(
+                    context(7, 8, true, "a=b"),
+                    vec![KeyValue::new("link.kind", "follows")],
+                    0,
+                )],
+                dropped_links: 6,
+            })),
+        };
+        let short = SpanRecord {
+            context: context(0x05, 0x06, false, ""),
+            path: UrlPath::new(""),
+            route: None,
+            status_code: None,
+            method: MethodLabel::Head,
+            extras: Some(Box::new(Extras {
+                status: Status::Ok,
+                ..Extras::default()
+            })),
+            ..SpanRecord {
+                context: context(1, 1, false, ""),
+                parent_span_id: SpanId::INVALID,
+                parent_is_remote: false,
+                method: MethodLabel::Get,
+                scheme: Scheme::Http,
+                version: "1.0",
+                start,
+                end: start,
+                route: None,
+                path: UrlPath::new(""),
+                status_code: None,
+                attributes: Vec::new(),
+                extras: None,
+            }
+        };
+        let records = [plain, detailed, short];
+        let resource = Resource::builder_empty()
+            .with_service_name("records")
+            .with_schema_url([], "https://opentelemetry.io/schemas/1.25.0")
+            .build();
+        let mut exporter = OtlpExporter::new(
+            Arc::new(ExportClient::new(Duration::from_secs(1)).unwrap()),
+            Uri::from_static("http://127.0.0.1:9/v1/traces"),
+            Vec::new(),
+        );
+        exporter.set_resource(&resource);
+        let body = encode_records(&records, &exporter.resource, &exporter.resource_schema_url);
+        let decoded = ExportTraceServiceRequest::decode(body.as_ref()).unwrap();
+        let reference = ExportTraceServiceRequest {
+            resource_spans: group_spans_by_resource_and_scope(
+                records.iter().map(as_span_data).collect(),
+                &ResourceAttributesWithSchema::from(&resource),
+            ),
+        };
+        assert_eq!(decoded, reference);
+        assert_eq!(body.as_ref(), reference.encode_to_vec().as_slice());
+        let spans = &decoded.resource_spans[0].scope_spans[0].spans;
+        assert_eq!(spans[0].name, "GET /users/{id}");
+        assert_eq!(spans[1].name, "purge everything");
+        assert_eq!(spans[2].name, "HEAD");
     }
 
     #[tokio::test]

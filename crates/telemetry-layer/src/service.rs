@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::SystemTime;
 
 use axum::extract::MatchedPath;
 use http::header::{CONTENT_LENGTH, HeaderName};
@@ -27,7 +28,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::attributes::SpanName;
 use crate::attributes::{MethodLabel, Scheme, protocol_version, redact_query};
 use crate::body::{RequestBody, ResponseBody};
-use crate::direct::{DirectTracer, RequestFields};
+use crate::direct::{DirectTracer, RequestFields, UrlPath};
 use crate::metrics::{ErrorKind, HttpMetrics, Route, SeriesKey};
 use crate::names::{
     ERROR_TYPE, ERROR_TYPE_CLIENT_DISCONNECT, HTTP_REQUEST_METHOD_ORIGINAL,
@@ -35,7 +36,7 @@ use crate::names::{
 };
 use crate::span::{RequestSpan, TWIN_SPAN_TARGET, error_status};
 
-const TRACEPARENT: &str = "traceparent";
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// A header captured as a span attribute, with its attribute key built once.
@@ -128,23 +129,32 @@ where
         let route = req.extensions().get::<MatchedPath>().cloned().map(Route);
 
         let (request_size, counter) = request_size(&req);
+        let mut wall_start = SystemTime::UNIX_EPOCH;
         let span = match &shared.tracer {
-            Some(tracer) => RequestSpan::Otel(
-                make_otel_span(
-                    shared,
-                    tracer,
-                    &req,
-                    method,
-                    scheme,
-                    version,
-                    route.as_ref(),
-                ),
-                if shared.log_request_span {
-                    make_span(shared, &req, method, scheme, version, route.as_ref(), false)
-                } else {
-                    Span::none()
-                },
-            ),
+            Some(tracer) => {
+                wall_start = SystemTime::now();
+                RequestSpan::Otel(
+                    make_otel_span(
+                        shared,
+                        tracer,
+                        &req,
+                        wall_start,
+                        RequestFields {
+                            method,
+                            route: route.clone(),
+                            path: UrlPath::new(req.uri().path()),
+                            scheme,
+                            version,
+                            attributes: Vec::new(),
+                        },
+                    ),
+                    if shared.log_request_span {
+                        make_span(shared, &req, method, scheme, version, route.as_ref(), false)
+                    } else {
+                        Span::none()
+                    },
+                )
+            }
             None => RequestSpan::Tracing(make_span(
                 shared,
                 &req,
@@ -161,6 +171,7 @@ where
         let in_flight = InFlight {
             shared: Arc::clone(shared),
             start: Instant::now(),
+            wall_start,
             method,
             scheme,
             version,
@@ -253,7 +264,7 @@ fn make_span<B>(
     if !bridged {
         return span;
     }
-    if req.headers().contains_key(TRACEPARENT) {
+    if req.headers().contains_key(&TRACEPARENT) {
         // A malformed header extracts to an empty context, which leaves the span a new root.
         let parent = shared.propagator.extract(&HeaderExtractor(req.headers()));
         let _ = span.set_parent(parent);
@@ -268,14 +279,11 @@ fn make_otel_span<B>(
     shared: &Shared,
     tracer: &DirectTracer,
     req: &Request<B>,
-    method: MethodLabel,
-    scheme: Scheme,
-    version: &'static str,
-    route: Option<&Route>,
+    start: SystemTime,
+    mut fields: RequestFields,
 ) -> opentelemetry::Context {
-    let mut attributes = Vec::new();
-    if method == MethodLabel::Other {
-        attributes.push(KeyValue::new(
+    if fields.method == MethodLabel::Other {
+        fields.attributes.push(KeyValue::new(
             Key::from_static_str(HTTP_REQUEST_METHOD_ORIGINAL),
             Value::from(req.method().as_str().to_owned()),
         ));
@@ -283,32 +291,22 @@ fn make_otel_span<B>(
     if shared.record_query
         && let Some(query) = req.uri().query()
     {
-        attributes.push(KeyValue::new(
+        fields.attributes.push(KeyValue::new(
             Key::from_static_str(URL_QUERY),
             Value::from(redact_query(query)),
         ));
     }
     for_captured(req.headers(), &shared.request_headers, |key, value| {
-        attributes.push(KeyValue::new(key, value));
+        fields.attributes.push(KeyValue::new(key, value));
     });
     // A malformed header extracts to the current context without a remote span, which leaves the span
     // a root (or a child of the caller's current span, as without the header).
-    let parent = if req.headers().contains_key(TRACEPARENT) {
+    let parent = if req.headers().contains_key(&TRACEPARENT) {
         shared.propagator.extract(&HeaderExtractor(req.headers()))
     } else {
         opentelemetry::Context::current()
     };
-    tracer.start(
-        &parent,
-        RequestFields {
-            method,
-            route: route.cloned(),
-            path: req.uri().path().to_owned(),
-            scheme,
-            version,
-            attributes,
-        },
-    )
+    tracer.start(&parent, start, fields)
 }
 
 fn capture_headers(span: &RequestSpan, headers: &HeaderMap, captured: &[CapturedHeader]) {
@@ -361,6 +359,8 @@ pub(crate) enum RequestSize {
 pub(crate) struct InFlight {
     shared: Arc<Shared>,
     start: Instant,
+    /// When the span started; its end is this plus the monotonic duration.
+    wall_start: SystemTime,
     method: MethodLabel,
     scheme: Scheme,
     version: &'static str,
@@ -448,7 +448,7 @@ impl Drop for InFlight {
         if self.status.is_none() && self.error.is_none() {
             self.fail(ErrorKind::Named(ERROR_TYPE_CLIENT_DISCONNECT));
         }
-        let elapsed = self.start.elapsed().as_secs_f64();
+        let elapsed = self.start.elapsed();
         let key = SeriesKey {
             method: self.method,
             scheme: self.scheme,
@@ -458,7 +458,7 @@ impl Drop for InFlight {
             error: self.error,
         };
         let handles = self.shared.metrics.series(&key);
-        handles.duration.record(elapsed);
+        handles.duration.record(elapsed.as_secs_f64());
         if self.shared.metrics.body_sizes {
             let request_bytes = match &self.request_size {
                 RequestSize::Known(n) => *n,
@@ -470,7 +470,11 @@ impl Drop for InFlight {
             }
         }
         if let RequestSpan::Otel(cx, _) = &self.span {
-            cx.span().end();
+            let end = self
+                .wall_start
+                .checked_add(elapsed)
+                .unwrap_or_else(SystemTime::now);
+            cx.span().end_with_timestamp(end);
         }
     }
 }
