@@ -20,12 +20,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use opentelemetry::trace::{
-    Event, Link, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags,
+    Event, Link, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
 };
 use opentelemetry::{Context as OtelContext, KeyValue, Value};
-use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SamplingDecision, ShouldSample};
+use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
 
-use crate::attributes::{MethodLabel, Scheme, SpanName};
+use crate::attributes::{MethodLabel, Scheme};
 use crate::metrics::Route;
 use crate::names::HTTP_RESPONSE_STATUS_CODE;
 use crate::otlp::OtlpExporter;
@@ -133,21 +133,36 @@ pub(crate) struct RequestFields {
     pub(crate) attributes: Vec<KeyValue>,
 }
 
+/// A random, valid trace id from the thread's generator (the SDK's ids are not cryptographic either).
+fn new_trace_id() -> TraceId {
+    loop {
+        let id = fastrand::u128(..);
+        if id != 0 {
+            return TraceId::from(id);
+        }
+    }
+}
+
+/// A random, valid span id.
+fn new_span_id() -> SpanId {
+    loop {
+        let id = fastrand::u64(..);
+        if id != 0 {
+            return SpanId::from(id);
+        }
+    }
+}
+
 /// Starts request spans as [`LiveSpan`]s feeding a [`SpanQueue`].
 #[derive(Debug)]
 pub(crate) struct DirectTracer {
     sampler: Box<dyn ShouldSample>,
-    ids: RandomIdGenerator,
     queue: Arc<SpanQueue>,
 }
 
 impl DirectTracer {
     pub(crate) fn new(sampler: Box<dyn ShouldSample>, queue: Arc<SpanQueue>) -> Self {
-        Self {
-            sampler,
-            ids: RandomIdGenerator::default(),
-            queue,
-        }
+        Self { sampler, queue }
     }
 
     /// Starts a server span for the request described by `fields` under `parent`, and returns `parent`
@@ -168,13 +183,14 @@ impl DirectTracer {
                 parent_context.is_remote(),
             )
         } else {
-            (self.ids.new_trace_id(), SpanId::INVALID, false)
+            (new_trace_id(), SpanId::INVALID, false)
         };
-        let name = SpanName::new(fields.method, fields.route.as_ref().map(|r| r.0.as_str()));
+        // The samplers the SDK configures from the environment do not read the name: the method stands
+        // for it rather than assembling `{method} {route}` for every request.
         let sampling = self.sampler.should_sample(
             Some(parent),
             trace_id,
-            name.as_str(),
+            fields.method.span_name(),
             &SpanKind::Server,
             &[],
             &[],
@@ -183,13 +199,7 @@ impl DirectTracer {
             SamplingDecision::RecordAndSample => TraceFlags::SAMPLED,
             SamplingDecision::RecordOnly | SamplingDecision::Drop => TraceFlags::default(),
         };
-        let context = SpanContext::new(
-            trace_id,
-            self.ids.new_span_id(),
-            flags,
-            false,
-            sampling.trace_state,
-        );
+        let context = SpanContext::new(trace_id, new_span_id(), flags, false, sampling.trace_state);
         let record = (sampling.decision != SamplingDecision::Drop).then(|| {
             let mut attributes = fields.attributes;
             attributes.extend(sampling.attributes);

@@ -23,10 +23,7 @@ use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 
 use crate::direct::SpanRecord;
 use crate::export::ExportClient;
-use crate::names::{
-    HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE, NETWORK_PROTOCOL_VERSION, URL_PATH,
-    URL_SCHEME,
-};
+use crate::names::HTTP_RESPONSE_STATUS_CODE;
 
 const PROTOBUF: &str = "application/x-protobuf";
 
@@ -469,13 +466,13 @@ fn encode_record(out: &mut Vec<u8>, record: &SpanRecord) {
     varint_field(out, 6, span_kind(&SpanKind::Server));
     fixed64_field(out, 7, nanos(record.start));
     fixed64_field(out, 8, nanos(record.end));
-    str_attribute(out, 9, HTTP_REQUEST_METHOD, record.method.as_str());
+    span_attribute(out, KEY_METHOD, record.method.as_str());
     if let Some(route) = &record.route {
-        str_attribute(out, 9, HTTP_ROUTE, route.0.as_str());
+        span_attribute(out, KEY_ROUTE, route.0.as_str());
     }
-    str_attribute(out, 9, URL_PATH, record.path.as_str());
-    str_attribute(out, 9, URL_SCHEME, record.scheme.as_str());
-    str_attribute(out, 9, NETWORK_PROTOCOL_VERSION, record.version);
+    span_attribute(out, KEY_PATH, record.path.as_str());
+    span_attribute(out, KEY_SCHEME, record.scheme.as_str());
+    span_attribute(out, KEY_VERSION, record.version);
     if let Some(code) = record.status_code {
         key_value(out, 9, HTTP_RESPONSE_STATUS_CODE, &Value::I64(code));
     }
@@ -506,19 +503,27 @@ fn trace_state(context: &SpanContext) -> Option<String> {
     (!state.is_empty()).then_some(state)
 }
 
-/// A `KeyValue` with a string value, as repeated field `field`.
+/// The `key` field (1) of a `KeyValue`, encoded, for the attributes every request span has.
+const KEY_METHOD: &[u8] = b"\x0a\x13http.request.method";
+const KEY_ROUTE: &[u8] = b"\x0a\x0ahttp.route";
+const KEY_PATH: &[u8] = b"\x0a\x08url.path";
+const KEY_SCHEME: &[u8] = b"\x0a\x0aurl.scheme";
+const KEY_VERSION: &[u8] = b"\x0a\x18network.protocol.version";
+
+/// A span attribute (`Span` field 9) with an encoded key and a string value.
 #[inline]
-fn str_attribute(out: &mut Vec<u8>, field: u32, key: &str, value: &str) {
+fn span_attribute(out: &mut Vec<u8>, key: &[u8], value: &str) {
     // AnyValue: 1 string_value, written even when empty (a oneof member).
-    let value_len = field_len(1, value.len());
-    message_header(
-        out,
-        field,
-        string_field_len(1, key) + field_len(2, value_len),
-    );
-    string_field(out, 1, key);
-    message_header(out, 2, value_len);
-    message_header(out, 1, value.len());
+    let value_len = 1 + varint_len(value.len() as u64) + value.len();
+    let len = key.len() + 1 + varint_len(value_len as u64) + value_len;
+    out.reserve(2 + len);
+    out.push(0x4a);
+    varint(out, len as u64);
+    out.extend_from_slice(key);
+    out.push(0x12);
+    varint(out, value_len as u64);
+    out.push(0x0a);
+    varint(out, value.len() as u64);
     out.extend_from_slice(value.as_bytes());
 }
 
@@ -775,6 +780,9 @@ mod tests {
 
     use super::*;
     use crate::names::HTTP_REQUEST_METHOD_ORIGINAL as HTTP_REQUEST_METHOD_ORIGINAL_KEY;
+    use crate::names::{
+        HTTP_REQUEST_METHOD, HTTP_ROUTE, NETWORK_PROTOCOL_VERSION, URL_PATH, URL_SCHEME,
+    };
 
     fn context(trace: u128, span: u64, remote: bool, state: &str) -> SpanContext {
         let state = if state.is_empty() {
@@ -1213,6 +1221,21 @@ mod tests {
             ExportTraceServiceRequest::decode(encode_request(&[], &[], "").as_slice()).unwrap();
         assert_eq!(decoded.resource_spans.len(), 1);
         assert!(decoded.resource_spans[0].scope_spans.is_empty());
+    }
+
+    #[test]
+    fn encoded_keys_are_the_attribute_names_as_key_fields() {
+        for (encoded, key) in [
+            (KEY_METHOD, HTTP_REQUEST_METHOD),
+            (KEY_ROUTE, HTTP_ROUTE),
+            (KEY_PATH, URL_PATH),
+            (KEY_SCHEME, URL_SCHEME),
+            (KEY_VERSION, NETWORK_PROTOCOL_VERSION),
+        ] {
+            let mut expected = Vec::new();
+            string_field(&mut expected, 1, key);
+            assert_eq!(encoded, expected.as_slice(), "{key}");
+        }
     }
 
     #[test]
