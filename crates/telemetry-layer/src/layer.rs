@@ -180,8 +180,8 @@ impl TelemetryLayerBuilder {
         self
     }
 
-    /// When [`Telemetry`](crate::Telemetry) exports spans, the request span is an OpenTelemetry span
-    /// started directly, and no `tracing` span exists for it. With this set, the layer also opens a
+    /// When [`Telemetry`](crate::Telemetry) exports spans, the request span is an OpenTelemetry span the
+    /// layer records itself, and no `tracing` span exists for it. With this set, the layer also opens a
     /// `tracing` span per request (target `telemetry_layer::request`, the same fields) so that log layers
     /// show the request's fields on the lines logged while it is handled. [`Telemetry::otel_layer`]
     /// filters it out, so it is never exported twice. It costs about 3,000 instructions per request.

@@ -58,8 +58,10 @@
 //! ([`TelemetryLayerBuilder::capture_request_headers`]); credentials and the query string are not recorded
 //! unless allowed.
 //!
-//! Set up by [`Telemetry`] with span export on, the request span is an OpenTelemetry SDK span started
-//! directly (no `tracing` span), current in the OpenTelemetry context while the inner service runs:
+//! Set up by [`Telemetry`] with span export on, the request span is recorded by the layer itself (no
+//! `tracing` span, no SDK span) and exported by a batching thread of its own, sampled like the SDK's
+//! spans. It implements the OpenTelemetry span API and is current in the OpenTelemetry context while the
+//! inner service runs:
 //! `opentelemetry::Context::current()` in a handler returns it, `tracing` spans opened there become its
 //! children and `tracing` events outside any span become its events. A [`TelemetryLayer`] built alone
 //! opens a `tracing` span instead, for whatever subscriber is installed; so does the layer with

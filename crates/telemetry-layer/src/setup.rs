@@ -344,9 +344,11 @@ impl TelemetryBuilder {
     /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_EXPORTER_OTLP_HEADERS`,
     /// `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_EXPORTER_OTLP_COMPRESSION`, each also in its `..._TRACES_...`
     /// form, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_EXPORTER`, `OTEL_SDK_DISABLED`).
-    /// With `false`, only [`otlp_endpoint`](Self::otlp_endpoint) turns export on and none of these is read.
-    /// The OpenTelemetry SDK reads `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` and `OTEL_BSP_*` itself,
-    /// either way. Defaults to `true`.
+    /// It also reads `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` (the sampler of request spans and
+    /// of the application's spans) and `OTEL_BSP_*` (batching of request spans). With `false`, only
+    /// [`otlp_endpoint`](Self::otlp_endpoint) turns export on, none of these is read, the sampler is
+    /// `parentbased_always_on` and batching keeps its defaults; the SDK's batch processor, which exports
+    /// the application's `tracing` spans, reads `OTEL_BSP_*` itself either way. Defaults to `true`.
     pub fn from_env(mut self, read: bool) -> Self {
         self.read_env = read;
         self

@@ -1,5 +1,5 @@
-//! The request span: an OpenTelemetry SDK span started directly when the layer has a tracer, else a
-//! `tracing` span for whatever subscriber is installed.
+//! The request span: a span recorded by [`DirectTracer`](crate::direct::DirectTracer) when the layer has
+//! one, else a `tracing` span for whatever subscriber is installed.
 //!
 //! The direct span skips the `tracing` bridge (registry slot, field visitors, one string copy per
 //! attribute, context activation on each enter and exit). Its context is attached while the inner
@@ -20,7 +20,7 @@ use tracing_subscriber::registry::LookupSpan;
 pub(crate) enum RequestSpan {
     /// A `tracing` span (possibly disabled), used when the layer has no tracer of its own.
     Tracing(tracing::Span),
-    /// The context holding the SDK span, started directly, and a `tracing` span of the same request for
+    /// The context holding the direct span, and a `tracing` span of the same request for
     /// subscribers other than the bridge (a log layer), which the bridge filters out (see
     /// [`is_twin_span`]); `Span::none()` unless the layer was built with `log_request_span(true)`.
     Otel(OtelContext, tracing::Span),
