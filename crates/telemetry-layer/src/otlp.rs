@@ -875,6 +875,17 @@ mod tests {
         }
     }
 
+    /// `resource` as the exporter encodes it, and its schema URL.
+    fn encoded_resource(resource: &Resource) -> (Vec<u8>, String) {
+        let mut exporter = OtlpExporter::new(
+            Arc::new(ExportClient::new(Duration::from_secs(1)).unwrap()),
+            Uri::from_static("http://127.0.0.1:9/v1/traces"),
+            Vec::new(),
+        );
+        exporter.set_resource(resource);
+        (exporter.resource, exporter.resource_schema_url)
+    }
+
     #[test]
     fn encoding_matches_the_reference_conversion() {
         let scopes = [
@@ -894,13 +905,8 @@ mod tests {
             .with_schema_url([], "https://opentelemetry.io/schemas/1.25.0")
             .build();
 
-        let mut exporter = OtlpExporter::new(
-            Arc::new(ExportClient::new(Duration::from_secs(1)).unwrap()),
-            Uri::from_static("http://127.0.0.1:9/v1/traces"),
-            Vec::new(),
-        );
-        exporter.set_resource(&resource);
-        let body = encode_request(&spans, &exporter.resource, &exporter.resource_schema_url);
+        let (encoded, schema_url) = encoded_resource(&resource);
+        let body = encode_request(&spans, &encoded, &schema_url);
         let decoded = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
 
         let reference = ExportTraceServiceRequest {
@@ -1075,13 +1081,8 @@ mod tests {
             .with_service_name("records")
             .with_schema_url([], "https://opentelemetry.io/schemas/1.25.0")
             .build();
-        let mut exporter = OtlpExporter::new(
-            Arc::new(ExportClient::new(Duration::from_secs(1)).unwrap()),
-            Uri::from_static("http://127.0.0.1:9/v1/traces"),
-            Vec::new(),
-        );
-        exporter.set_resource(&resource);
-        let body = encode_records(&records, &exporter.resource, &exporter.resource_schema_url);
+        let (encoded, schema_url) = encoded_resource(&resource);
+        let body = encode_records(&records, &encoded, &schema_url);
         let decoded = ExportTraceServiceRequest::decode(body.as_ref()).unwrap();
         let reference = ExportTraceServiceRequest {
             resource_spans: group_spans_by_resource_and_scope(
