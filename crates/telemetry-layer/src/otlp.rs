@@ -409,20 +409,14 @@ pub(crate) fn encode_records(records: &[SpanRecord], resource: &[u8], schema_url
         out.extend_from_slice(&[0, 0]);
         encode_record(&mut out, record);
         let len = out.len() - at - 2;
-        let mut header = [0u8; 10];
-        let mut n = 0;
-        let mut rest = len as u64;
-        while rest >= 0x80 {
-            header[n] = (rest as u8) | 0x80;
-            rest >>= 7;
-            n += 1;
-        }
-        header[n] = rest as u8;
-        n += 1;
-        if n == 2 {
-            out[at..at + 2].copy_from_slice(&header[..2]);
+        if varint_len(len as u64) == 2 {
+            // Two bytes: the low seven bits with the continuation bit, then the rest.
+            out[at] = (len as u8) | 0x80;
+            out[at + 1] = (len >> 7) as u8;
         } else {
-            out.splice(at..at + 2, header[..n].iter().copied());
+            let mut header = Vec::with_capacity(10);
+            varint(&mut header, len as u64);
+            out.splice(at..at + 2, header);
         }
     }
     let spans_len = out.len() - room;
