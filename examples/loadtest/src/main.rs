@@ -1,0 +1,3 @@
+//! The `chat-loadtest` binary.
+
+fn main() {}
