@@ -1,23 +1,44 @@
 //! Workspace automation, run through the `cargo xtask` alias.
 //!
 //! `cargo xtask test` is the one command that proves the workspace: it installs what a fresh machine lacks
-//! (`redis-server`, `promtool`), then runs formatting, lints, docs and the whole test suite.
+//! (`redis-server`, `promtool`), then runs formatting, lints, docs and the whole test suite. `cargo xtask loadtest`
+//! builds the chat service, its moderation dependency and the load test in release and runs the load test.
 
 use std::env;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-const USAGE: &str = "\
-cargo xtask <command>
+use clap::{CommandFactory, Parser, Subcommand};
 
-Commands:
-  test     install missing test programs (redis-server, promtool), then run cargo fmt --check, clippy -D warnings,
-           cargo doc (warnings denied), doc tests and the whole test suite (nextest when installed)
-  bench    run every criterion benchmark of the workspace (release profile); `--peers` also runs the
-           peer comparison benchmarks in benches/peers
-  help     print this message
-";
+/// Workspace automation: `cargo xtask test | bench | loadtest`.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    task: Option<Task>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install missing test programs (redis-server, promtool), then run cargo fmt --check, clippy -D warnings,
+    /// cargo doc (warnings denied), doc tests and the whole test suite (nextest when installed).
+    Test,
+    /// Run every criterion benchmark of the workspace (release profile).
+    Bench {
+        /// Also run the peer comparison benchmarks in benches/peers.
+        #[arg(long)]
+        peers: bool,
+    },
+    /// Build the chat service, the moderation service and the load test in release, then run the load test
+    /// (bare against stacked); the arguments go to `chat-loadtest` (see `cargo xtask loadtest --help`).
+    #[command(disable_help_flag = true)]
+    Loadtest {
+        /// Arguments for `chat-loadtest`, for example `--max-rate` or `--duration 60s`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
 
 /// Programs the test suite runs for real, with the Debian package that provides each: Redis servers and their
 /// client, and Prometheus' `promtool`, which checks the `/metrics` exposition.
@@ -28,15 +49,16 @@ const TEST_PROGRAMS: [(&str, &str); 3] = [
 ];
 
 fn main() -> ExitCode {
-    let args: Vec<String> = env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("test") => test(&args[1..]),
-        Some("bench") => bench(&args[1..]),
-        Some("help" | "--help" | "-h") | None => {
-            eprint!("{USAGE}");
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Some(Task::Test) => test(),
+        Some(Task::Bench { peers }) => bench(peers),
+        Some(Task::Loadtest { args }) => loadtest(&args),
+        None => {
+            // No task is not an error: print what there is, as `help` does.
+            let _ = Cli::command().print_help();
             Ok(())
         }
-        Some(other) => Err(format!("unknown command `{other}`\n\n{USAGE}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -47,10 +69,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn test(args: &[String]) -> Result<(), String> {
-    if let Some(unknown) = args.first() {
-        return Err(format!("`test` takes no arguments, got `{unknown}`"));
-    }
+fn test() -> Result<(), String> {
     ensure_test_programs()?;
     let root = workspace_root()?;
 
@@ -118,15 +137,8 @@ fn test(args: &[String]) -> Result<(), String> {
     }
 }
 
-fn bench(args: &[String]) -> Result<(), String> {
+fn bench(peers: bool) -> Result<(), String> {
     let root = workspace_root()?;
-    let mut peers = false;
-    for arg in args {
-        match arg.as_str() {
-            "--peers" => peers = true,
-            other => return Err(format!("`bench` accepts only `--peers`, got `{other}`")),
-        }
-    }
     step("cargo bench --workspace");
     cargo(&root, &["bench", "--workspace", "--all-features"], &[])?;
     if peers {
@@ -138,6 +150,34 @@ fn bench(args: &[String]) -> Result<(), String> {
         cargo(&peers_dir, &["bench"], &[])?;
     }
     Ok(())
+}
+
+/// Builds the three binaries in release and runs the load test with `args`, from the workspace root so its
+/// reports land in `target/loadtest/`.
+fn loadtest(args: &[OsString]) -> Result<(), String> {
+    let root = workspace_root()?;
+    step("cargo build --release (chat-service, moderation, chat-loadtest)");
+    cargo(
+        &root,
+        &[
+            "build",
+            "--release",
+            "-p",
+            "chat-service",
+            "-p",
+            "moderation",
+            "-p",
+            "chat-loadtest",
+        ],
+        &[],
+    )?;
+    let release = root.join("target").join("release");
+    step("chat-loadtest");
+    run(Command::new(release.join("chat-loadtest"))
+        .current_dir(&root)
+        .arg("--bin-dir")
+        .arg(&release)
+        .args(args))
 }
 
 /// Makes sure every program in [`TEST_PROGRAMS`] is on PATH, installing Debian's packages when running as root.
