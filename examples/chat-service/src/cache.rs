@@ -14,36 +14,43 @@ use tokio::sync::{broadcast, watch};
 use crate::config::{Config, ConfigError};
 use crate::model::{RoomName, RoomProjected};
 
-/// Longest time a response stays in the in-process tier: also the bound on how long an
-/// instance that missed an invalidation can serve an old page from it.
+/// Default longest time a response stays in the in-process tier ([`TtlCaps::l1`]): also the
+/// bound on how long an instance that missed an invalidation can serve an old page from it.
+///
+/// [`TtlCaps::l1`]: crate::TtlCaps::l1
 pub const L1_TTL_CAP: Duration = Duration::from_millis(100);
-/// Longest time a response stays in the shared (Redis) tier.
+/// Default longest time a response stays in the shared (Redis) tier.
 pub const L2_TTL_CAP: Duration = Duration::from_secs(300);
-/// Longest time a response stays in the persistent tier.
+/// Default longest time a response stays in the persistent tier.
 pub const L3_TTL_CAP: Duration = Duration::from_secs(3600);
 
 /// Rooms whose purge progress is remembered; past it the memory starts over.
 const MAX_TRACKED_ROOMS: usize = 10_000;
 
 /// Builds the cache for `config`: in-process always, Redis with `redis_url`, disk with
-/// `cache_disk`. Must run inside a tokio runtime.
+/// `cache_disk`, each tier capped by [`Config::ttl_caps`]. Bare, only the (unused) in-process
+/// tier is built, so no Redis connection or disk file is opened. Must run inside a tokio runtime.
 pub(crate) fn layer(config: &Config) -> Result<CacheLayer, ConfigError> {
+    let caps = config.ttl_caps;
     let mut builder = CacheLayer::builder()
         .cache_name("chat")
-        .ttl_cap(L1_TTL_CAP)
+        .ttl_cap(caps.l1)
         // Clients and CDNs in front may purge by tag too.
         .strip_tag_header(false);
+    if config.bare {
+        return builder.build().map_err(|e| ConfigError::new(e.to_string()));
+    }
     if let Some(url) = &config.redis_url {
         let l2 = cache_layer::RedisTier::builder(url.as_str())
             .prefix("chat")
-            .ttl_cap(L2_TTL_CAP)
+            .ttl_cap(caps.l2)
             .build()
             .map_err(|e| ConfigError::new(format!("REDIS_URL: {e}")))?;
         builder = builder.redis(l2);
     }
     if let Some(path) = &config.cache_disk {
         let l3 = cache_layer::DiskTier::builder(path)
-            .ttl_cap(L3_TTL_CAP)
+            .ttl_cap(caps.l3)
             .open()
             .map_err(|e| ConfigError::new(format!("CACHE_DISK_PATH: {e}")))?;
         builder = builder.disk(l3);

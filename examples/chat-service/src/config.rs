@@ -1,34 +1,11 @@
-//! Service configuration: defaults, command-line flags and environment variables.
-//! Flags are parsed by hand to keep the dependency tree small; each error names the flag.
+//! Service configuration: [`Config`], the plain struct the library takes, and [`Args`], the
+//! command line (clap, with environment fallbacks) the binary turns into one.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use http::HeaderValue;
-
-/// Help text printed for `--help`.
-pub const USAGE: &str = "\
-chat-service: a CQRS chat service on axum and SQLite
-
-USAGE:
-    chat-service [OPTIONS]
-
-OPTIONS:
-    --listen ADDR           address to listen on [env: LISTEN_ADDR] [default: 127.0.0.1:3000]
-    --database-url URL      SQLite database: a path, sqlite://PATH, or :memory: for a temporary
-                            file removed at exit [env: DATABASE_URL] [default: chat.db]
-    --seed ROOMS,MESSAGES   before serving, store MESSAGES messages in each of ROOMS rooms
-                            (room-1 .. room-ROOMS) in one transaction
-    --readers N             reader connections in the query pool [default: 4]
-    --redis-url URL         shared cache tier and cross-instance invalidation on this Redis
-                            [env: REDIS_URL] [default: none, in-process cache only]
-    --cache-disk PATH       persistent cache tier in this file [env: CACHE_DISK_PATH]
-                            [default: none]
-    -h, --help              print this help
-
-Logs go to stderr; filter them with RUST_LOG (default: info).
-";
 
 /// Most messages a single [`seed`](crate::ChatService::seed) call may store.
 pub const MAX_SEED_MESSAGES: u64 = 10_000_000;
@@ -68,16 +45,14 @@ impl Database {
             rest
         } else if url.contains("://") {
             return Err(ConfigError::new(format!(
-                "DATABASE_URL {url:?}: only sqlite:// URLs or plain paths are supported"
+                "{url:?}: only sqlite:// URLs or plain paths are supported"
             )));
         } else {
             url
         };
         let path = path.split_once('?').map_or(path, |(path, _query)| path);
         match path {
-            "" => Err(ConfigError::new(format!(
-                "DATABASE_URL {url:?} names no database file"
-            ))),
+            "" => Err(ConfigError::new(format!("{url:?} names no database file"))),
             ":memory:" => Ok(Self::Temporary),
             path => Ok(Self::File(PathBuf::from(path))),
         }
@@ -105,10 +80,62 @@ impl Default for CacheControl {
     }
 }
 
+/// Longest time a response stays in each cache tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TtlCaps {
+    /// In-process tier: also the bound on how long an instance that missed an invalidation can
+    /// serve an old page from it. Defaults to 100 ms.
+    pub l1: Duration,
+    /// Shared (Redis) tier. Defaults to 5 minutes.
+    pub l2: Duration,
+    /// Persistent (disk) tier. Defaults to 1 hour.
+    pub l3: Duration,
+}
+
+impl Default for TtlCaps {
+    fn default() -> Self {
+        Self {
+            l1: Duration::from_millis(100),
+            l2: Duration::from_secs(300),
+            l3: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Settings of the circuit breaker around the moderation client.
+///
+/// The defaults open the breaker when at least half of the last 20 calls (and at least 5) failed
+/// or timed out, and probe again after 5 seconds. Tests shorten them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ModerationBreaker {
+    /// Calls judged: the last N. Defaults to 20.
+    pub window: u32,
+    /// Calls in the window before the breaker may open. Defaults to 5.
+    pub minimum_calls: u32,
+    /// Failure percentage that opens the breaker. Defaults to 50.
+    pub failure_rate_threshold: f64,
+    /// How long the breaker stays open before probing. Defaults to 5 seconds.
+    pub wait_in_open: Duration,
+    /// Probe calls that decide in the half-open state. Defaults to 2.
+    pub half_open_probes: u32,
+}
+
+impl Default for ModerationBreaker {
+    fn default() -> Self {
+        Self {
+            window: 20,
+            minimum_calls: 5,
+            failure_rate_threshold: 50.0,
+            wait_in_open: Duration::from_secs(5),
+            half_open_probes: 2,
+        }
+    }
+}
+
 /// Everything the service needs to start.
 ///
 /// Build one from defaults and adjust fields, or read flags and environment with
-/// [`Config::from_args`].
+/// [`Config::from_env_and_args`] / [`Config::try_parse_from`].
 ///
 /// ```
 /// use chat_service::{Config, Database};
@@ -116,6 +143,7 @@ impl Default for CacheControl {
 /// let config = Config { readers: 2, ..Config::temporary() };
 /// assert_eq!(config.database, Database::Temporary);
 /// assert_eq!(config.listen.to_string(), "127.0.0.1:3000");
+/// assert!(!config.bare);
 /// ```
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -134,11 +162,31 @@ pub struct Config {
     pub body_limit: usize,
     /// `Cache-Control` of the query responses.
     pub cache_control: CacheControl,
-    /// Redis for the shared cache tier and cross-instance invalidation (`REDIS_URL`).
-    /// Defaults to none: the cache is in-process only.
+    /// Redis for the shared cache tier, shared idempotency keys and cross-instance invalidation
+    /// (`REDIS_URL`). Defaults to none: everything is in-process.
     pub redis_url: Option<String>,
     /// File of the persistent cache tier (`CACHE_DISK_PATH`). Defaults to none.
     pub cache_disk: Option<PathBuf>,
+    /// Longest time a response stays in each cache tier.
+    pub ttl_caps: TtlCaps,
+    /// Serve the same routes with every layer off (no telemetry, cache, coalescing,
+    /// idempotency or breaker), for comparison. Defaults to `false`.
+    pub bare: bool,
+    /// Base URL of the moderation service each post is checked with (`MODERATION_URL`), e.g.
+    /// `http://127.0.0.1:3001`. Defaults to none: posts are not moderated.
+    pub moderation_url: Option<String>,
+    /// Longest a moderation check may take; past it the post answers `503` and, stacked, the
+    /// breaker counts a failure. Defaults to 500 ms.
+    pub moderation_timeout: Duration,
+    /// The breaker around the moderation client (stacked mode only).
+    pub moderation_breaker: ModerationBreaker,
+    /// Refuse posts without an `Idempotency-Key` header with `400` (stacked mode only).
+    /// Defaults to `false`: the header is honoured when present.
+    pub require_idempotency_key: bool,
+    /// Added to every read query while it holds its connection, to imitate a slower database in
+    /// tests and demos (coalescing is easier to watch when a query takes a while). Defaults to
+    /// zero.
+    pub read_delay: Duration,
 }
 
 impl Default for Config {
@@ -153,17 +201,15 @@ impl Default for Config {
             cache_control: CacheControl::default(),
             redis_url: None,
             cache_disk: None,
+            ttl_caps: TtlCaps::default(),
+            bare: false,
+            moderation_url: None,
+            moderation_timeout: Duration::from_millis(500),
+            moderation_breaker: ModerationBreaker::default(),
+            require_idempotency_key: false,
+            read_delay: Duration::ZERO,
         }
     }
-}
-
-/// What the command line asks for.
-#[derive(Clone, Debug)]
-pub enum Command {
-    /// Serve with this configuration.
-    Run(Box<Config>),
-    /// Print [`USAGE`] and exit.
-    Help,
 }
 
 impl Config {
@@ -175,120 +221,185 @@ impl Config {
         }
     }
 
-    /// Reads the process's arguments and environment (`LISTEN_ADDR`, `DATABASE_URL`,
-    /// `REDIS_URL`, `CACHE_DISK_PATH`).
-    pub fn from_env_and_args() -> Result<Command, ConfigError> {
-        Self::from_args(std::env::args().skip(1), |name| std::env::var(name).ok())
+    /// Reads the process's arguments and environment the clap way: `--help` and `--version`
+    /// print and exit, a bad value prints an error naming the flag and exits with status 2.
+    pub fn from_env_and_args() -> Self {
+        <Args as clap::Parser>::parse().into()
     }
 
-    /// Reads flags (without the program name) over environment values from `env`.
-    ///
-    /// Flags win over the environment. Each flag takes its value as the next argument or after
-    /// `=`.
+    /// Reads flags (the first item is the program name) over the process's environment.
     ///
     /// ```
-    /// use chat_service::{Command, Config, Database};
+    /// use chat_service::{Config, Database};
     ///
-    /// let env = |name: &str| (name == "DATABASE_URL").then(|| "sqlite://from-env.db".to_string());
-    /// let args = ["--listen", "127.0.0.1:8080", "--seed=10,100"].map(String::from);
-    /// let Command::Run(config) = Config::from_args(args, env)? else { unreachable!() };
+    /// let config = Config::try_parse_from(["chat-service", "--listen", "127.0.0.1:8080", "--seed=10,100"])?;
     /// assert_eq!(config.listen.port(), 8080);
-    /// assert_eq!(config.database, Database::File("from-env.db".into()));
     /// assert_eq!(config.seed, Some((10, 100)));
     ///
-    /// let err = Config::from_args(["--seed".to_string(), "ten".to_string()], |_| None).unwrap_err();
+    /// let err = Config::try_parse_from(["chat-service", "--seed", "ten"]).unwrap_err();
     /// assert!(err.to_string().contains("--seed"));
-    /// # Ok::<(), chat_service::ConfigError>(())
+    /// # Ok::<(), clap::Error>(())
     /// ```
-    pub fn from_args<I>(
-        args: I,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Command, ConfigError>
+    pub fn try_parse_from<I, T>(args: I) -> Result<Self, clap::Error>
     where
-        I: IntoIterator<Item = String>,
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
     {
-        let mut config = Self::default();
-        if let Some(addr) = env("LISTEN_ADDR") {
-            config.listen = parse_listen(&addr, "LISTEN_ADDR")?;
-        }
-        if let Some(url) = env("DATABASE_URL") {
-            config.database = Database::from_url(&url)?;
-        }
-        if let Some(url) = env("REDIS_URL").filter(|u| !u.trim().is_empty()) {
-            config.redis_url = Some(url.trim().to_owned());
-        }
-        if let Some(path) = env("CACHE_DISK_PATH").filter(|p| !p.trim().is_empty()) {
-            config.cache_disk = Some(PathBuf::from(path.trim()));
-        }
-
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((flag, value)) if flag.starts_with("--") => {
-                    (flag.to_string(), Some(value.to_string()))
-                }
-                _ => (arg, None),
-            };
-            if flag == "-h" || flag == "--help" {
-                return Ok(Command::Help);
-            }
-            let mut value = || {
-                inline
-                    .clone()
-                    .or_else(|| args.next())
-                    .ok_or_else(|| ConfigError::new(format!("{flag} needs a value (see --help)")))
-            };
-            match flag.as_str() {
-                "--listen" => config.listen = parse_listen(&value()?, "--listen")?,
-                "--database-url" => config.database = Database::from_url(&value()?)?,
-                "--seed" => config.seed = Some(parse_seed(&value()?)?),
-                "--redis-url" => config.redis_url = Some(value()?),
-                "--cache-disk" => config.cache_disk = Some(PathBuf::from(value()?)),
-                "--readers" => {
-                    let raw = value()?;
-                    config.readers = match raw.parse::<usize>() {
-                        Ok(n @ 1..=256) => n,
-                        _ => {
-                            return Err(ConfigError::new(format!(
-                                "--readers {raw:?}: expected a number from 1 to 256"
-                            )));
-                        }
-                    };
-                }
-                other => {
-                    return Err(ConfigError::new(format!(
-                        "unknown argument {other:?} (see --help)"
-                    )));
-                }
-            }
-        }
-        Ok(Command::Run(Box::new(config)))
+        <Args as clap::Parser>::try_parse_from(args).map(Self::from)
     }
 }
 
-fn parse_listen(raw: &str, source: &str) -> Result<SocketAddr, ConfigError> {
-    raw.trim().parse().map_err(|_| {
-        ConfigError::new(format!(
-            "{source} {raw:?}: expected an address like 127.0.0.1:3000 or [::1]:3000"
-        ))
-    })
+/// The `chat-service` command line. Each flag also reads the environment variable shown by
+/// `--help`; flags win. Turned into a [`Config`] with `Config::from(args)`.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "chat-service",
+    version,
+    about = "A CQRS chat service on axum and SQLite, with every layer of this workspace stacked",
+    after_help = "Logs go to stderr; filter them with RUST_LOG (default: info).\n\
+                  Spans are exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT (or another standard \
+                  OTEL_* variable) is set; /metrics serves Prometheus text unless --bare."
+)]
+pub struct Args {
+    /// Address to listen on; port 0 picks a free port. Once bound (after seeding) the address
+    /// is printed on stdout as `chat-service listening on ADDR`.
+    #[arg(long, env = "LISTEN_ADDR", value_name = "ADDR", default_value = "127.0.0.1:3000", value_parser = parse_listen)]
+    pub listen: SocketAddr,
+    /// SQLite database: a path, sqlite://PATH, or :memory: for a temporary file removed at exit.
+    #[arg(long, env = "DATABASE_URL", value_name = "URL", default_value = "chat.db", value_parser = parse_database)]
+    pub database_url: Database,
+    /// Before serving, store MESSAGES messages in each of ROOMS rooms (room-1 .. room-ROOMS).
+    #[arg(long, value_name = "ROOMS,MESSAGES", value_parser = parse_seed)]
+    pub seed: Option<(u32, u32)>,
+    /// Reader connections in the query pool, 1 to 256.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub readers: u16,
+    /// Redis for the shared cache tier, shared idempotency keys and cross-instance
+    /// invalidation [default: none, everything in-process].
+    #[arg(long, env = "REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// File of the persistent cache tier [default: none].
+    #[arg(long, env = "CACHE_DISK_PATH", value_name = "PATH")]
+    pub cache_disk: Option<PathBuf>,
+    /// Longest time a response stays in the in-process cache tier.
+    #[arg(long, env = "CACHE_L1_TTL_CAP", value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
+    pub l1_ttl_cap: Duration,
+    /// Longest time a response stays in the Redis cache tier.
+    #[arg(long, env = "CACHE_L2_TTL_CAP", value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub l2_ttl_cap: Duration,
+    /// Longest time a response stays in the disk cache tier.
+    #[arg(long, env = "CACHE_L3_TTL_CAP", value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub l3_ttl_cap: Duration,
+    /// Base URL of the moderation service that checks each post, e.g. http://127.0.0.1:3001
+    /// [default: none, posts are not moderated].
+    #[arg(long, env = "MODERATION_URL", value_name = "URL", value_parser = parse_moderation_url)]
+    pub moderation_url: Option<String>,
+    /// Longest a moderation check may take (milliseconds, or a duration such as 1s); past it
+    /// the post answers 503.
+    #[arg(long, env = "MODERATION_TIMEOUT", value_name = "MS", default_value = "500", value_parser = parse_timeout)]
+    pub moderation_timeout: Duration,
+    /// Serve the same routes with every layer off (telemetry, cache, coalescing, idempotency,
+    /// breaker), for comparison.
+    #[arg(long, env = "CHAT_BARE")]
+    pub bare: bool,
+    /// Refuse posts without an Idempotency-Key header (400).
+    #[arg(long, env = "IDEMPOTENCY_KEY_REQUIRED")]
+    pub require_idempotency_key: bool,
 }
 
-fn parse_seed(raw: &str) -> Result<(u32, u32), ConfigError> {
-    let bad = || {
-        ConfigError::new(format!(
-            "--seed {raw:?}: expected ROOMS,MESSAGES such as 10,1000"
-        ))
-    };
+impl From<Args> for Config {
+    fn from(args: Args) -> Self {
+        let non_empty =
+            |value: Option<String>| value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        Self {
+            listen: args.listen,
+            database: args.database_url,
+            seed: args.seed,
+            readers: usize::from(args.readers),
+            redis_url: non_empty(args.redis_url),
+            cache_disk: args.cache_disk.filter(|path| !path.as_os_str().is_empty()),
+            ttl_caps: TtlCaps {
+                l1: args.l1_ttl_cap,
+                l2: args.l2_ttl_cap,
+                l3: args.l3_ttl_cap,
+            },
+            bare: args.bare,
+            moderation_url: non_empty(args.moderation_url),
+            moderation_timeout: args.moderation_timeout,
+            require_idempotency_key: args.require_idempotency_key,
+            ..Self::default()
+        }
+    }
+}
+
+fn parse_listen(raw: &str) -> Result<SocketAddr, String> {
+    raw.trim()
+        .parse()
+        .map_err(|_| "expected an address like 127.0.0.1:3000 or [::1]:3000".to_owned())
+}
+
+fn parse_database(raw: &str) -> Result<Database, ConfigError> {
+    Database::from_url(raw)
+}
+
+fn parse_seed(raw: &str) -> Result<(u32, u32), String> {
+    let bad = || "expected ROOMS,MESSAGES such as 10,1000".to_owned();
     let (rooms, messages) = raw.split_once(',').ok_or_else(bad)?;
     let rooms: u32 = rooms.trim().parse().map_err(|_| bad())?;
     let messages: u32 = messages.trim().parse().map_err(|_| bad())?;
     if u64::from(rooms) * u64::from(messages) > MAX_SEED_MESSAGES {
-        return Err(ConfigError::new(format!(
-            "--seed {raw:?}: at most {MAX_SEED_MESSAGES} messages in total"
-        )));
+        return Err(format!("at most {MAX_SEED_MESSAGES} messages in total"));
     }
     Ok((rooms, messages))
+}
+
+fn parse_moderation_url(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(String::new());
+    }
+    let uri: http::Uri = raw
+        .parse()
+        .map_err(|e| format!("not a URL ({e}); expected one like http://127.0.0.1:3001"))?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err("expected an http:// URL with a host, like http://127.0.0.1:3001".to_owned());
+    }
+    Ok(raw.trim_end_matches('/').to_owned())
+}
+
+/// Reads a positive duration: a whole number followed by `ms`, `s`, `m`, `h` or `d`.
+///
+/// ```text
+/// 100ms  30s  5m  1h  2d
+/// ```
+pub(crate) fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let bad = || format!("expected a duration like 100ms, 30s, 5m or 1h, got {raw:?}");
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = raw.split_at(split);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let millis_per_unit: u64 = match unit.trim() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    let millis = number.checked_mul(millis_per_unit).ok_or_else(bad)?;
+    if millis == 0 {
+        return Err(format!("must be longer than zero, got {raw:?}"));
+    }
+    Ok(Duration::from_millis(millis))
+}
+
+/// Reads a timeout: a whole number of milliseconds, or a duration as [`parse_duration`] reads it.
+fn parse_timeout(raw: &str) -> Result<Duration, String> {
+    match raw.trim().parse::<u64>() {
+        Ok(0) => Err("must be longer than zero".to_owned()),
+        Ok(millis) => Ok(Duration::from_millis(millis)),
+        Err(_) => parse_duration(raw),
+    }
 }
 
 /// A configuration value that cannot be used; the message names the flag or variable.
@@ -310,12 +421,12 @@ impl ConfigError {
 mod tests {
     use super::*;
 
-    fn run(args: &[&str]) -> Result<Config, ConfigError> {
-        match Config::from_args(args.iter().map(|s| s.to_string()), |_| None)? {
-            Command::Run(config) => Ok(*config),
-            Command::Help => panic!("unexpected help"),
-        }
+    fn run(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("chat-service").chain(args.iter().copied()))
     }
+
+    // These tests read the process environment too; none of the variables is set when
+    // `cargo test` runs, and `xtask` does not set them either.
 
     #[test]
     fn defaults() {
@@ -323,55 +434,135 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:3000".parse().unwrap());
         assert_eq!(config.database, Database::File("chat.db".into()));
         assert_eq!(config.seed, None);
+        assert_eq!(config.readers, 4);
+        assert_eq!(config.ttl_caps, TtlCaps::default());
+        assert_eq!(config.moderation_timeout, Duration::from_millis(500));
+        assert_eq!(config.moderation_url, None);
+        assert!(!config.bare);
+        assert!(!config.require_idempotency_key);
     }
 
     #[test]
-    fn flags_override_env() {
-        let env = |name: &str| match name {
-            "LISTEN_ADDR" => Some("127.0.0.1:1".to_string()),
-            "DATABASE_URL" => Some("a.db".to_string()),
-            _ => None,
-        };
-        let args = ["--listen", "[::1]:2", "--database-url", "sqlite:b.db"].map(String::from);
-        let Command::Run(config) = Config::from_args(args, env).unwrap() else {
-            panic!("expected run")
-        };
+    fn flags() {
+        let config = run(&[
+            "--listen",
+            "[::1]:2",
+            "--database-url",
+            "sqlite:b.db",
+            "--seed=3,4",
+            "--readers",
+            "8",
+            "--redis-url",
+            "redis://127.0.0.1:1/",
+            "--l1-ttl-cap",
+            "250ms",
+            "--l2-ttl-cap=10m",
+            "--l3-ttl-cap",
+            "2h",
+            "--moderation-url",
+            "http://127.0.0.1:3001/",
+            "--moderation-timeout",
+            "1s",
+            "--bare",
+            "--require-idempotency-key",
+        ])
+        .unwrap();
         assert_eq!(config.listen, "[::1]:2".parse().unwrap());
         assert_eq!(config.database, Database::File("b.db".into()));
+        assert_eq!(config.seed, Some((3, 4)));
+        assert_eq!(config.readers, 8);
+        assert_eq!(config.redis_url.as_deref(), Some("redis://127.0.0.1:1/"));
+        assert_eq!(
+            config.ttl_caps,
+            TtlCaps {
+                l1: Duration::from_millis(250),
+                l2: Duration::from_secs(600),
+                l3: Duration::from_secs(7200),
+            }
+        );
+        assert_eq!(
+            config.moderation_url.as_deref(),
+            Some("http://127.0.0.1:3001")
+        );
+        assert_eq!(config.moderation_timeout, Duration::from_secs(1));
+        assert!(config.bare);
+        assert!(config.require_idempotency_key);
+        assert_eq!(
+            run(&["--moderation-timeout", "250"])
+                .unwrap()
+                .moderation_timeout,
+            Duration::from_millis(250)
+        );
     }
 
     #[test]
-    fn help() {
-        assert!(matches!(
-            Config::from_args(["-h".to_string()], |_| None),
-            Ok(Command::Help)
-        ));
-        assert!(matches!(
-            Config::from_args(["--seed=1,1".to_string(), "--help".to_string()], |_| None),
-            Ok(Command::Help)
-        ));
+    fn help_prints_defaults() {
+        let err = run(&["--help"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp);
+        let help = err.to_string();
+        for expected in [
+            "[default: 127.0.0.1:3000]",
+            "[env: LISTEN_ADDR=",
+            "[default: chat.db]",
+            "[env: DATABASE_URL=",
+            "[env: REDIS_URL=",
+            "[env: CACHE_DISK_PATH=",
+            "[env: MODERATION_URL=",
+            "[default: 500]",
+            "[default: 100ms]",
+            "[default: 5m]",
+            "[default: 1h]",
+            "[env: CHAT_BARE=",
+            "[env: IDEMPOTENCY_KEY_REQUIRED=",
+            "--seed <ROOMS,MESSAGES>",
+        ] {
+            assert!(help.contains(expected), "{expected} missing:\n{help}");
+        }
     }
 
     #[test]
     fn bad_flags_name_themselves() {
         let cases: &[(&[&str], &str)] = &[
-            (&["--listen"], "--listen needs a value"),
-            (&["--listen", "nope"], "--listen \"nope\""),
-            (&["--seed", "1"], "--seed \"1\""),
-            (&["--seed", "-1,5"], "--seed"),
+            (&["--listen"], "--listen"),
+            (&["--listen", "nope"], "--listen"),
+            (&["--seed", "1"], "--seed"),
+            (&["--seed=-1,5"], "--seed"),
             (&["--seed", "100000,100000"], "at most"),
             (&["--readers", "0"], "--readers"),
+            (&["--readers", "257"], "--readers"),
             (&["--database-url", "mysql://x"], "only sqlite://"),
             (&["--database-url", "sqlite://"], "names no database"),
-            (&["--verbose"], "unknown argument \"--verbose\""),
+            (&["--l1-ttl-cap", "100"], "--l1-ttl-cap"),
+            (&["--l2-ttl-cap", "0s"], "--l2-ttl-cap"),
+            (&["--l3-ttl-cap", "1y"], "--l3-ttl-cap"),
+            (&["--moderation-url", "ftp://x"], "--moderation-url"),
+            (&["--moderation-timeout", "0"], "--moderation-timeout"),
+            (&["--verbose"], "--verbose"),
         ];
         for (args, expected) in cases {
             let err = run(args).unwrap_err().to_string();
             assert!(err.contains(expected), "{args:?}: {err}");
         }
-        let env = |_: &str| Some("bad".to_string());
-        let err = Config::from_args(Vec::new(), env).unwrap_err().to_string();
-        assert!(err.contains("LISTEN_ADDR"), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration(" 5m "), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        for bad in [
+            "",
+            "ms",
+            "5",
+            "5 weeks",
+            "-1s",
+            "1.5s",
+            "0ms",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub enum Error {
     /// Starting a thread, binding a socket or serving failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// Telemetry could not be set up (a bad `OTEL_*` variable, a recorder already installed).
+    #[error("telemetry: {0}")]
+    Telemetry(#[from] telemetry_layer::TelemetryError),
 }
 
 impl Error {

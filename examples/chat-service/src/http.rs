@@ -5,15 +5,17 @@ use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH, LOCATION};
+use axum::routing::{MethodRouter, get, post};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH, LOCATION, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::model::{MessagePage, NewMessage, RoomList, RoomName};
+use crate::moderation::Judgement;
 use crate::service::ChatService;
 use crate::store::{Listing, RoomsListing};
 
@@ -35,19 +37,80 @@ const ROOMS_TAG: HeaderValue = HeaderValue::from_static("rooms");
 /// Besides the routes it sets the request body limit ([`Config::body_limit`](crate::Config))
 /// and answers unknown paths (`404`) and methods (`405`) with problem+json.
 pub(crate) fn router(service: ChatService) -> Router {
+    router_with_post_layer(service, |post| post)
+}
+
+/// [`router`] with `layer` applied to the `POST /rooms/{room}/messages` handler only (the
+/// idempotency layer goes there).
+pub(crate) fn router_with_post_layer(
+    service: ChatService,
+    layer: impl FnOnce(MethodRouter<ChatService>) -> MethodRouter<ChatService>,
+) -> Router {
     let body_limit = service.config().body_limit;
+    // The trace context is captured outside the post's layers: the idempotency layer runs the
+    // handler in a task of its own, where the request span is no longer the current context.
+    let post_route =
+        layer(post(post_message)).route_layer(axum::middleware::from_fn(capture_trace));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/rooms", get(list_rooms))
         .route(
             "/rooms/{room}/messages",
-            get(list_messages).post(post_message),
+            get(list_messages).merge(post_route),
         )
         .route("/rooms/{room}/messages/{id}", get(get_message))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(service)
+}
+
+/// `GET /stats`: the query counts and the mode, outside every layer (never cached, not
+/// instrumented).
+pub(crate) fn stats_router(service: ChatService) -> Router {
+    Router::new()
+        .route("/stats", get(stats))
+        .with_state(service)
+}
+
+/// The body of `GET /stats`.
+#[derive(Debug, Serialize)]
+struct Stats {
+    db_queries: u64,
+    db_duplicate_queries: u64,
+    mode: &'static str,
+    breaker_state: Option<&'static str>,
+}
+
+async fn stats(State(service): State<ChatService>) -> Handled {
+    let (db_queries, db_duplicate_queries) = service.readers().stats().snapshot();
+    let stats = Stats {
+        db_queries,
+        db_duplicate_queries,
+        mode: if service.config().bare {
+            "bare"
+        } else {
+            "stacked"
+        },
+        breaker_state: service
+            .moderation()
+            .and_then(|m| m.breaker_state())
+            .map(|state| state.as_str()),
+    };
+    let mut headers = HeaderMap::with_capacity(2);
+    headers.insert(CACHE_CONTROL, NO_STORE);
+    json_response(StatusCode::OK, &stats, headers)
+}
+
+/// The OpenTelemetry context of the request, carried to the post handler in an extension.
+#[derive(Clone, Debug)]
+struct TraceContext(opentelemetry::Context);
+
+async fn capture_trace(mut request: Request, next: Next) -> Response {
+    request
+        .extensions_mut()
+        .insert(TraceContext(opentelemetry::Context::current()));
+    next.run(request).await
 }
 
 /// An RFC 9457 problem details response.
@@ -57,6 +120,8 @@ struct Problem {
     kind: &'static str,
     title: &'static str,
     detail: String,
+    /// Seconds for `Retry-After`, on `503`.
+    retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -80,7 +145,31 @@ impl Problem {
             kind,
             title,
             detail: detail.into(),
+            retry_after: None,
         }
+    }
+
+    /// The moderation dependency failed, timed out or its breaker is open: nothing was stored,
+    /// so the client may retry (with the same `Idempotency-Key`) after `retry_after_secs`.
+    fn dependency_unavailable(retry_after_secs: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after_secs),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "/problems/moderation-unavailable",
+                "Moderation unavailable",
+                "the message could not be checked and was not stored; retry later",
+            )
+        }
+    }
+
+    fn rejected(reason: String) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "/problems/rejected-by-moderation",
+            "Rejected by moderation",
+            reason,
+        )
     }
 
     fn invalid_room(detail: impl Into<String>) -> Self {
@@ -194,6 +283,9 @@ impl IntoResponse for Problem {
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, PROBLEM_JSON);
         headers.insert(CACHE_CONTROL, NO_STORE);
+        if let Some(seconds) = self.retry_after {
+            headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }
@@ -288,11 +380,30 @@ async fn method_not_allowed() -> Problem {
 
 async fn post_message(
     State(service): State<ChatService>,
+    trace: Option<Extension<TraceContext>>,
     room: Result<Path<String>, PathRejection>,
     body: Result<Json<NewMessage>, JsonRejection>,
 ) -> Handled {
+    use opentelemetry::context::FutureExt;
+
     let room = room_from_path(room)?;
     let Json(message) = body.map_err(|e| Problem::from_json_rejection(&e))?;
+    // Invalid input is refused before the dependency is asked.
+    message.validate().map_err(Error::from)?;
+    if let Some(moderation) = service.moderation() {
+        let check = moderation.check(&message.author, &message.text);
+        let judgement = match trace {
+            Some(Extension(TraceContext(cx))) => check.with_context(cx).await,
+            None => check.await,
+        };
+        match judgement {
+            Judgement::Allowed => {}
+            Judgement::Rejected(reason) => return Err(Problem::rejected(reason)),
+            Judgement::Unavailable { retry_after_secs } => {
+                return Err(Problem::dependency_unavailable(retry_after_secs));
+            }
+        }
+    }
     let stored = service.post(&room, message).await?;
     // Read-your-writes: answer once a GET would see the message. Past the bound the message is
     // still stored, so the answer is still 201.

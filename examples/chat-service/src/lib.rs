@@ -123,13 +123,15 @@ mod config;
 mod error;
 mod http;
 mod model;
+mod moderation;
 mod service;
 mod store;
 
 use std::future::Future;
 
 pub use crate::config::{
-    CacheControl, Command, Config, ConfigError, Database, MAX_SEED_MESSAGES, USAGE,
+    Args, CacheControl, Config, ConfigError, Database, MAX_SEED_MESSAGES, ModerationBreaker,
+    TtlCaps,
 };
 pub use crate::error::Error;
 pub use crate::http::{CACHE_TAG, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
@@ -138,7 +140,8 @@ pub use crate::model::{
     NewMessage, RoomList, RoomName, RoomProjected, RoomSummary, SeedSummary,
 };
 pub use crate::service::ChatService;
-pub use crate::store::MAX_ROOMS_LISTED;
+pub use crate::store::{DB_DUPLICATE_QUERIES_TOTAL, DB_QUERIES_TOTAL, MAX_ROOMS_LISTED};
+pub use telemetry_layer::Telemetry;
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets open requests finish.
 ///
@@ -187,18 +190,52 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Runs the service as the binary does: open the database, seed it if asked, serve
-/// [`ChatService::app`] on [`Config::listen`] until SIGINT or SIGTERM, then close the database.
-pub async fn run(config: Config) -> Result<(), Error> {
+/// The binary's telemetry: service name `chat-service`, the global `metrics` recorder installed
+/// (so every layer's series reach `/metrics`), OTLP span export when `OTEL_EXPORTER_OTLP_ENDPOINT`
+/// or another standard `OTEL_*` variable says so. No `tracing` subscriber is installed: combine
+/// [`Telemetry::otel_layer`] with your own log layer, as the binary does.
+///
+/// Build it before [`ChatService::open`]: the layers register their metrics when built.
+pub fn telemetry() -> Result<Telemetry, Error> {
+    Ok(Telemetry::builder()
+        .service_name("chat-service")
+        .install_subscriber(false)
+        .build()?)
+}
+
+/// Runs the service as the binary does: open the database, seed it if asked, bind
+/// [`Config::listen`], print `chat-service listening on ADDR` as one line on stdout, serve
+/// [`ChatService::app_with`] (or, bare or without `telemetry`, [`ChatService::app`]) until
+/// SIGINT or SIGTERM, then close the database and flush the spans.
+pub async fn run(config: Config, telemetry: Option<Telemetry>) -> Result<(), Error> {
+    use std::io::Write;
+
     let service = ChatService::open(&config).await?;
     if let Some((rooms, per_room)) = config.seed {
         let seeded = service.seed(rooms, per_room).await?;
         tracing::info!(rooms, messages = seeded.messages, "seeded");
     }
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    tracing::info!(addr = %listener.local_addr()?, "listening");
-    serve(listener, service.app(), shutdown_signal()).await?;
+    let addr = listener.local_addr()?;
+    {
+        // One line, flushed at once: a load test starting this process reads the port from it.
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "chat-service listening on {addr}")?;
+        stdout.flush()?;
+    }
+    let mode = if config.bare { "bare" } else { "stacked" };
+    tracing::info!(%addr, mode, "listening");
+    let app = match &telemetry {
+        Some(telemetry) => service.app_with(telemetry),
+        None => service.app(),
+    };
+    serve(listener, app, shutdown_signal()).await?;
     service.close().await;
+    if let Some(telemetry) = telemetry
+        && let Err(error) = telemetry.shutdown()
+    {
+        tracing::warn!(%error, "spans could not be flushed at exit");
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,31 +1,41 @@
-//! The `chat-service` binary: reads flags and environment, then serves until SIGINT or SIGTERM.
+//! The `chat-service` binary: reads flags and environment (clap), sets up telemetry and logs,
+//! then serves until SIGINT or SIGTERM.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use chat_service::{Command, Config, USAGE};
+use chat_service::Config;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::prelude::*;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = match Config::from_env_and_args() {
-        Ok(Command::Run(config)) => *config,
-        Ok(Command::Help) => {
-            let _ = std::io::stdout().write_all(USAGE.as_bytes());
-            return ExitCode::SUCCESS;
-        }
-        Err(error) => {
-            eprintln!("chat-service: {error}");
-            return ExitCode::from(2);
+    let config = Config::from_env_and_args();
+    // Telemetry first: it installs the metrics recorder the layers register with.
+    let telemetry = if config.bare {
+        None
+    } else {
+        match chat_service::telemetry() {
+            Ok(telemetry) => Some(telemetry),
+            Err(error) => {
+                eprintln!("chat-service: {error}");
+                return ExitCode::from(2);
+            }
         }
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    match chat_service::run(config).await {
+        .with_filter(filter);
+    // Spans get their own filter, so a strict RUST_LOG cannot cut traces apart.
+    let spans = telemetry
+        .as_ref()
+        .and_then(|t| t.otel_layer())
+        .map(|layer| layer.with_filter(LevelFilter::INFO));
+    tracing_subscriber::registry().with(logs).with(spans).init();
+    match chat_service::run(config, telemetry).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "chat-service failed");

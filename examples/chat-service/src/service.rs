@@ -4,16 +4,57 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use dedup_layer::store::{MemoryStore, RedisStore};
+use dedup_layer::{DedupLayer, IdempotencyLayer};
+use telemetry_layer::Telemetry;
 use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::cache::Purged;
+use crate::config::ConfigError;
 use crate::config::{Config, Database, MAX_SEED_MESSAGES};
 use crate::error::Error;
 use crate::model::{Message, MessagePosted, NewMessage, RoomName, RoomProjected, SeedSummary};
+use crate::moderation::ModerationClient;
 use crate::store::{Projector, Readers, Writer};
 
 /// Events buffered per subscriber before a slow one starts losing the oldest.
 const EVENT_BUFFER: usize = 4096;
+/// Prefix of the idempotency records in Redis.
+const IDEMPOTENCY_PREFIX: &str = "chat:idem:";
+
+/// The idempotency layer of `POST /rooms/{room}/messages`, over the store the configuration
+/// chose: shared through Redis when `REDIS_URL` is set, so a retry on another instance replays.
+#[derive(Clone, Debug)]
+enum PostKeys {
+    Memory(IdempotencyLayer<MemoryStore>),
+    Redis(IdempotencyLayer<RedisStore>),
+}
+
+impl PostKeys {
+    fn new(config: &Config) -> Result<Self, ConfigError> {
+        let bad = |e: dedup_layer::ConfigError| ConfigError::new(format!("idempotency: {e}"));
+        Ok(match &config.redis_url {
+            Some(url) if !config.bare => {
+                let store = RedisStore::builder(url.as_str())
+                    .prefix(IDEMPOTENCY_PREFIX)
+                    .build()
+                    .map_err(|e| ConfigError::new(format!("REDIS_URL: {e}")))?;
+                Self::Redis(
+                    IdempotencyLayer::builder(store)
+                        .required(config.require_idempotency_key)
+                        .build()
+                        .map_err(bad)?,
+                )
+            }
+            _ => Self::Memory(
+                IdempotencyLayer::builder(MemoryStore::default())
+                    .required(config.require_idempotency_key)
+                    .build()
+                    .map_err(bad)?,
+            ),
+        })
+    }
+}
 
 /// A running chat service: storage, projector and event channels.
 ///
@@ -56,6 +97,10 @@ struct Inner {
     /// The response cache of [`ChatService::app`], purged from projection notices.
     cache: cache_layer::CacheLayer,
     purged: Arc<Purged>,
+    /// Coalescing of identical reads, under the cache.
+    dedup: DedupLayer,
+    post_keys: PostKeys,
+    moderation: Option<ModerationClient>,
     /// Dropping this stops the projector task, which releases the writer.
     _stop_projector: oneshot::Sender<()>,
     /// Declared last so the directory outlives the connections in it.
@@ -88,12 +133,13 @@ impl ChatService {
         let (events, projector_events) = broadcast::channel(EVENT_BUFFER);
         let (notices, _) = broadcast::channel(EVENT_BUFFER);
         let readers_wanted = config.readers;
+        let read_delay = config.read_delay;
         let opened = {
             let path = path.clone();
             let events = events.clone();
             tokio::task::spawn_blocking(move || {
                 let writer = Writer::start(&path, events)?;
-                let readers = Readers::open(&path, readers_wanted)?;
+                let readers = Readers::open(&path, readers_wanted, read_delay)?;
                 Ok::<_, crate::store::StoreError>((writer, readers))
             })
             .await
@@ -109,14 +155,22 @@ impl ChatService {
         let (stop_projector, stop) = oneshot::channel();
         tokio::spawn(projector.clone().run(projector_events, stop));
 
+        // Layers register their metrics when built: the recorder, if any, is installed by now.
         let cache = crate::cache::layer(config)?;
         let purged = Arc::new(Purged::new());
-        tokio::spawn(crate::cache::invalidate_on_projection(
-            notices.subscribe(),
-            cache.handle(),
-            Arc::downgrade(&purged),
-            projector.watch_position(),
-        ));
+        if !config.bare {
+            tokio::spawn(crate::cache::invalidate_on_projection(
+                notices.subscribe(),
+                cache.handle(),
+                Arc::downgrade(&purged),
+                projector.watch_position(),
+            ));
+        }
+        let dedup = DedupLayer::builder()
+            .build()
+            .map_err(|e| ConfigError::new(format!("dedup: {e}")))?;
+        let post_keys = PostKeys::new(config)?;
+        let moderation = ModerationClient::new(config)?;
 
         tracing::info!(database = %path.display(), "chat service storage open");
         Ok(Self {
@@ -131,6 +185,9 @@ impl ChatService {
                 notices,
                 cache,
                 purged,
+                dedup,
+                post_keys,
+                moderation,
                 _stop_projector: stop_projector,
                 _temp_dir: temp_dir,
             }),
@@ -250,16 +307,96 @@ impl ChatService {
         crate::http::router(self.clone())
     }
 
-    /// The service as it is deployed: [`router`](Self::router) plus the middleware stack.
+    /// The service with the layers its [`Config::bare`] mode asks for, and `GET /stats`, but
+    /// without telemetry (no `/metrics`): [`app_with`](Self::app_with) adds it.
     ///
-    /// This is the single place where middleware layers wrap the routes, outermost last:
+    /// Stacked, this is the single place where middleware wraps the routes, outermost last:
     ///
-    /// 1. the response cache (`cache-layer`): in-process tier capped at 100 ms, plus the Redis
-    ///    tier (5 min) with [`Config::redis_url`] and the disk tier (1 h) with
+    /// 1. the response cache (`cache-layer`): in-process tier capped at [`TtlCaps::l1`]
+    ///    (100 ms), plus the Redis tier with [`Config::redis_url`] and the disk tier with
     ///    [`Config::cache_disk`]. Only `GET`/`HEAD` answers are stored; each projection purges
-    ///    its room's tag on every instance.
+    ///    its room's tag on every instance;
+    /// 2. request coalescing (`dedup-layer`'s `DedupLayer`): identical reads that miss the cache
+    ///    at the same time run one query;
+    /// 3. on `POST /rooms/{room}/messages` only, `IdempotencyLayer`: a retry with the same
+    ///    `Idempotency-Key` replays the first answer (in memory, or in Redis with
+    ///    [`Config::redis_url`] so every instance replays it); required with
+    ///    [`Config::require_idempotency_key`].
+    ///
+    /// The post handler calls the moderation service through a breaker (see the crate docs).
+    /// Bare, the routes are served as they are.
+    ///
+    /// [`TtlCaps::l1`]: crate::TtlCaps::l1
     pub fn app(&self) -> axum::Router {
-        self.router().layer(self.inner.cache.clone())
+        let stats = crate::http::stats_router(self.clone());
+        if self.inner.config.bare {
+            return stats.merge(self.router());
+        }
+        stats.merge(self.stacked_routes())
+    }
+
+    /// [`app`](Self::app) with `telemetry` outermost: HTTP server metrics and spans for every
+    /// request (including those the cache answers) and `GET /metrics`. `/stats` stays outside
+    /// it. Bare, `telemetry` is not used and this is [`app`](Self::app).
+    ///
+    /// The layers' own metrics (`cache_`, `dedup_`, `breaker_`, `chat_db_`) go through the
+    /// global `metrics` recorder, which the first [`Telemetry`] built with the default
+    /// `install_recorder(true)` installs; build it before [`open`](Self::open), because the
+    /// layers register their series when built. A process that builds several apps (tests)
+    /// builds the later telemetries with `install_recorder(false)`: their `/metrics` then show
+    /// the HTTP series only, and every layer's series land in the first one's.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let telemetry = telemetry_layer::Telemetry::builder()
+    ///     .service_name("chat-service")
+    ///     // Doc tests share a process; the binary keeps the default and installs it.
+    ///     .install_recorder(false)
+    ///     .install_subscriber(false)
+    ///     .build()?;
+    /// let service = chat_service::ChatService::open(&chat_service::Config::temporary()).await?;
+    /// let app: axum::Router = service.app_with(&telemetry);
+    /// # drop(app);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn app_with(&self, telemetry: &Telemetry) -> axum::Router {
+        let stats = crate::http::stats_router(self.clone());
+        if self.inner.config.bare {
+            return stats.merge(self.router());
+        }
+        stats.merge(telemetry.instrument(self.stacked_routes()))
+    }
+
+    fn stacked_routes(&self) -> axum::Router {
+        let routes = match self.inner.post_keys.clone() {
+            PostKeys::Memory(keys) => {
+                crate::http::router_with_post_layer(self.clone(), move |post| {
+                    post.route_layer(keys)
+                })
+            }
+            PostKeys::Redis(keys) => {
+                crate::http::router_with_post_layer(self.clone(), move |post| {
+                    post.route_layer(keys)
+                })
+            }
+        };
+        // Added last runs first: the cache answers hits, dedup coalesces the misses below it.
+        routes
+            .layer(self.inner.dedup.clone())
+            .layer(self.inner.cache.clone())
+    }
+
+    /// The breaker around the moderation client: stacked with [`Config::moderation_url`] only.
+    /// Observe or control it (`state()`, `subscribe()`, `force_open()`, `reset()`).
+    pub fn moderation_breaker(&self) -> Option<breaker_layer::CircuitBreaker> {
+        self.moderation()?.breaker().cloned()
+    }
+
+    /// `(db_queries, db_duplicate_queries)` as `GET /stats` reports them.
+    pub fn query_counts(&self) -> (u64, u64) {
+        self.inner.readers.stats().snapshot()
     }
 
     /// A handle on the response cache of [`app`](Self::app): purge it, read its tier
@@ -271,6 +408,10 @@ impl ChatService {
     /// Waits until the cache purge that follows the projection of message `id` in `room` is
     /// done on every tier, at most [`Config::projection_wait`]. Returns whether it is.
     pub async fn wait_invalidated(&self, room: &RoomName, id: i64) -> bool {
+        if self.inner.config.bare {
+            // Bare, nothing is cached and no purge runs.
+            return true;
+        }
         self.inner
             .purged
             .wait(room, id, self.inner.config.projection_wait)
@@ -279,5 +420,9 @@ impl ChatService {
 
     pub(crate) fn readers(&self) -> &Readers {
         &self.inner.readers
+    }
+
+    pub(crate) fn moderation(&self) -> Option<&ModerationClient> {
+        self.inner.moderation.as_ref()
     }
 }

@@ -4,7 +4,9 @@
 //! No SQLite call runs on an async worker thread: writes go to the writer thread over a bounded
 //! channel, reads run on tokio's blocking pool with a pooled connection.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,8 +28,18 @@ const STATEMENT_CACHE: usize = 32;
 /// Pause before the projector retries after a failed projection.
 const PROJECTION_RETRY: Duration = Duration::from_millis(100);
 
+/// Distinct read queries whose in-flight count is kept; past it a new query is counted but not
+/// compared, which keeps the duplicate count cheap and memory bounded under any load.
+const MAX_TRACKED_QUERIES: usize = 4096;
+
 /// Most rooms `GET /rooms` lists.
 pub const MAX_ROOMS_LISTED: usize = 1000;
+
+/// Counter of read queries that reached SQLite (`db_queries` in `/stats`).
+pub const DB_QUERIES_TOTAL: &str = "chat_db_queries_total";
+/// Counter of read queries started while an identical one was in flight in the same process
+/// (`db_duplicate_queries` in `/stats`): the work request coalescing removes.
+pub const DB_DUPLICATE_QUERIES_TOTAL: &str = "chat_db_duplicate_queries_total";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -127,6 +139,9 @@ enum Job {
         reply: oneshot::Sender<rusqlite::Result<SeedSummary>>,
     },
     Project {
+        /// The position this process last saw, to report rooms projected by another process
+        /// since; `None` on the first step after opening.
+        known: Option<i64>,
         reply: oneshot::Sender<rusqlite::Result<Projection>>,
     },
     Close {
@@ -199,8 +214,8 @@ impl Writer {
             .await??)
     }
 
-    pub(crate) async fn project(&self) -> Result<Projection, StoreError> {
-        Ok(self.call(|reply| Job::Project { reply }).await??)
+    pub(crate) async fn project(&self, known: Option<i64>) -> Result<Projection, StoreError> {
+        Ok(self.call(|reply| Job::Project { known, reply }).await??)
     }
 
     /// Stops the writer thread after the jobs queued before this one; its connection closes.
@@ -240,8 +255,8 @@ fn writer_loop(
             } => {
                 let _ = reply.send(seed(&mut conn, rooms, per_room));
             }
-            Job::Project { reply } => {
-                let _ = reply.send(project(&mut conn));
+            Job::Project { known, reply } => {
+                let _ = reply.send(project(&mut conn, known));
             }
             Job::Close { reply } => {
                 drop(conn);
@@ -302,11 +317,21 @@ fn seed(conn: &mut Connection, rooms: u32, per_room: u32) -> rusqlite::Result<Se
 ///
 /// The position lives in the same database and moves in the same transaction as the read model,
 /// so a crash at any point leaves them consistent and the next step resumes where this one ended.
-fn project(conn: &mut Connection) -> rusqlite::Result<Projection> {
+///
+/// Several processes may share the database, and each one's projector projects every message
+/// past the stored position, its own or not. When the stored position is past `known` (what this
+/// process saw last), another process projected `(known, position]`: the rooms it changed are
+/// reported too, so this process purges its cache for them and its posts among them stop
+/// waiting for a notice that would otherwise never come.
+fn project(conn: &mut Connection, known: Option<i64>) -> rusqlite::Result<Projection> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let from: i64 = tx
         .prepare_cached("SELECT position FROM projection WHERE name = 'messages'")?
         .query_row([], |row| row.get(0))?;
+    let mut rooms = match known {
+        Some(known) if known < from => projected_elsewhere(&tx, known, from)?,
+        _ => Vec::new(),
+    };
     let newest: i64 = tx
         .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM messages")?
         .query_row([], |row| row.get(0))?;
@@ -314,7 +339,7 @@ fn project(conn: &mut Connection) -> rusqlite::Result<Projection> {
         return Ok(Projection {
             position: from,
             caught_up: true,
-            rooms: Vec::new(),
+            rooms,
         });
     }
     let to = newest.min(from.saturating_add(PROJECTION_CHUNK));
@@ -331,7 +356,7 @@ fn project(conn: &mut Connection) -> rusqlite::Result<Projection> {
             Ok((row.get(0)?, row.get(1)?, row.get(2)?))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    let mut rooms = Vec::with_capacity(changes.len());
+    rooms.reserve(changes.len());
     {
         let mut upsert = tx.prepare_cached(
             "INSERT INTO room_view (room, version, message_count, last_id) VALUES (?1, ?2, ?2, ?3)
@@ -364,12 +389,47 @@ fn project(conn: &mut Connection) -> rusqlite::Result<Projection> {
     })
 }
 
+/// The rooms whose messages in `(after, through]` another process projected, with their
+/// current version and newest id.
+fn projected_elsewhere(
+    tx: &rusqlite::Transaction<'_>,
+    after: i64,
+    through: i64,
+) -> rusqlite::Result<Vec<RoomProjected>> {
+    let changed: Vec<String> = tx
+        .prepare_cached("SELECT DISTINCT room FROM messages WHERE id > ?1 AND id <= ?2")?
+        .query_map((after, through), |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut current =
+        tx.prepare_cached("SELECT version, last_id FROM room_view WHERE room = ?1")?;
+    let mut rooms = Vec::with_capacity(changed.len());
+    for room in changed {
+        let Some((version, last_id)) = current
+            .query_row([&room], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?
+        else {
+            continue;
+        };
+        if let Ok(room) = RoomName::parse(&room) {
+            rooms.push(RoomProjected {
+                room,
+                version,
+                last_id,
+            });
+        }
+    }
+    Ok(rooms)
+}
+
 /// Advances the read model and tells waiters and subscribers how far it got.
 #[derive(Clone, Debug)]
 pub(crate) struct Projector {
     writer: Writer,
     position: Arc<watch::Sender<i64>>,
     notices: broadcast::Sender<RoomProjected>,
+    /// Set after the first step: from then on a jump of the stored position past ours means
+    /// another process projected (see [`project`]).
+    primed: Arc<AtomicBool>,
 }
 
 impl Projector {
@@ -378,6 +438,7 @@ impl Projector {
             writer,
             position: Arc::new(watch::channel(0).0),
             notices,
+            primed: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -389,7 +450,12 @@ impl Projector {
     /// Projects until the read model holds every message stored so far.
     pub(crate) async fn catch_up(&self) -> Result<i64, StoreError> {
         loop {
-            let step = self.writer.project().await?;
+            let known = self
+                .primed
+                .load(Ordering::Acquire)
+                .then(|| *self.position.borrow());
+            let step = self.writer.project(known).await?;
+            self.primed.store(true, Ordering::Release);
             for notice in step.rooms {
                 let _ = self.notices.send(notice);
             }
@@ -476,6 +542,115 @@ pub(crate) enum RoomsListing {
     },
 }
 
+/// What a read query asks for: two queries with equal keys return the same rows.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum QueryKey {
+    List {
+        room: RoomName,
+        before: Option<i64>,
+        limit: u32,
+    },
+    Get {
+        room: RoomName,
+        id: i64,
+    },
+    Rooms,
+}
+
+/// Counts of the read queries that reached SQLite, and of the duplicates among them: queries
+/// started while an identical one was in flight in this process.
+///
+/// A query is in flight from the moment it asks for a reader connection until it has its rows.
+/// Only queries that reach the read side touch the map, so a cache hit costs nothing here.
+#[derive(Debug)]
+pub(crate) struct ReadStats {
+    queries: AtomicU64,
+    duplicates: AtomicU64,
+    inflight: Mutex<HashMap<QueryKey, u32>>,
+    queries_total: metrics::Counter,
+    duplicates_total: metrics::Counter,
+}
+
+impl ReadStats {
+    /// Registers the counters with the `metrics` recorder installed now (if any).
+    fn new() -> Self {
+        metrics::describe_counter!(
+            DB_QUERIES_TOTAL,
+            metrics::Unit::Count,
+            "Read queries of the chat service that reached SQLite"
+        );
+        metrics::describe_counter!(
+            DB_DUPLICATE_QUERIES_TOTAL,
+            metrics::Unit::Count,
+            "Read queries started while an identical one was in flight in the same process"
+        );
+        Self {
+            queries: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            inflight: Mutex::new(HashMap::new()),
+            queries_total: metrics::counter!(DB_QUERIES_TOTAL),
+            duplicates_total: metrics::counter!(DB_DUPLICATE_QUERIES_TOTAL),
+        }
+    }
+
+    /// `(queries, duplicates)` so far.
+    pub(crate) fn snapshot(&self) -> (u64, u64) {
+        (
+            self.queries.load(Ordering::Relaxed),
+            self.duplicates.load(Ordering::Relaxed),
+        )
+    }
+
+    fn start(self: &Arc<Self>, key: QueryKey) -> InFlight {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        self.queries_total.increment(1);
+        let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+        let room_left = inflight.len() < MAX_TRACKED_QUERIES;
+        let tracked = match inflight.get_mut(&key) {
+            Some(running) => {
+                *running += 1;
+                self.duplicates.fetch_add(1, Ordering::Relaxed);
+                self.duplicates_total.increment(1);
+                true
+            }
+            None if room_left => {
+                inflight.insert(key.clone(), 1);
+                true
+            }
+            None => false,
+        };
+        InFlight {
+            stats: Arc::clone(self),
+            key: tracked.then_some(key),
+        }
+    }
+}
+
+/// A read query in flight; dropping it (done, failed or cancelled) ends it.
+struct InFlight {
+    stats: Arc<ReadStats>,
+    key: Option<QueryKey>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let Some(key) = self.key.take() else {
+            return;
+        };
+        let mut inflight = self
+            .stats
+            .inflight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(running) = inflight.get_mut(&key) {
+            *running -= 1;
+            if *running == 0 {
+                inflight.remove(&key);
+            }
+        }
+    }
+}
+
 /// Reader connections for the query side.
 ///
 /// A semaphore bounds the reads in flight to the number of connections; each read runs on the
@@ -490,10 +665,14 @@ struct ReadersInner {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
     permits: Arc<Semaphore>,
+    stats: Arc<ReadStats>,
+    delay: Duration,
 }
 
 impl Readers {
-    pub(crate) fn open(path: &Path, size: usize) -> Result<Self, StoreError> {
+    /// Opens `size` reader connections. `delay` is added to every query while it holds its
+    /// connection (see [`Config::read_delay`](crate::Config::read_delay)).
+    pub(crate) fn open(path: &Path, size: usize, delay: Duration) -> Result<Self, StoreError> {
         let size = size.max(1);
         let idle = (0..size)
             .map(|_| open_reader(path))
@@ -503,15 +682,23 @@ impl Readers {
                 path: path.to_owned(),
                 idle: Mutex::new(idle),
                 permits: Arc::new(Semaphore::new(size)),
+                stats: Arc::new(ReadStats::new()),
+                delay,
             }),
         })
     }
 
-    async fn run<T, F>(&self, read: F) -> Result<T, StoreError>
+    /// The query counts behind `/stats`.
+    pub(crate) fn stats(&self) -> &ReadStats {
+        &self.inner.stats
+    }
+
+    async fn run<T, F>(&self, key: QueryKey, read: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
+        let in_flight = self.inner.stats.start(key);
         let permit = Arc::clone(&self.inner.permits)
             .acquire_owned()
             .await
@@ -519,6 +706,10 @@ impl Readers {
         let inner = Arc::clone(&self.inner);
         let task = tokio::task::spawn_blocking(move || {
             let _permit = permit;
+            let _in_flight = in_flight;
+            if !inner.delay.is_zero() {
+                std::thread::sleep(inner.delay);
+            }
             let pooled = inner
                 .idle
                 .lock()
@@ -553,7 +744,12 @@ impl Readers {
         limit: u32,
         fresh: impl FnOnce(i64) -> bool + Send + 'static,
     ) -> Result<Listing, StoreError> {
-        self.run(move |conn| {
+        let key = QueryKey::List {
+            room: room.clone(),
+            before,
+            limit,
+        };
+        self.run(key, move |conn| {
             let tx = conn.transaction()?;
             let version: i64 = tx
                 .prepare_cached("SELECT version FROM room_view WHERE room = ?1")?
@@ -605,7 +801,11 @@ impl Readers {
 
     /// One message of `room`, if the read model has it.
     pub(crate) async fn get(&self, room: RoomName, id: i64) -> Result<Option<Message>, StoreError> {
-        self.run(move |conn| {
+        let key = QueryKey::Get {
+            room: room.clone(),
+            id,
+        };
+        self.run(key, move |conn| {
             conn.prepare_cached(
                 "SELECT id, author, text, created_at FROM message_view WHERE id = ?1 AND room = ?2",
             )?
@@ -629,7 +829,7 @@ impl Readers {
         &self,
         fresh: impl FnOnce(i64) -> bool + Send + 'static,
     ) -> Result<RoomsListing, StoreError> {
-        self.run(move |conn| {
+        self.run(QueryKey::Rooms, move |conn| {
             let tx = conn.transaction()?;
             let position: i64 = tx
                 .prepare_cached("SELECT position FROM projection WHERE name = 'messages'")?
