@@ -124,3 +124,75 @@ pub(crate) fn page_ids(page: &Value) -> Vec<i64> {
         .map(|m| m["id"].as_i64().expect("id"))
         .collect()
 }
+
+/// Sends `request` through a clone of `router` and reads the whole answer.
+pub(crate) async fn send_to(router: &Router, request: Request<Body>) -> Reply {
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// `POST /rooms/{room}/messages` with `{author, text}` and, if given, `Idempotency-Key: "key"`.
+pub(crate) fn post_message(room: &str, text: &str, key: Option<&str>) -> Request<Body> {
+    let mut request = Request::post(format!("/rooms/{room}/messages"))
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(key) = key {
+        request = request.header("idempotency-key", format!("\"{key}\""));
+    }
+    request
+        .body(Body::from(
+            serde_json::json!({ "author": "ada", "text": text }).to_string(),
+        ))
+        .unwrap()
+}
+
+/// `GET /stats` as JSON.
+pub(crate) async fn stats(router: &Router) -> Value {
+    let reply = send_to(router, get("/stats")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("cache-control"), "no-store");
+    reply.json()
+}
+
+/// A real moderation service on a loopback port, stopped when dropped.
+pub(crate) struct ModerationServer {
+    pub(crate) url: String,
+    pub(crate) service: moderation::Moderation,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Drop for ModerationServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ModerationServer {
+    pub(crate) async fn start() -> Self {
+        let service = moderation::Moderation::new(moderation::Faults::default());
+        let (addr, task) = test_support::serve(service.router()).await.unwrap();
+        Self {
+            url: format!("http://{addr}"),
+            service,
+            task,
+        }
+    }
+
+    /// Checks received so far.
+    pub(crate) fn checks(&self) -> u64 {
+        self.service.stats().checks
+    }
+
+    pub(crate) fn set_down(&self, down: bool) {
+        self.service.set_faults(moderation::FaultsUpdate {
+            down: Some(down),
+            ..Default::default()
+        });
+    }
+}
