@@ -1,3 +1,213 @@
-//! The `chat-loadtest` binary.
+//! The `chat-loadtest` binary: reads its flags, pins itself, runs every variant, prints the figures and the
+//! verdict table, and writes the reports. `cargo xtask loadtest` builds the binaries and runs it.
 
-fn main() {}
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use chat_loadtest::procs::{CpuPlan, find_on_path};
+use chat_loadtest::runner::{self, Options, RateSearch, parse_duration};
+use chat_loadtest::{Error, Variant};
+use clap::{Parser, ValueEnum};
+
+/// Load test of the chat service: bare against stacked, same seeded data, same open-loop load.
+///
+/// Starts moderation and chat-service from --bin-dir for each variant, drives the chat mix at a constant
+/// arrival rate with a moderation outage, checks correctness, searches the highest rate each variant sustains,
+/// prints a verdict per target and writes report.json and report.html.
+#[derive(Debug, Parser)]
+#[command(name = "chat-loadtest", version)]
+struct Cli {
+    /// Directory holding the `chat-service` and `moderation` binaries.
+    #[arg(long, env = "LOADTEST_BIN_DIR", default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// Where report.json and report.html are written.
+    #[arg(long, default_value = "target/loadtest")]
+    out_dir: PathBuf,
+    /// Variants to run, comma separated [default: bare,stacked, plus stacked-2 when redis-server is on PATH].
+    #[arg(long, value_delimiter = ',', value_enum)]
+    variants: Vec<VariantArg>,
+    /// Arrival rate of the main phase, requests per second.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Length of the main phase (e.g. 30s, 2m).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Unmeasured warm-up before the main phase.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Most requests one phase sends, whatever its length.
+    #[arg(long, default_value_t = 5_000_000)]
+    max_requests: u64,
+    /// Most requests in flight; each request over it counts as an error.
+    #[arg(long, default_value_t = 2_000)]
+    max_in_flight: usize,
+    /// Rooms seeded.
+    #[arg(long, default_value_t = 200)]
+    rooms: u32,
+    /// Messages seeded per room.
+    #[arg(long, default_value_t = 200)]
+    messages_per_room: u32,
+    /// Identical concurrent GETs in one page refresh.
+    #[arg(long, default_value_t = 5)]
+    burst: u32,
+    /// Zipf exponent of room popularity.
+    #[arg(long, default_value_t = 1.1)]
+    zipf: f64,
+    /// Share of acknowledged posts retried with the same Idempotency-Key and body.
+    #[arg(long, default_value_t = 0.2)]
+    retry_share: f64,
+    /// Length of the moderation outage in the main phase (0s: none).
+    #[arg(long, default_value = "4s", value_parser = parse_duration)]
+    outage: Duration,
+    /// Thorough max-rate search (8 s steps, 4 bisections) instead of the short one of the default run.
+    #[arg(long, conflicts_with = "no_max_rate")]
+    max_rate: bool,
+    /// No max-rate search.
+    #[arg(long)]
+    no_max_rate: bool,
+    /// p99 bound of a sustained rate in the max-rate search.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    p99_bound: Duration,
+    /// First rate of the max-rate search.
+    #[arg(long, default_value_t = 500.0)]
+    start_rate: f64,
+    /// Seed of the generator's random choices.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Client timeout per request.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Do not pin the servers and the generator to separate CPUs.
+    #[arg(long)]
+    no_pin: bool,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum VariantArg {
+    Bare,
+    Stacked,
+    #[value(name = "stacked-2")]
+    Stacked2,
+}
+
+impl From<VariantArg> for Variant {
+    fn from(arg: VariantArg) -> Self {
+        match arg {
+            VariantArg::Bare => Variant::Bare,
+            VariantArg::Stacked => Variant::Stacked,
+            VariantArg::Stacked2 => Variant::Stacked2,
+        }
+    }
+}
+
+impl Cli {
+    fn options(self, cpus: CpuPlan) -> Options {
+        let variants = if self.variants.is_empty() {
+            let mut all = vec![Variant::Bare, Variant::Stacked];
+            if find_on_path("redis-server").is_some() {
+                all.push(Variant::Stacked2);
+            }
+            all
+        } else {
+            self.variants.into_iter().map(Variant::from).collect()
+        };
+        let search = (!self.no_max_rate).then(|| RateSearch {
+            start: self.start_rate,
+            factor: 2.0,
+            ceiling: 50_000.0,
+            bisections: if self.max_rate { 4 } else { 2 },
+            step: Duration::from_secs(if self.max_rate { 8 } else { 3 }),
+            p99_bound: self.p99_bound,
+        });
+        Options {
+            bin_dir: self.bin_dir,
+            out_dir: self.out_dir,
+            variants,
+            rate: self.rate,
+            duration: self.duration,
+            warmup: self.warmup,
+            max_requests: self.max_requests,
+            max_in_flight: self.max_in_flight,
+            rooms: self.rooms,
+            messages_per_room: self.messages_per_room,
+            burst: self.burst,
+            zipf_exponent: self.zipf,
+            retry_share: self.retry_share,
+            outage: self.outage,
+            search,
+            seed: self.seed,
+            timeout: self.timeout,
+            cpus,
+            progress: !self.quiet,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut cpus = if cli.no_pin {
+        CpuPlan::none()
+    } else {
+        CpuPlan::detect()
+    };
+    // Before the runtime exists, so every worker thread inherits the generator's CPU.
+    if let Err(error) = cpus.pin_this_process() {
+        eprintln!("chat-loadtest: not pinning CPUs: {error}");
+        cpus = CpuPlan::none();
+    }
+    let options = cli.options(cpus);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("chat-loadtest: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        // Dropping the run on Ctrl-C drops every process handle, which kills what was started.
+        tokio::select! {
+            result = runner::run(&options) => result,
+            _ = tokio::signal::ctrl_c() => Err(Error::Interrupted),
+        }
+    });
+    let report = match result {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("chat-loadtest: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let written = report.write(&options.out_dir);
+    let mut text = String::new();
+    text.push_str("\n## Figures (main phase)\n\n");
+    text.push_str(&report.summary_table());
+    text.push_str(&format!(
+        "\nTwo instances: {}.\n",
+        report.two_instances_note
+    ));
+    text.push_str("\n## Verdicts\n\n");
+    text.push_str(&report.verdict_table());
+    let _ = std::io::stdout().write_all(text.as_bytes());
+    match written {
+        Ok(()) => {
+            eprintln!(
+                "\nreports: {} and {}",
+                options.out_dir.join("report.json").display(),
+                options.out_dir.join("report.html").display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("chat-loadtest: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,560 @@
+//! The self-contained HTML report: tables and inline SVG line charts, no scripts, fonts or style sheets from
+//! anywhere else, so the file opens the same offline and can be attached as it is.
+
+use std::fmt::Write as _;
+
+use crate::report::Report;
+use crate::stack::Variant;
+
+/// Chart size in SVG user units.
+const WIDTH: f64 = 640.0;
+const HEIGHT: f64 = 300.0;
+const LEFT: f64 = 60.0;
+const RIGHT: f64 = 150.0;
+const TOP: f64 = 20.0;
+const BOTTOM: f64 = 40.0;
+
+/// One line of a chart.
+#[derive(Clone, Debug)]
+pub struct Series {
+    /// Legend.
+    pub name: String,
+    /// Stroke colour.
+    pub color: &'static str,
+    /// Points `(x, y)` in data units.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// How an axis maps data to the plot.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Scale {
+    /// Linear from `min` to `max`.
+    Linear {
+        /// Low end.
+        min: f64,
+        /// High end.
+        max: f64,
+    },
+    /// Base-10 logarithmic from `min` to `max` (both positive); values below `min` sit at `min`.
+    Log {
+        /// Low end.
+        min: f64,
+        /// High end.
+        max: f64,
+    },
+}
+
+impl Scale {
+    /// Position of `value` in `0..=1`.
+    pub fn fraction(&self, value: f64) -> f64 {
+        let f = match *self {
+            Scale::Linear { min, max } => {
+                if max > min {
+                    (value - min) / (max - min)
+                } else {
+                    0.0
+                }
+            }
+            Scale::Log { min, max } => {
+                let (lo, hi) = (
+                    min.max(f64::MIN_POSITIVE).log10(),
+                    max.max(f64::MIN_POSITIVE).log10(),
+                );
+                if hi > lo {
+                    (value.max(min).max(f64::MIN_POSITIVE).log10() - lo) / (hi - lo)
+                } else {
+                    0.0
+                }
+            }
+        };
+        if f.is_finite() {
+            f.clamp(0.0, 1.0)
+        } else {
+            0.0
+        }
+    }
+}
+
+/// An axis: its scale, title and labelled ticks `(value, label)`.
+#[derive(Clone, Debug)]
+pub struct Axis {
+    /// Scale.
+    pub scale: Scale,
+    /// Title.
+    pub title: String,
+    /// Ticks.
+    pub ticks: Vec<(f64, String)>,
+}
+
+/// Escapes text for HTML and SVG.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// An SVG line chart: one `<polyline>` per series with one coordinate pair per point (series without
+/// points are listed in the legend only), axes with ticks, and a legend.
+pub fn line_chart(title: &str, x: &Axis, y: &Axis, series: &[Series]) -> String {
+    let plot_w = WIDTH - LEFT - RIGHT;
+    let plot_h = HEIGHT - TOP - BOTTOM;
+    let px = |v: f64| LEFT + x.scale.fraction(v) * plot_w;
+    let py = |v: f64| TOP + (1.0 - y.scale.fraction(v)) * plot_h;
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" role="img" aria-label="{t}"><title>{t}</title>"##,
+        t = escape(title)
+    );
+    let _ = write!(
+        svg,
+        r##"<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="#fff" stroke="#999"/>"##
+    );
+    for (value, label) in &x.ticks {
+        let xx = px(*value);
+        let _ = write!(
+            svg,
+            r##"<line x1="{xx:.1}" y1="{TOP}" x2="{xx:.1}" y2="{b:.1}" stroke="#eee"/><text x="{xx:.1}" y="{ty:.1}" font-size="10" text-anchor="middle">{l}</text>"##,
+            b = TOP + plot_h,
+            ty = TOP + plot_h + 14.0,
+            l = escape(label)
+        );
+    }
+    for (value, label) in &y.ticks {
+        let yy = py(*value);
+        let _ = write!(
+            svg,
+            r##"<line x1="{LEFT}" y1="{yy:.1}" x2="{r:.1}" y2="{yy:.1}" stroke="#eee"/><text x="{tx:.1}" y="{ty:.1}" font-size="10" text-anchor="end">{l}</text>"##,
+            r = LEFT + plot_w,
+            tx = LEFT - 4.0,
+            ty = yy + 3.0,
+            l = escape(label)
+        );
+    }
+    let _ = write!(
+        svg,
+        r##"<text x="{cx:.1}" y="{by:.1}" font-size="11" text-anchor="middle">{xt}</text><text x="12" y="{cy:.1}" font-size="11" text-anchor="middle" transform="rotate(-90 12 {cy:.1})">{yt}</text>"##,
+        cx = LEFT + plot_w / 2.0,
+        by = HEIGHT - 6.0,
+        cy = TOP + plot_h / 2.0,
+        xt = escape(&x.title),
+        yt = escape(&y.title)
+    );
+    for (i, s) in series.iter().enumerate() {
+        if !s.points.is_empty() {
+            let points: Vec<String> = s
+                .points
+                .iter()
+                .map(|&(vx, vy)| format!("{:.1},{:.1}", px(vx), py(vy)))
+                .collect();
+            let _ = write!(
+                svg,
+                r##"<polyline fill="none" stroke="{c}" stroke-width="2" data-series="{n}" points="{p}"/>"##,
+                c = s.color,
+                n = escape(&s.name),
+                p = points.join(" ")
+            );
+        }
+        let ly = TOP + 14.0 + 16.0 * i as f64;
+        let lx = LEFT + plot_w + 10.0;
+        let _ = write!(
+            svg,
+            r##"<line x1="{lx:.1}" y1="{ly:.1}" x2="{lx2:.1}" y2="{ly:.1}" stroke="{c}" stroke-width="3"/><text x="{tx:.1}" y="{ty:.1}" font-size="11">{n}</text>"##,
+            lx2 = lx + 18.0,
+            tx = lx + 24.0,
+            ty = ly + 4.0,
+            c = s.color,
+            n = escape(&s.name)
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+fn color(variant: Variant) -> &'static str {
+    match variant {
+        Variant::Bare => "#c0392b",
+        Variant::Stacked => "#2471a3",
+        Variant::Stacked2 => "#239b56",
+    }
+}
+
+/// Ticks at 1, 2, 5 times powers of ten between `min` and `max`.
+fn log_ticks(min: f64, max: f64, unit: &str) -> Vec<(f64, String)> {
+    let mut ticks = Vec::new();
+    let mut decade = 10f64.powf(min.max(1e-6).log10().floor());
+    while decade <= max * 1.0001 {
+        for m in [1.0, 2.0, 5.0] {
+            let v = decade * m;
+            if v >= min * 0.9999 && v <= max * 1.0001 {
+                ticks.push((v, format!("{}{unit}", trim_number(v))));
+            }
+        }
+        decade *= 10.0;
+    }
+    ticks
+}
+
+fn linear_ticks(max: f64, count: u32, unit: &str) -> Vec<(f64, String)> {
+    (0..=count)
+        .map(|i| {
+            let v = max * f64::from(i) / f64::from(count.max(1));
+            (v, format!("{}{unit}", trim_number(v)))
+        })
+        .collect()
+}
+
+fn trim_number(v: f64) -> String {
+    if v >= 10.0 || v == v.trunc() {
+        format!("{v:.0}")
+    } else if v >= 0.1 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// The latency-by-percentile chart of the history classes, every variant on one log-log chart.
+pub fn latency_chart(report: &Report) -> String {
+    // x is the number of nines: percentile p sits at log10(1 / (1 - p)).
+    let nines = |p: f64| (1.0 / (1.0 - p / 100.0).max(1e-6)).log10();
+    let series: Vec<Series> = report
+        .variants
+        .iter()
+        .map(|v| Series {
+            name: v.variant.name().to_owned(),
+            color: color(v.variant),
+            points: v
+                .history_curve
+                .iter()
+                .map(|&(p, ms)| (nines(p), ms))
+                .collect(),
+        })
+        .collect();
+    let max_ms = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .fold(1.0, f64::max);
+    let min_ms = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .filter(|v| *v > 0.0)
+        .fold(max_ms, f64::min)
+        .min(1.0);
+    let x = Axis {
+        scale: Scale::Linear { min: 0.0, max: 4.0 },
+        title: "percentile".into(),
+        ticks: vec![
+            (0.0, "0".into()),
+            (1.0, "90".into()),
+            (2.0, "99".into()),
+            (3.0, "99.9".into()),
+            (4.0, "99.99".into()),
+        ],
+    };
+    let y = Axis {
+        scale: Scale::Log {
+            min: min_ms,
+            max: max_ms,
+        },
+        title: "latency (ms)".into(),
+        ticks: log_ticks(min_ms, max_ms, ""),
+    };
+    line_chart("History latency by percentile", &x, &y, &series)
+}
+
+/// Answers per second, every variant, over the main phase.
+pub fn throughput_chart(report: &Report) -> String {
+    let series: Vec<Series> = report
+        .variants
+        .iter()
+        .map(|v| Series {
+            name: v.variant.name().to_owned(),
+            color: color(v.variant),
+            points: v
+                .timeline
+                .completed
+                .iter()
+                .enumerate()
+                .map(|(s, &n)| (s as f64, n as f64))
+                .collect(),
+        })
+        .collect();
+    let seconds = series
+        .iter()
+        .map(|s| s.points.len())
+        .max()
+        .unwrap_or(1)
+        .max(2) as f64
+        - 1.0;
+    let max = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .fold(10.0, f64::max)
+        * 1.1;
+    let x = Axis {
+        scale: Scale::Linear {
+            min: 0.0,
+            max: seconds,
+        },
+        title: "seconds".into(),
+        ticks: linear_ticks(seconds, 6, "s"),
+    };
+    let y = Axis {
+        scale: Scale::Linear { min: 0.0, max },
+        title: "answers per second".into(),
+        ticks: linear_ticks(max, 5, ""),
+    };
+    line_chart("Throughput over time", &x, &y, &series)
+}
+
+/// History hit rate per second, every variant; seconds without history answers are left out.
+pub fn hit_rate_chart(report: &Report) -> String {
+    let series: Vec<Series> = report
+        .variants
+        .iter()
+        .map(|v| Series {
+            name: v.variant.name().to_owned(),
+            color: color(v.variant),
+            points: v
+                .timeline
+                .hit_rates()
+                .iter()
+                .enumerate()
+                .filter_map(|(s, r)| r.map(|r| (s as f64, r * 100.0)))
+                .collect(),
+        })
+        .collect();
+    let seconds = report
+        .variants
+        .iter()
+        .map(|v| v.timeline.history.len())
+        .max()
+        .unwrap_or(1)
+        .max(2) as f64
+        - 1.0;
+    let x = Axis {
+        scale: Scale::Linear {
+            min: 0.0,
+            max: seconds,
+        },
+        title: "seconds".into(),
+        ticks: linear_ticks(seconds, 6, "s"),
+    };
+    let y = Axis {
+        scale: Scale::Linear {
+            min: 0.0,
+            max: 100.0,
+        },
+        title: "history hit rate (%)".into(),
+        ticks: linear_ticks(100.0, 5, "%"),
+    };
+    line_chart("History hit rate over time", &x, &y, &series)
+}
+
+/// Markdown table (as produced by the report) to an HTML table.
+fn table(markdown: &str) -> String {
+    let mut out = String::from("<table>");
+    for (i, line) in markdown.lines().enumerate() {
+        if i == 1 {
+            continue; // the --- separator
+        }
+        let cells: Vec<&str> = line
+            .trim()
+            .trim_matches('|')
+            .split('|')
+            .map(str::trim)
+            .collect();
+        let tag = if i == 0 { "th" } else { "td" };
+        out.push_str("<tr>");
+        for cell in cells {
+            let class = match cell {
+                "MISSED" => " class=\"missed\"",
+                "met" => " class=\"met\"",
+                _ => "",
+            };
+            let _ = write!(out, "<{tag}{class}>{}</{tag}>", escape(cell));
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</table>");
+    out
+}
+
+/// The whole HTML page.
+pub fn render(report: &Report) -> String {
+    let mut page = String::from(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>chat-service load test</title>\
+<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:1em 0}\
+td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;text-align:left;vertical-align:top}\
+th{background:#f4f4f4}.met{color:#1e7b34;font-weight:bold}.missed{color:#b03a2e;font-weight:bold}\
+svg{margin:0.5em 1em 0.5em 0}</style></head><body>",
+    );
+    page.push_str("<h1>chat-service load test: bare against stacked</h1>");
+    let variants: Vec<&str> = report.variants.iter().map(|v| v.variant.name()).collect();
+    let _ = write!(
+        page,
+        "<p>Variants: {}. {} CPUs; pinning: {}. Two instances: {}.</p>",
+        escape(&variants.join(", ")),
+        report.cpus,
+        escape(&match (report.pinning.generator, report.pinning.server) {
+            (Some(g), Some(s)) => format!("generator CPU {g}, servers CPU {s}"),
+            _ => "none".to_owned(),
+        }),
+        escape(&report.two_instances_note)
+    );
+    page.push_str("<h2>Verdicts</h2>");
+    page.push_str(&table(&report.verdict_table()));
+    page.push_str("<h2>Charts</h2>");
+    page.push_str(&latency_chart(report));
+    page.push_str(&throughput_chart(report));
+    page.push_str(&hit_rate_chart(report));
+    page.push_str("<h2>Figures</h2><p>Latencies are p50 / p90 / p99 / p99.9, measured from each request's scheduled send time.</p>");
+    page.push_str(&table(&report.summary_table()));
+    for v in &report.variants {
+        if let Some(max) = &v.max_rate {
+            let _ = write!(
+                page,
+                "<h3>{}: max-rate search (p99 bound {:.0} ms)</h3><table><tr><th>offered</th><th>answered/s</th><th>p99 ms</th><th>errors</th><th>sustained</th></tr>",
+                escape(v.variant.name()),
+                max.p99_bound_ms
+            );
+            for step in &max.steps {
+                let _ = write!(
+                    page,
+                    "<tr><td>{:.0}</td><td>{:.0}</td><td>{:.2}</td><td>{}</td><td>{}</td></tr>",
+                    step.rate,
+                    step.achieved,
+                    step.p99_ms,
+                    step.errors,
+                    if step.sustained { "yes" } else { "no" }
+                );
+            }
+            page.push_str("</table>");
+        }
+    }
+    page.push_str("</body></html>\n");
+    page
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn polylines(svg: &str) -> Vec<usize> {
+        svg.split("<polyline")
+            .skip(1)
+            .map(|rest| {
+                let start = rest.find("points=\"").unwrap() + 8;
+                let end = rest[start..].find('"').unwrap() + start;
+                rest[start..end].split_whitespace().count()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_point_is_drawn_and_empty_series_only_in_the_legend() {
+        let series = vec![
+            Series {
+                name: "a".into(),
+                color: "#000",
+                points: (0..17).map(|i| (f64::from(i), 1.0)).collect(),
+            },
+            Series {
+                name: "b<&>".into(),
+                color: "#111",
+                points: vec![(0.0, 0.0), (1.0, 2.0)],
+            },
+            Series {
+                name: "empty".into(),
+                color: "#222",
+                points: vec![],
+            },
+        ];
+        let axis = |max| Axis {
+            scale: Scale::Linear { min: 0.0, max },
+            title: "t".into(),
+            ticks: vec![],
+        };
+        let svg = line_chart("chart", &axis(16.0), &axis(2.0), &series);
+        assert_eq!(polylines(&svg), vec![17, 2]);
+        assert!(svg.contains("b&lt;&amp;&gt;") && !svg.contains("b<&>"));
+        assert!(svg.contains(">empty</text>"));
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+    }
+
+    #[test]
+    fn points_land_inside_the_plot() {
+        let series = vec![Series {
+            name: "s".into(),
+            color: "#000",
+            points: vec![(-5.0, -1.0), (100.0, 1e9)],
+        }];
+        let x = Axis {
+            scale: Scale::Linear {
+                min: 0.0,
+                max: 10.0,
+            },
+            title: String::new(),
+            ticks: vec![],
+        };
+        let y = Axis {
+            scale: Scale::Log {
+                min: 0.1,
+                max: 100.0,
+            },
+            title: String::new(),
+            ticks: vec![],
+        };
+        let svg = line_chart("c", &x, &y, &series);
+        let start = svg.find("points=\"").unwrap() + 8;
+        let end = svg[start..].find('"').unwrap() + start;
+        for pair in svg[start..end].split_whitespace() {
+            let (px, py) = pair.split_once(',').unwrap();
+            let (px, py): (f64, f64) = (px.parse().unwrap(), py.parse().unwrap());
+            assert!((LEFT..=WIDTH - RIGHT).contains(&px), "{px}");
+            assert!((TOP..=HEIGHT - BOTTOM).contains(&py), "{py}");
+        }
+    }
+
+    #[test]
+    fn scales_map_to_fractions() {
+        let lin = Scale::Linear {
+            min: 0.0,
+            max: 10.0,
+        };
+        assert_eq!(lin.fraction(5.0), 0.5);
+        assert_eq!(lin.fraction(20.0), 1.0);
+        let log = Scale::Log {
+            min: 1.0,
+            max: 100.0,
+        };
+        assert!((log.fraction(10.0) - 0.5).abs() < 1e-12);
+        assert_eq!(log.fraction(0.0), 0.0);
+        assert_eq!(Scale::Linear { min: 1.0, max: 1.0 }.fraction(1.0), 0.0);
+    }
+
+    #[test]
+    fn log_ticks_are_1_2_5() {
+        let ticks: Vec<String> = log_ticks(0.5, 20.0, "").into_iter().map(|t| t.1).collect();
+        assert_eq!(ticks, vec!["0.5", "1", "2", "5", "10", "20"]);
+    }
+
+    #[test]
+    fn markdown_tables_become_escaped_html() {
+        let html = table("| a | b |\n| --- | --- |\n| x<y | MISSED |\n");
+        assert_eq!(
+            html,
+            "<table><tr><th>a</th><th>b</th></tr><tr><td>x&lt;y</td><td class=\"missed\">MISSED</td></tr></table>"
+        );
+    }
+}

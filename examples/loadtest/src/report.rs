@@ -1,0 +1,685 @@
+//! The report: per-variant figures side by side, a verdict per target with the measured figure, the verdict
+//! table printed at the end, and `report.json`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::Error;
+use crate::check::{ColdBurst, HistoryCheck};
+use crate::load::{BreakerChange, Freshness, LoadResult, OutageRecord, PostStats};
+use crate::procs::CpuPlan;
+use crate::runner::{MaxRate, Options};
+use crate::stack::Variant;
+use crate::stats::{Endpoint, Errors, Percentiles, Timeline, gain, ratio, reduction};
+
+/// Targets of the issue, as numbers.
+pub mod targets {
+    /// Least history hit rate.
+    pub const HIT_RATE: f64 = 0.90;
+    /// Most p99 of cached responses, ms.
+    pub const HIT_P99_MS: f64 = 100.0;
+    /// Most peak resident memory per instance, MB (10^6 bytes).
+    pub const RSS_MB: f64 = 200.0;
+    /// Least sustained rate, requests per second.
+    pub const RATE: f64 = 1000.0;
+    /// Least latency reduction (p99 of history, same rate) against bare.
+    pub const LATENCY_REDUCTION: f64 = 0.5;
+    /// Least max-throughput gain against bare.
+    pub const THROUGHPUT_GAIN: f64 = 0.5;
+}
+
+/// One instance of a variant.
+#[derive(Clone, Debug, Serialize)]
+pub struct InstanceReport {
+    /// Name.
+    pub name: String,
+    /// GETs sent to it in the main phase.
+    pub reads: u64,
+    /// SQLite read queries in the main phase (`/stats`).
+    pub db_queries: u64,
+    /// Duplicate read queries in the main phase (`/stats`).
+    pub db_duplicate_queries: u64,
+    /// Queries per GET.
+    pub queries_per_read: Option<f64>,
+    /// Cache hit rate of every route, from `/metrics`.
+    pub metrics_hit_rate: Option<f64>,
+    /// Breaker transitions, from `/metrics`.
+    pub breaker_transitions_metrics: Option<f64>,
+    /// Peak resident memory (VmHWM), MiB.
+    pub peak_rss_mib: f64,
+}
+
+impl InstanceReport {
+    /// Peak resident memory in MB (10^6 bytes).
+    pub fn peak_rss_mb(&self) -> f64 {
+        self.peak_rss_mib * 1024.0 * 1024.0 / 1e6
+    }
+}
+
+/// Everything measured for one variant.
+#[derive(Clone, Debug, Serialize)]
+pub struct VariantReport {
+    /// The variant.
+    pub variant: Variant,
+    /// Offered rate of the main phase.
+    pub rate: f64,
+    /// Seconds from the start of the main phase to its last answer.
+    pub elapsed_s: f64,
+    /// Requests scheduled.
+    pub scheduled: u64,
+    /// Requests answered.
+    pub answered: u64,
+    /// Answers per second.
+    pub throughput: f64,
+    /// Latency percentiles per class.
+    pub latency: BTreeMap<Endpoint, Percentiles>,
+    /// Both history classes together.
+    pub history_latency: Percentiles,
+    /// Responses the cache answered, every class.
+    pub hit_latency: Percentiles,
+    /// Every class together.
+    pub all_latency: Percentiles,
+    /// Latency by percentile of the history classes: `(percentile, ms)`.
+    pub history_curve: Vec<(f64, f64)>,
+    /// History hit rate from `Cache-Status`.
+    pub history_hit_rate: Option<f64>,
+    /// Cache hit rate of every route from `/metrics`, all instances.
+    pub metrics_hit_rate: Option<f64>,
+    /// Instances.
+    pub instances: Vec<InstanceReport>,
+    /// SQLite queries per GET, all instances.
+    pub queries_per_read: Option<f64>,
+    /// Duplicate queries during the main phase, all instances.
+    pub db_duplicate_queries: u64,
+    /// The cold-URL burst before the main phase.
+    pub cold_burst: Option<ColdBurst>,
+    /// Errors by cause.
+    pub errors: Errors,
+    /// `503` on posts explained by the outage.
+    pub explained_unavailable: u64,
+    /// `5xx` answers the outage does not explain.
+    pub unexplained_5xx: u64,
+    /// Posts.
+    pub posts: PostStats,
+    /// Freshness checks.
+    pub freshness: Freshness,
+    /// Final history check.
+    pub history_check: HistoryCheck,
+    /// Breaker changes seen on `/stats`.
+    pub breaker_changes: Vec<BreakerChange>,
+    /// The outage.
+    pub outage: Option<OutageRecord>,
+    /// Max-rate search.
+    pub max_rate: Option<MaxRate>,
+    /// Counts per second.
+    pub timeline: Timeline,
+    /// Correctness problems, empty when every check passed.
+    pub problems: Vec<String>,
+}
+
+impl VariantReport {
+    /// Builds the report of a variant from its main phase and checks.
+    pub fn new(
+        variant: Variant,
+        main: LoadResult,
+        history_check: HistoryCheck,
+        cold_burst: Option<ColdBurst>,
+        instances: Vec<InstanceReport>,
+        max_rate: Option<MaxRate>,
+    ) -> Self {
+        let latency = Endpoint::ALL
+            .iter()
+            .map(|&e| (e, main.latencies.class(e).percentiles()))
+            .collect();
+        let history = main.latencies.history();
+        let unexplained_5xx = main
+            .errors
+            .0
+            .iter()
+            .filter(|(cause, _)| {
+                cause
+                    .split_whitespace()
+                    .last()
+                    .is_some_and(|code| code.starts_with('5'))
+            })
+            .map(|(_, n)| n)
+            .sum();
+        let reads: u64 = instances.iter().map(|i| i.reads).sum();
+        let queries: u64 = instances.iter().map(|i| i.db_queries).sum();
+        let metrics_hit_rate = {
+            let rates: Vec<(f64, u64)> = instances
+                .iter()
+                .filter_map(|i| i.metrics_hit_rate.map(|r| (r, i.reads)))
+                .collect();
+            let weight: u64 = rates.iter().map(|(_, w)| w).sum();
+            (!rates.is_empty() && weight > 0)
+                .then(|| rates.iter().map(|(r, w)| r * *w as f64).sum::<f64>() / weight as f64)
+        };
+        let mut report = Self {
+            variant,
+            rate: main.plan.rate,
+            elapsed_s: main.elapsed.as_secs_f64(),
+            scheduled: main.scheduled,
+            answered: main.answered,
+            throughput: main.throughput(),
+            latency,
+            history_latency: history.percentiles(),
+            hit_latency: main.latencies.hits().percentiles(),
+            all_latency: main.latencies.all().percentiles(),
+            history_curve: history.curve(10),
+            history_hit_rate: main.history_hit_rate(),
+            metrics_hit_rate,
+            queries_per_read: ratio(queries, reads),
+            db_duplicate_queries: instances.iter().map(|i| i.db_duplicate_queries).sum(),
+            instances,
+            cold_burst,
+            errors: main.errors,
+            explained_unavailable: main.posts.unavailable,
+            unexplained_5xx,
+            posts: main.posts,
+            freshness: main.freshness,
+            history_check,
+            breaker_changes: main.breaker,
+            outage: main.outage,
+            max_rate,
+            timeline: main.timeline,
+            problems: Vec::new(),
+        };
+        report.problems = report.find_problems();
+        report
+    }
+
+    /// Correctness problems: lost, twice stored or stale posts, unexplained `5xx`, uncoalesced bursts.
+    pub fn find_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let h = &self.history_check;
+        if h.lost > 0 {
+            problems.push(format!(
+                "{} acknowledged posts missing from the history",
+                h.lost
+            ));
+        }
+        if h.stored_twice > 0 {
+            let why = if self.variant.is_stacked() {
+                ""
+            } else {
+                " (expected: bare has no Idempotency-Key support)"
+            };
+            problems.push(format!(
+                "{} posts stored more than once{why}",
+                h.stored_twice
+            ));
+        }
+        if self.freshness.stale > 0 {
+            problems.push(format!(
+                "{} of {} reads served a first page without a post acknowledged over {} ms earlier",
+                self.freshness.stale,
+                self.freshness.checks,
+                crate::load::FRESHNESS_BOUND.as_millis()
+            ));
+        }
+        if self.unexplained_5xx > 0 {
+            problems.push(format!(
+                "{} 5xx answers the outage does not explain",
+                self.unexplained_5xx
+            ));
+        }
+        if self.variant.is_stacked() {
+            if self.db_duplicate_queries > 0 {
+                problems.push(format!(
+                    "{} SQLite queries ran while an identical one was running",
+                    self.db_duplicate_queries
+                ));
+            }
+            if let Some(cold) = &self.cold_burst
+                && !cold.coalesced()
+            {
+                problems.push(format!(
+                    "a burst of {} identical GETs made {} queries (one GET makes {})",
+                    cold.requests, cold.burst_queries, cold.single_queries
+                ));
+            }
+        }
+        if h.failed.total() > 0 || self.freshness.failed.total() > 0 {
+            problems.push(format!(
+                "checks without an answer: history {:?}, freshness {:?}",
+                h.failed.0, self.freshness.failed.0
+            ));
+        }
+        problems
+    }
+
+    /// Highest peak memory of its instances, MB.
+    pub fn peak_rss_mb(&self) -> f64 {
+        self.instances
+            .iter()
+            .map(InstanceReport::peak_rss_mb)
+            .fold(0.0, f64::max)
+    }
+
+    /// Sustained rate from the max-rate search.
+    pub fn max_sustained(&self) -> Option<f64> {
+        self.max_rate.as_ref().and_then(|m| m.sustained)
+    }
+}
+
+/// The outcome of one target.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    /// The target as the issue states it.
+    pub target: String,
+    /// The measured figure.
+    pub measured: String,
+    /// Met, missed, or not measured (`None`).
+    pub met: Option<bool>,
+}
+
+impl Verdict {
+    fn new(target: &str, measured: String, met: Option<bool>) -> Self {
+        Self {
+            target: target.to_owned(),
+            measured,
+            met,
+        }
+    }
+
+    /// `met`, `MISSED` or `not measured`.
+    pub fn word(&self) -> &'static str {
+        match self.met {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "not measured",
+        }
+    }
+}
+
+/// The whole report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Seconds since the Unix epoch at the start.
+    pub started_unix_s: u64,
+    /// CPUs available.
+    pub cpus: usize,
+    /// Pinning used.
+    pub pinning: CpuPlan,
+    /// Options of the run.
+    pub options: Options,
+    /// Whether the two-instance variant ran.
+    pub two_instances: bool,
+    /// Why it did or did not.
+    pub two_instances_note: String,
+    /// Variants in the order run.
+    pub variants: Vec<VariantReport>,
+    /// Verdicts, filled by [`Report::finish`].
+    pub verdicts: Vec<Verdict>,
+}
+
+fn pct(value: Option<f64>) -> String {
+    value.map_or_else(|| "n/a".to_owned(), |v| format!("{:.1}%", v * 100.0))
+}
+
+fn num(value: Option<f64>, digits: usize) -> String {
+    value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+impl Report {
+    /// An empty report for `options`.
+    pub fn new(options: &Options) -> Self {
+        let two = options.variants.contains(&Variant::Stacked2);
+        Self {
+            started_unix_s: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            cpus: std::thread::available_parallelism().map_or(1, usize::from),
+            pinning: options.cpus,
+            options: options.clone(),
+            two_instances: two,
+            two_instances_note: if two {
+                "two stacked instances on one SQLite file shared a redis-server started by the load test".to_owned()
+            } else if crate::procs::find_on_path("redis-server").is_none() {
+                "not run: redis-server is not on PATH".to_owned()
+            } else {
+                "not run: not among the variants asked for".to_owned()
+            },
+            variants: Vec::new(),
+            verdicts: Vec::new(),
+        }
+    }
+
+    /// The report of `variant`, if it ran.
+    pub fn variant(&self, variant: Variant) -> Option<&VariantReport> {
+        self.variants.iter().find(|v| v.variant == variant)
+    }
+
+    /// Computes the verdicts from the variants.
+    pub fn finish(&mut self) {
+        self.verdicts = self.compute_verdicts();
+    }
+
+    fn compute_verdicts(&self) -> Vec<Verdict> {
+        use targets::*;
+        let bare = self.variant(Variant::Bare);
+        let stacked = self
+            .variant(Variant::Stacked)
+            .or_else(|| self.variant(Variant::Stacked2));
+        let two = self.variant(Variant::Stacked2);
+        let name = stacked.map_or("stacked", |s| s.variant.name());
+        let also_two = |f: &dyn Fn(&VariantReport) -> String| {
+            two.filter(|_| stacked.is_some_and(|s| s.variant != Variant::Stacked2))
+                .map_or_else(String::new, |t| format!("; stacked-2 {}", f(t)))
+        };
+        let mut verdicts = Vec::new();
+
+        let hit = stacked.and_then(|s| s.history_hit_rate);
+        verdicts.push(Verdict::new(
+            "history hit rate >= 90%",
+            format!(
+                "{name} {} (Cache-Status), {} all routes (/metrics){}",
+                pct(hit),
+                pct(stacked.and_then(|s| s.metrics_hit_rate)),
+                also_two(&|t| pct(t.history_hit_rate)),
+            ),
+            hit.map(|h| h >= HIT_RATE),
+        ));
+
+        let hits = stacked.map(|s| s.hit_latency).filter(|p| p.count > 0);
+        verdicts.push(Verdict::new(
+            "cached responses p99 < 100 ms",
+            format!(
+                "{name} p99 {} ms over {} hits{}",
+                num(hits.map(|p| p.p99_ms), 2),
+                hits.map_or(0, |p| p.count),
+                also_two(&|t| format!("p99 {:.2} ms", t.hit_latency.p99_ms)),
+            ),
+            hits.map(|p| p.p99_ms < HIT_P99_MS),
+        ));
+
+        let stacked_variants: Vec<&VariantReport> = self
+            .variants
+            .iter()
+            .filter(|v| v.variant.is_stacked())
+            .collect();
+        let duplicates: u64 = stacked_variants
+            .iter()
+            .map(|v| v.db_duplicate_queries)
+            .sum();
+        let bursts: Vec<&ColdBurst> = stacked_variants
+            .iter()
+            .filter_map(|v| v.cold_burst.as_ref())
+            .collect();
+        let bare_dups = bare.map(|b| b.db_duplicate_queries);
+        verdicts.push(Verdict::new(
+            "0 duplicate origin queries for identical concurrent requests",
+            format!(
+                "stacked: {duplicates} duplicate queries under load; cold burst: {}; bare: {} duplicates{}",
+                bursts
+                    .iter()
+                    .map(|b| format!("{} GETs -> {} queries", b.requests, b.burst_queries))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                bare_dups.map_or_else(|| "n/a".to_owned(), |d| d.to_string()),
+                bare.and_then(|b| b.cold_burst.as_ref())
+                    .map_or_else(String::new, |b| format!(", its burst {} queries", b.burst_queries)),
+            ),
+            (!stacked_variants.is_empty()).then(|| duplicates == 0 && bursts.iter().all(|b| b.coalesced())),
+        ));
+
+        let rss: Vec<String> = self
+            .variants
+            .iter()
+            .flat_map(|v| {
+                v.instances
+                    .iter()
+                    .map(move |i| format!("{} {}: {:.0} MB", v.variant, i.name, i.peak_rss_mb()))
+            })
+            .collect();
+        let worst_stacked = stacked_variants
+            .iter()
+            .map(|v| v.peak_rss_mb())
+            .fold(0.0, f64::max);
+        verdicts.push(Verdict::new(
+            "peak RSS < 200 MB per instance",
+            rss.join(", "),
+            (!stacked_variants.is_empty()).then_some(worst_stacked < RSS_MB),
+        ));
+
+        let sustained = stacked.and_then(VariantReport::max_sustained);
+        verdicts.push(Verdict::new(
+            ">= 1000 requests/s sustained",
+            format!(
+                "{name} max {} req/s within p99 {} ms; main phase {:.0} req/s offered, {:.0} answered/s{}",
+                num(sustained, 0),
+                num(stacked.and_then(|s| s.max_rate.as_ref()).map(|m| m.p99_bound_ms), 0),
+                stacked.map_or(0.0, |s| s.rate),
+                stacked.map_or(0.0, |s| s.throughput),
+                also_two(&|t| format!("max {} req/s", num(t.max_sustained(), 0))),
+            ),
+            sustained.map(|r| r >= RATE),
+        ));
+
+        let bare_p99 = bare.map(|b| b.history_latency.p99_ms);
+        let stacked_p99 = stacked.map(|s| s.history_latency.p99_ms);
+        let latency_gain = bare_p99.zip(stacked_p99).and_then(|(b, s)| reduction(b, s));
+        verdicts.push(Verdict::new(
+            ">= 50% better latency than bare (history p99, same rate)",
+            format!(
+                "bare {} ms, {name} {} ms: {} lower",
+                num(bare_p99, 2),
+                num(stacked_p99, 2),
+                pct(latency_gain)
+            ),
+            latency_gain.map(|g| g >= LATENCY_REDUCTION),
+        ));
+
+        let bare_max = bare.and_then(VariantReport::max_sustained);
+        let throughput_gain = bare_max.zip(sustained).and_then(|(b, s)| gain(b, s));
+        verdicts.push(Verdict::new(
+            ">= 50% better max throughput than bare",
+            format!(
+                "bare {} req/s, {name} {} req/s: {} higher",
+                num(bare_max, 0),
+                num(sustained, 0),
+                pct(throughput_gain)
+            ),
+            throughput_gain.map(|g| g >= THROUGHPUT_GAIN),
+        ));
+
+        let problems: Vec<String> = stacked_variants
+            .iter()
+            .flat_map(|v| {
+                v.problems
+                    .iter()
+                    .map(move |p| format!("{}: {p}", v.variant))
+            })
+            .collect();
+        let checked: u64 = stacked_variants.iter().map(|v| v.freshness.checks).sum();
+        let acked: u64 = stacked_variants.iter().map(|v| v.history_check.acked).sum();
+        verdicts.push(Verdict::new(
+            "correct under load: no post lost, stored twice or stale past 1 s; no unexplained 5xx",
+            if problems.is_empty() {
+                format!(
+                    "{acked} acknowledged posts found once each, {checked} freshness reads current"
+                )
+            } else {
+                problems.join("; ")
+            },
+            (!stacked_variants.is_empty()).then_some(problems.is_empty()),
+        ));
+        verdicts
+    }
+
+    /// The verdict table, markdown.
+    pub fn verdict_table(&self) -> String {
+        let mut out = String::from("| target | measured | verdict |\n| --- | --- | --- |\n");
+        for v in &self.verdicts {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} |",
+                v.target,
+                v.measured.replace('|', "/"),
+                v.word()
+            );
+        }
+        out
+    }
+
+    /// The variants side by side, markdown.
+    pub fn summary_table(&self) -> String {
+        let mut out = String::from("| figure |");
+        for v in &self.variants {
+            let _ = write!(out, " {} |", v.variant);
+        }
+        out.push_str("\n| --- |");
+        for _ in &self.variants {
+            out.push_str(" --- |");
+        }
+        out.push('\n');
+        type Row<'a> = (&'a str, Box<dyn Fn(&VariantReport) -> String>);
+        let mut rows: Vec<Row<'_>> = vec![
+            (
+                "offered rate (req/s)",
+                Box::new(|v| format!("{:.0}", v.rate)),
+            ),
+            (
+                "answered (req/s)",
+                Box::new(|v| format!("{:.0}", v.throughput)),
+            ),
+            (
+                "history hit rate (Cache-Status)",
+                Box::new(|v| pct(v.history_hit_rate)),
+            ),
+            (
+                "cache hit rate, all routes (/metrics)",
+                Box::new(|v| pct(v.metrics_hit_rate)),
+            ),
+            (
+                "SQLite queries per GET",
+                Box::new(|v| num(v.queries_per_read, 3)),
+            ),
+            (
+                "duplicate SQLite queries",
+                Box::new(|v| v.db_duplicate_queries.to_string()),
+            ),
+            (
+                "cold burst: GETs -> queries",
+                Box::new(|v| {
+                    v.cold_burst.as_ref().map_or_else(
+                        || "n/a".to_owned(),
+                        |b| format!("{} -> {}", b.requests, b.burst_queries),
+                    )
+                }),
+            ),
+        ];
+        for class in Endpoint::ALL {
+            rows.push((
+                class.name(),
+                Box::new(move |v| {
+                    let p = v.latency.get(&class).copied().unwrap_or_default();
+                    format!(
+                        "{:.2} / {:.2} / {:.2} / {:.2} ms",
+                        p.p50_ms, p.p90_ms, p.p99_ms, p.p999_ms
+                    )
+                }),
+            ));
+        }
+        rows.extend::<Vec<Row<'_>>>(vec![
+            (
+                "cache hits p99 (ms)",
+                Box::new(|v| format!("{:.2}", v.hit_latency.p99_ms)),
+            ),
+            (
+                "peak RSS per instance (MB)",
+                Box::new(|v| {
+                    v.instances
+                        .iter()
+                        .map(|i| format!("{:.0}", i.peak_rss_mb()))
+                        .collect::<Vec<_>>()
+                        .join(" / ")
+                }),
+            ),
+            (
+                "errors",
+                Box::new(|v| {
+                    if v.errors.0.is_empty() {
+                        "0".to_owned()
+                    } else {
+                        v.errors
+                            .0
+                            .iter()
+                            .map(|(c, n)| format!("{c}: {n}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                }),
+            ),
+            (
+                "posts 503 during outage (explained)",
+                Box::new(|v| v.explained_unavailable.to_string()),
+            ),
+            (
+                "posts acked / retried / replayed",
+                Box::new(|v| {
+                    format!(
+                        "{} / {} / {}",
+                        v.posts.acked, v.posts.retries, v.posts.replayed
+                    )
+                }),
+            ),
+            (
+                "breaker transitions (/stats polls)",
+                Box::new(|v| {
+                    if v.breaker_changes.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        v.breaker_changes
+                            .iter()
+                            .map(|c| format!("{} at {:.1}s", c.state, c.at_s))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                }),
+            ),
+            (
+                "max sustained rate (req/s)",
+                Box::new(|v| num(v.max_sustained(), 0)),
+            ),
+            (
+                "correctness",
+                Box::new(|v| {
+                    if v.problems.is_empty() {
+                        "ok".to_owned()
+                    } else {
+                        v.problems.join("; ")
+                    }
+                }),
+            ),
+        ]);
+        for (label, cell) in rows {
+            let _ = write!(out, "| {label} |");
+            for v in &self.variants {
+                let _ = write!(out, " {} |", cell(v).replace('|', "/"));
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Writes `report.json` and `report.html` into `dir`, creating it.
+    pub fn write(&self, dir: &Path) -> Result<(), Error> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Io(format!("creating {}", dir.display()), e))?;
+        let json = serde_json::to_string_pretty(self)
+            .map_err(|e| Error::Setup(format!("report.json: {e}")))?;
+        let json_path = dir.join("report.json");
+        std::fs::write(&json_path, json)
+            .map_err(|e| Error::Io(format!("writing {}", json_path.display()), e))?;
+        let html_path = dir.join("report.html");
+        std::fs::write(&html_path, crate::html::render(self))
+            .map_err(|e| Error::Io(format!("writing {}", html_path.display()), e))?;
+        Ok(())
+    }
+}
