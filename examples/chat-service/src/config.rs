@@ -300,10 +300,10 @@ pub struct Args {
     pub moderation_timeout: Duration,
     /// Serve the same routes with every layer off (telemetry, cache, coalescing, idempotency,
     /// breaker), for comparison.
-    #[arg(long, env = "CHAT_BARE")]
+    #[arg(long, env = "CHAT_BARE", value_parser = clap::builder::BoolishValueParser::new())]
     pub bare: bool,
     /// Refuse posts without an Idempotency-Key header (400).
-    #[arg(long, env = "IDEMPOTENCY_KEY_REQUIRED")]
+    #[arg(long, env = "IDEMPOTENCY_KEY_REQUIRED", value_parser = clap::builder::BoolishValueParser::new())]
     pub require_idempotency_key: bool,
 }
 
