@@ -430,6 +430,17 @@ fn status_error(status: StatusCode) -> Option<String> {
     (!status.is_success()).then(|| format!("status {}", status.as_u16()))
 }
 
+/// ` (TYPE)` of a problem+json body, for error causes; empty for other bodies.
+fn problem_type(reply: &Reply) -> String {
+    #[derive(Deserialize)]
+    struct Problem {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    serde_json::from_slice::<Problem>(&reply.body)
+        .map_or_else(|_| String::new(), |p| format!(" ({})", p.kind))
+}
+
 #[derive(Deserialize)]
 struct PageHead {
     next_before: Option<i64>,
@@ -652,7 +663,8 @@ fn dispatch_post(
     retry_later: bool,
     at: Duration,
 ) {
-    let token = format!("{}-{n}", shared.env.run_id);
+    // The plan's seed differs between the phases of a run, so no two phases share a token or a key.
+    let token = format!("{}-{:x}-{n}", shared.env.run_id, shared.plan.seed);
     let body = serde_json::json!({
         "author": format!("load-{}", n % 97),
         "text": format!("load test post {token}"),
@@ -744,7 +756,8 @@ fn send_post(shared: &Arc<Shared>, index: usize, target: usize, retry_later: boo
                 }
                 Outcome::Answered {
                     hit: false,
-                    error: status_error(reply.status).map(|cause| format!("post {cause}")),
+                    error: status_error(reply.status)
+                        .map(|cause| format!("post {cause}{}", problem_type(&reply))),
                 }
             }
             Err(e) => {

@@ -50,7 +50,8 @@ impl Stats {
 /// Counters read from `/metrics`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct MetricCounters {
-    /// Requests a cache tier answered from storage (`hit` and `stale` outcomes, every tier).
+    /// Requests the cache answered from storage: `hit` and `stale` outcomes of the in-process tier's series,
+    /// which records the cache's answer as a whole (a lower-tier hit counts there as a hit too).
     pub cache_hits: f64,
     /// Requests the cache looked up: in-process tier outcomes except `uncacheable` and `bypass`.
     pub cache_lookups: f64,
@@ -81,8 +82,8 @@ impl MetricCounters {
             &[("tier", "l1"), ("outcome", "uncacheable")],
         ) + prom::sum(&samples, requests, &[("tier", "l1"), ("outcome", "bypass")]);
         Self {
-            cache_hits: prom::sum(&samples, requests, &[("outcome", "hit")])
-                + prom::sum(&samples, requests, &[("outcome", "stale")]),
+            cache_hits: prom::sum(&samples, requests, &[("tier", "l1"), ("outcome", "hit")])
+                + prom::sum(&samples, requests, &[("tier", "l1"), ("outcome", "stale")]),
             cache_lookups: l1 - skipped,
             breaker_transitions: prom::sum(&samples, "breaker_transitions_total", &[]),
             breaker_opened: prom::sum(&samples, "breaker_transitions_total", &[("to", "open")]),
@@ -121,9 +122,12 @@ breaker_transitions_total{breaker=\"moderation\",from=\"closed\",to=\"open\"} 1
 breaker_transitions_total{breaker=\"moderation\",from=\"open\",to=\"half_open\"} 1
 ";
         let counters = MetricCounters::from_text(text);
-        assert_eq!(counters.cache_hits, 95.0);
+        assert_eq!(
+            counters.cache_hits, 85.0,
+            "lower-tier hits are already in the l1 series"
+        );
         assert_eq!(counters.cache_lookups, 100.0);
-        assert_eq!(counters.hit_rate(), Some(0.95));
+        assert_eq!(counters.hit_rate(), Some(0.85));
         assert_eq!(counters.breaker_transitions, 2.0);
         assert_eq!(counters.breaker_opened, 1.0);
         assert_eq!(counters.since(&counters).hit_rate(), None);

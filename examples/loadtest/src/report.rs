@@ -140,12 +140,7 @@ impl VariantReport {
             .errors
             .0
             .iter()
-            .filter(|(cause, _)| {
-                cause
-                    .split_whitespace()
-                    .last()
-                    .is_some_and(|code| code.starts_with('5'))
-            })
+            .filter(|(cause, _)| cause.contains("status 5"))
             .map(|(_, n)| n)
             .sum();
         let reads: u64 = instances.iter().map(|i| i.reads).sum();
@@ -637,10 +632,20 @@ impl Report {
                     } else {
                         v.breaker_changes
                             .iter()
-                            .map(|c| format!("{} at {:.1}s", c.state, c.at_s))
+                            .map(|c| format!("{} {} at {:.1}s", c.instance, c.state, c.at_s))
                             .collect::<Vec<_>>()
                             .join(", ")
                     }
+                }),
+            ),
+            (
+                "breaker transitions (/metrics)",
+                Box::new(|v| {
+                    v.instances
+                        .iter()
+                        .map(|i| num(i.breaker_transitions_metrics, 0))
+                        .collect::<Vec<_>>()
+                        .join(" / ")
                 }),
             ),
             (
