@@ -1,17 +1,35 @@
 //! A CQRS chat service on axum and SQLite: the reference application for this workspace's layers.
 //!
 //! The library holds the whole service so integration tests and load generators can embed it;
-//! the `chat-service` binary only reads its configuration and calls [`run`].
+//! the `chat-service` binary only reads its configuration ([`Args`], clap), sets up telemetry
+//! and logs, and calls [`run`].
+//!
+//! # Running
+//!
+//! ```text
+//! chat-service --seed 10,1000                      # stacked, embedded defaults
+//! chat-service --moderation-url http://127.0.0.1:3001 --redis-url redis://127.0.0.1:6379
+//! chat-service --bare                              # same routes, every layer off
+//! ```
+//!
+//! Every flag also reads an environment variable (`LISTEN_ADDR`, `DATABASE_URL`, `REDIS_URL`,
+//! `CACHE_DISK_PATH`, `MODERATION_URL`, `CHAT_BARE`, `IDEMPOTENCY_KEY_REQUIRED`, ...);
+//! `--help` lists them with their defaults. Span export over OTLP turns on with
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` and the other standard `OTEL_*` variables. Once bound (after
+//! `--seed`), the binary prints one line on stdout, `chat-service listening on ADDR`, so
+//! `--listen 127.0.0.1:0` works for scripts. Logs go to stderr.
 //!
 //! # HTTP interface
 //!
 //! | Request | Answer |
 //! |---|---|
-//! | `POST /rooms/{room}/messages` with JSON `{"author", "text"}` | `201`, the stored [`Message`], `Location: /rooms/{room}/messages/{id}` |
+//! | `POST /rooms/{room}/messages` with JSON `{"author", "text"}`, optional `Idempotency-Key: "key"` | `201`, the stored [`Message`], `Location: /rooms/{room}/messages/{id}` |
 //! | `GET /rooms/{room}/messages?before=ID&limit=N` | `200`, a [`MessagePage`]: newest first, ids below `before`, `next_before` for the next page |
 //! | `GET /rooms/{room}/messages/{id}` | `200`, the [`Message`]; `404` if the room has no such message |
 //! | `GET /rooms` | `200`, a [`RoomList`]: up to [`MAX_ROOMS_LISTED`] rooms by name with counts and last ids |
 //! | `GET /healthz` | `200` `{"status":"ok"}`, without touching the database |
+//! | `GET /stats` | `200` `{"db_queries", "db_duplicate_queries", "mode": "bare"\|"stacked", "breaker_state": "closed"\|"open"\|"half_open"\|null}`, `Cache-Control: no-store`, outside every layer |
+//! | `GET /metrics` (stacked) | Prometheus text: `http_server_*`, `cache_*`, `dedup_*`, `breaker_*`, [`DB_QUERIES_TOTAL`], [`DB_DUPLICATE_QUERIES_TOTAL`] |
 //!
 //! Rooms are created by their first message; a room with no messages lists as an empty page.
 //! Room names are 1 to 64 characters of `[A-Za-z0-9_-]`; message ids are positive `i64`s.
@@ -35,6 +53,10 @@
 //! | unknown message, unknown path | `404` |
 //! | known path, wrong method | `405` |
 //! | storage fault / service closing | `500` / `503` |
+//! | text rejected by the moderation service | `422` (`/problems/rejected-by-moderation`) |
+//! | moderation down, too slow, or its breaker open | `503` + `Retry-After` (`/problems/moderation-unavailable`); nothing stored |
+//! | stacked: `Idempotency-Key` malformed, or missing with [`Config::require_idempotency_key`] | `400` |
+//! | stacked: a key reused with another body / while its first request runs | `422` / `409` + `Retry-After` |
 //!
 //! # Design
 //!
@@ -74,6 +96,67 @@
 //!
 //! No SQLite call runs on an async worker thread.
 //!
+//! # The stack
+//!
+//! [`ChatService::app_with`] stacks the workspace's four layers in the order of
+//! `docs/architecture.md`, each through its public API:
+//!
+//! ```text
+//! Router
+//!   /stats                      outside every layer: never cached, not instrumented
+//!   telemetry (outermost)       HTTP metrics and spans for every request, /metrics
+//!     cache                     answers hits (Cache-Status, name "chat"); stores misses
+//!       dedup                   identical misses in flight run one query
+//!         POST .../messages:    IdempotencyLayer (memory, or Redis with REDIS_URL)
+//!           handler ──► moderation client: TraceClientLayer ► BreakerLayer (+ timeout) ► hyper
+//! ```
+//!
+//! The telemetry crate installs the global `metrics` recorder, and every layer registers its
+//! series when it is built: build the [`Telemetry`] (see [`telemetry`]) before
+//! [`ChatService::open`]. Tests that build several stacked apps in one process build the
+//! later telemetries with `install_recorder(false)` (see [`ChatService::app_with`]).
+//!
+//! With [`Config::bare`] (`--bare`, `CHAT_BARE=1`) the same routes are served with every layer
+//! off: no telemetry or `/metrics`, no cache (no `Cache-Status`), no coalescing, no idempotency
+//! and no breaker. `/stats` is served in both modes, so a load test can compare them.
+//!
+//! # Posts and the moderation dependency
+//!
+//! With [`Config::moderation_url`] each valid post is checked with `POST {url}/v1/check` before
+//! it is stored (reads never call it). Stacked, the call goes through `TraceClientLayer`, so
+//! the check carries the request's `traceparent`, and a `BreakerLayer` whose timeout
+//! ([`Config::moderation_timeout`], 500 ms) counts a slow answer as a failure; see
+//! [`ModerationBreaker`] for its window. Bare, the call is made directly with the same timeout.
+//!
+//! **Degrade choice: `503`, nothing stored.** While the dependency fails, times out or its
+//! breaker is open, a post answers `503 Service Unavailable` problem+json with `Retry-After`
+//! (the breaker's remaining Open wait when it is open, else 1 s) and `Cache-Control: no-store`,
+//! and stores nothing. No message is ever accepted unchecked, and none is lost: a `201` is
+//! durable, a `503` means "not stored, retry". The retry may reuse its `Idempotency-Key`,
+//! because dedup-layer never stores a `5xx` answer. While the breaker is open the dependency
+//! is not called at all, so posts fail in microseconds and the dependency can recover; reads
+//! are served as usual. The alternative, accepting posts as "pending moderation", would need a
+//! second state in the read model and a retry queue; it is not worth it for an example.
+//!
+//! # Query counts
+//!
+//! `/stats` and the `chat_db_*` counters count the read queries (a page, a message, the room
+//! list) that reach SQLite, and the duplicates among them: queries started while an identical
+//! one (same kind and parameters) was in flight in this process, from the moment it asks for
+//! a reader connection until it has its rows. That is the work request coalescing removes.
+//! Only queries that reach the read side touch the bookkeeping, one short lock each, and it
+//! tracks at most 4096 distinct queries at a time.
+//!
+//! # Several instances
+//!
+//! Two processes may serve one SQLite file (each opens it with a 5 s busy timeout, so their
+//! writers wait for each other instead of failing) and share one Redis: the cache's Redis tier
+//! and purges, and the idempotency keys, are then shared. Each projector projects every message
+//! past the stored position, whichever process stored it; when a projector finds that the
+//! position moved past what it last saw, it reports the rooms the other process projected as
+//! [`RoomProjected`] notices too, so its own cache is purged and its own posts among those
+//! messages answer at once instead of waiting for a notice that would never come.
+//!
 //! # HTTP caching
 //!
 //! Query responses carry the raw material for a response cache:
@@ -86,7 +169,8 @@
 //!
 //! [`ChatService::app`] puts `cache-layer` in front of the routes: an in-process tier (entries
 //! capped at 100 ms), a Redis tier shared by every instance (5 min) when `REDIS_URL` is set, and a
-//! disk tier (1 h) when `CACHE_DISK_PATH` is set. Every [`RoomProjected`] notice purges the tags
+//! disk tier (1 h) when `CACHE_DISK_PATH` is set; [`TtlCaps`] (`--l1-ttl-cap`, `--l2-ttl-cap`,
+//! `--l3-ttl-cap`) changes the caps. Every [`RoomProjected`] notice purges the tags
 //! `room:{room}` and `rooms` on every tier of every instance, and a post answers `201` only once
 //! that purge is done, so reads after a `201` are current on every instance that received the
 //! invalidation; an instance that missed it serves the old page for at most the 100 ms cap (see
@@ -108,6 +192,7 @@
 //! service.seed(2, 5).await?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! // `app_with(&telemetry)` adds telemetry and /metrics; `app()` is the rest of the stack.
 //! let server = tokio::spawn(chat_service::serve(listener, service.app(), async move {
 //!     let _ = stopped.await;
 //! }));

@@ -42,6 +42,7 @@ impl PostKeys {
                 Self::Redis(
                     IdempotencyLayer::builder(store)
                         .required(config.require_idempotency_key)
+                        .max_request_bytes(config.body_limit)
                         .build()
                         .map_err(bad)?,
                 )
@@ -49,6 +50,7 @@ impl PostKeys {
             _ => Self::Memory(
                 IdempotencyLayer::builder(MemoryStore::default())
                     .required(config.require_idempotency_key)
+                    .max_request_bytes(config.body_limit)
                     .build()
                     .map_err(bad)?,
             ),
