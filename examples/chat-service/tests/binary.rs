@@ -1,5 +1,7 @@
 //! The `chat-service` binary over TCP, as the load test starts it: seeded, on a free port
 //! printed as one stdout line; stacked with `/metrics`, or bare (`CHAT_BARE=1`) without it.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 

@@ -1,6 +1,8 @@
 //! A page refresh as a burst of identical concurrent GETs on a cold URL: stacked, it reaches
 //! SQLite once; bare, every request runs its own query and many overlap (`/stats` counts them).
 //! Bare mode serves the same routes without the layers.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! Posts and the moderation dependency, a real moderation server on a loopback port: rejection,
 //! outage (503 + Retry-After, nothing stored, the breaker opens and then spares the dependency),
 //! timeouts, recovery, and reads that never depend on it.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

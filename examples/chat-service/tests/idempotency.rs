@@ -2,6 +2,8 @@
 //! key with another body is refused, the required mode refuses posts without a key, and with
 //! two instances on one database and one real Redis a retry on the other instance replays.
 //! Posts on either instance answer quickly and are read on both.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -3,6 +3,8 @@
 //! by `promtool check metrics`.
 //!
 //! This binary installs the global metrics recorder, so it holds a single test.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -2,6 +2,8 @@
 //! that continues the incoming request's trace, so the dependency's spans join it.
 //!
 //! This binary installs the global `tracing` subscriber, so it holds a single test.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
