@@ -96,7 +96,11 @@ async fn an_outage_answers_503_stores_nothing_opens_the_breaker_and_recovers() {
         reply.assert_problem(StatusCode::SERVICE_UNAVAILABLE);
         assert!(reply.headers.contains_key("retry-after"));
     }
-    assert!(started.elapsed() < Duration::from_millis(250));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(
         moderation.checks(),
         3,
