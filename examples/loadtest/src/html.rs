@@ -420,6 +420,25 @@ svg{margin:0.5em 1em 0.5em 0}</style></head><body>",
     page.push_str(&hit_rate_chart(report));
     page.push_str("<h2>Figures</h2><p>Latencies are p50 / p90 / p99 / p99.9, measured from each request's scheduled send time.</p>");
     page.push_str(&table(&report.summary_table()));
+    if let (Some(bare), Some(stacked)) = (
+        report.variant(Variant::Bare),
+        report.variant(Variant::Stacked),
+    ) {
+        let steps = crate::report::same_rate_steps(bare, stacked);
+        if !steps.is_empty() {
+            page.push_str(
+                "<h3>History p99 at the same offered rate (max-rate steps both sustained)</h3>\
+                 <table><tr><th>offered req/s</th><th>bare p99 ms</th><th>stacked p99 ms</th></tr>",
+            );
+            for (rate, b, s) in steps {
+                let _ = write!(
+                    page,
+                    "<tr><td>{rate:.0}</td><td>{b:.2}</td><td>{s:.2}</td></tr>"
+                );
+            }
+            page.push_str("</table>");
+        }
+    }
     for v in &report.variants {
         if let Some(max) = &v.max_rate {
             let _ = write!(
@@ -547,6 +566,45 @@ mod tests {
     fn log_ticks_are_1_2_5() {
         let ticks: Vec<String> = log_ticks(0.5, 20.0, "").into_iter().map(|t| t.1).collect();
         assert_eq!(ticks, vec!["0.5", "1", "2", "5", "10", "20"]);
+    }
+
+    #[test]
+    fn the_page_is_self_contained_and_charts_every_variant() {
+        use crate::report::tests::{options, variant};
+        let mut report = Report::new(&options(vec![Variant::Bare, Variant::Stacked]));
+        report
+            .variants
+            .push(variant(Variant::Bare, 40, 0, Some(2000.0)));
+        let mut stacked = variant(Variant::Stacked, 10, 9, Some(2000.0));
+        stacked.timeline.completed = vec![900, 1000, 1000];
+        stacked.timeline.history = vec![10, 0, 10];
+        stacked.timeline.history_hits = vec![9, 0, 5];
+        report.variants.push(stacked);
+        report.finish();
+        let page = render(&report);
+        for banned in ["<script", "<link", "@import", "url(", "src="] {
+            assert!(
+                !page.contains(banned),
+                "external or active content: {banned}"
+            );
+        }
+        assert_eq!(page.matches("<svg").count(), 3);
+        let latency = latency_chart(&report);
+        let curve_points = report.variants[1].history_curve.len();
+        assert_eq!(polylines(&latency), vec![curve_points, curve_points]);
+        let throughput = throughput_chart(&report);
+        assert_eq!(
+            polylines(&throughput),
+            vec![3],
+            "bare has no timeline, stacked three seconds"
+        );
+        let hits = hit_rate_chart(&report);
+        assert_eq!(
+            polylines(&hits),
+            vec![2],
+            "the second without history answers is left out"
+        );
+        assert!(page.contains("History p99 at the same offered rate"));
     }
 
     #[test]

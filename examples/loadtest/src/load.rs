@@ -171,7 +171,7 @@ pub struct PostStats {
     pub stored_again: u64,
     /// `503` answers explained by the outage.
     pub unavailable: u64,
-    /// Posts given up after [`MAX_POST_ATTEMPTS`] attempts without a `201`.
+    /// Posts given up after four attempts without a `201`.
     pub given_up: u64,
 }
 

@@ -59,6 +59,10 @@ pub struct MetricCounters {
     pub breaker_transitions: f64,
     /// Breaker changes into `open`.
     pub breaker_opened: f64,
+    /// Fill leases another instance held that this one waited for (shared tier).
+    pub leases_waited: f64,
+    /// Waits for another instance's fill that gave up and went to the origin.
+    pub leases_gave_up: f64,
 }
 
 impl MetricCounters {
@@ -87,6 +91,8 @@ impl MetricCounters {
             cache_lookups: l1 - skipped,
             breaker_transitions: prom::sum(&samples, "breaker_transitions_total", &[]),
             breaker_opened: prom::sum(&samples, "breaker_transitions_total", &[("to", "open")]),
+            leases_waited: prom::sum(&samples, "cache_leases_total", &[("outcome", "waited")]),
+            leases_gave_up: prom::sum(&samples, "cache_leases_total", &[("outcome", "gave_up")]),
         }
     }
 
@@ -97,6 +103,8 @@ impl MetricCounters {
             cache_lookups: self.cache_lookups - earlier.cache_lookups,
             breaker_transitions: self.breaker_transitions - earlier.breaker_transitions,
             breaker_opened: self.breaker_opened - earlier.breaker_opened,
+            leases_waited: self.leases_waited - earlier.leases_waited,
+            leases_gave_up: self.leases_gave_up - earlier.leases_gave_up,
         }
     }
 
@@ -120,6 +128,8 @@ cache_requests_total{tier=\"l1\",outcome=\"bypass\"} 30
 cache_requests_total{tier=\"l2\",outcome=\"hit\"} 10
 breaker_transitions_total{breaker=\"moderation\",from=\"closed\",to=\"open\"} 1
 breaker_transitions_total{breaker=\"moderation\",from=\"open\",to=\"half_open\"} 1
+cache_leases_total{outcome=\"waited\"} 7
+cache_leases_total{outcome=\"gave_up\"} 2
 ";
         let counters = MetricCounters::from_text(text);
         assert_eq!(
@@ -130,6 +140,10 @@ breaker_transitions_total{breaker=\"moderation\",from=\"open\",to=\"half_open\"}
         assert_eq!(counters.hit_rate(), Some(0.85));
         assert_eq!(counters.breaker_transitions, 2.0);
         assert_eq!(counters.breaker_opened, 1.0);
+        assert_eq!(
+            (counters.leases_waited, counters.leases_gave_up),
+            (7.0, 2.0)
+        );
         assert_eq!(counters.since(&counters).hit_rate(), None);
     }
 

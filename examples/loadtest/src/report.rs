@@ -49,6 +49,8 @@ pub struct InstanceReport {
     pub metrics_hit_rate: Option<f64>,
     /// Breaker transitions, from `/metrics`.
     pub breaker_transitions_metrics: Option<f64>,
+    /// Waits for another instance's cache fill, and how many gave up, from `/metrics`.
+    pub leases_waited_gave_up: Option<(f64, f64)>,
     /// Peak resident memory (VmHWM), MiB.
     pub peak_rss_mib: f64,
 }
@@ -262,6 +264,26 @@ impl VariantReport {
     }
 }
 
+/// History p99 of both variants at each rate both max-rate searches tried, by rate: `(rate, a, b)` in ms.
+pub fn same_rate_steps(a: &VariantReport, b: &VariantReport) -> Vec<(f64, f64, f64)> {
+    let (Some(ma), Some(mb)) = (&a.max_rate, &b.max_rate) else {
+        return Vec::new();
+    };
+    let mut common: Vec<(f64, f64, f64)> = ma
+        .steps
+        .iter()
+        .filter(|sa| sa.sustained)
+        .filter_map(|sa| {
+            mb.steps
+                .iter()
+                .find(|sb| sb.sustained && sb.rate == sa.rate)
+                .map(|sb| (sa.rate, sa.history_p99_ms, sb.history_p99_ms))
+        })
+        .collect();
+    common.sort_by(|x, y| x.0.total_cmp(&y.0));
+    common
+}
+
 /// The outcome of one target.
 #[derive(Clone, Debug, Serialize)]
 pub struct Verdict {
@@ -373,9 +395,11 @@ impl Report {
         verdicts.push(Verdict::new(
             "history hit rate >= 90%",
             format!(
-                "{name} {} (Cache-Status), {} all routes (/metrics){}",
+                "{name} {} (Cache-Status), {} all routes (/metrics), origin avoided for {} of GETs (SQLite \
+                 queries per GET; coalesced requests count as misses in Cache-Status){}",
                 pct(hit),
                 pct(stacked.and_then(|s| s.metrics_hit_rate)),
+                pct(stacked.and_then(|s| s.queries_per_read).map(|q| 1.0 - q)),
                 also_two(&|t| pct(t.history_hit_rate)),
             ),
             hit.map(|h| h >= HIT_RATE),
@@ -462,10 +486,17 @@ impl Report {
         verdicts.push(Verdict::new(
             ">= 50% better latency than bare (history p99, same rate)",
             format!(
-                "bare {} ms, {name} {} ms: {} lower",
+                "at {:.0} req/s: bare {} ms, {name} {} ms: {} lower{}",
+                stacked.map_or(0.0, |s| s.rate),
                 num(bare_p99, 2),
                 num(stacked_p99, 2),
-                pct(latency_gain)
+                pct(latency_gain),
+                bare.zip(stacked)
+                    .and_then(|(b, s)| same_rate_steps(b, s).pop())
+                    .map_or_else(String::new, |(rate, b, s)| format!(
+                        "; at {rate:.0} req/s (highest rate of both searches): bare {b:.2} ms, {name} {s:.2} ms, {} lower",
+                        pct(reduction(b, s))
+                    )),
             ),
             latency_gain.map(|g| g >= LATENCY_REDUCTION),
         ));
@@ -649,6 +680,21 @@ impl Report {
                 }),
             ),
             (
+                "fill leases waited / gave up (/metrics)",
+                Box::new(|v| {
+                    v.instances
+                        .iter()
+                        .map(|i| {
+                            i.leases_waited_gave_up.map_or_else(
+                                || "n/a".to_owned(),
+                                |(w, g)| format!("{w:.0} / {g:.0}"),
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }),
+            ),
+            (
                 "max sustained rate (req/s)",
                 Box::new(|v| num(v.max_sustained(), 0)),
             ),
@@ -674,6 +720,13 @@ impl Report {
     }
 
     /// Writes `report.json` and `report.html` into `dir`, creating it.
+    ///
+    /// ```no_run
+    /// # fn demo(report: &chat_loadtest::report::Report) -> Result<(), chat_loadtest::Error> {
+    /// report.write(std::path::Path::new("target/loadtest"))?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn write(&self, dir: &Path) -> Result<(), Error> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Io(format!("creating {}", dir.display()), e))?;
@@ -686,5 +739,243 @@ impl Report {
         std::fs::write(&html_path, crate::html::render(self))
             .map_err(|e| Error::Io(format!("writing {}", html_path.display()), e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::check::ColdBurst;
+    use crate::load::{LoadPlan, LoadResult};
+    use crate::procs::CpuPlan;
+    use crate::runner::{RateSearch, RateStep};
+    use crate::stats::ClassLatencies;
+    use std::collections::BTreeSet;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    pub(crate) fn options(variants: Vec<Variant>) -> Options {
+        Options {
+            bin_dir: PathBuf::from("bin"),
+            out_dir: PathBuf::from("out"),
+            variants,
+            rate: 1000.0,
+            duration: Duration::from_secs(10),
+            warmup: Duration::ZERO,
+            max_requests: 1_000_000,
+            max_in_flight: 100,
+            rooms: 10,
+            messages_per_room: 10,
+            burst: 5,
+            zipf_exponent: 1.1,
+            retry_share: 0.2,
+            outage: Duration::ZERO,
+            search: Some(RateSearch {
+                start: 500.0,
+                factor: 2.0,
+                ceiling: 10_000.0,
+                bisections: 1,
+                step: Duration::from_secs(1),
+                p99_bound: Duration::from_millis(100),
+            }),
+            seed: 1,
+            timeout: Duration::from_secs(1),
+            cpus: CpuPlan::none(),
+            progress: false,
+        }
+    }
+
+    /// A variant whose history requests all took `history_ms`, `hits` of 10 of them from the cache.
+    pub(crate) fn variant(
+        variant: Variant,
+        history_ms: u64,
+        hits: u64,
+        max: Option<f64>,
+    ) -> VariantReport {
+        let mut latencies = ClassLatencies::default();
+        for i in 0..10 {
+            latencies.record(
+                Endpoint::HistoryFirst,
+                Duration::from_millis(history_ms),
+                i < hits,
+            );
+        }
+        let main = LoadResult {
+            plan: LoadPlan {
+                rate: 1000.0,
+                duration: Duration::from_secs(10),
+                max_requests: 1,
+                max_in_flight: 1,
+                burst: 5,
+                zipf_exponent: 1.0,
+                retry_share: 0.0,
+                outage: None,
+                check_freshness: true,
+                seed: 1,
+                label: String::new(),
+            },
+            elapsed: Duration::from_secs(10),
+            scheduled: 10_000,
+            answered: 10_000,
+            latencies,
+            timeline: Timeline::default(),
+            errors: Errors::default(),
+            history: 10,
+            history_hits: hits,
+            hits,
+            reads_per_target: vec![10],
+            posts: PostStats::default(),
+            ledger: Vec::new(),
+            touched_rooms: BTreeSet::new(),
+            freshness: Freshness::default(),
+            breaker: Vec::new(),
+            memory: Vec::new(),
+            outage: None,
+        };
+        let instances = vec![InstanceReport {
+            name: "chat-service".into(),
+            reads: 10,
+            db_queries: 10 - hits,
+            db_duplicate_queries: 0,
+            queries_per_read: ratio(10 - hits, 10),
+            metrics_hit_rate: None,
+            breaker_transitions_metrics: None,
+            leases_waited_gave_up: None,
+            peak_rss_mib: 50.0,
+        }];
+        let cold = ColdBurst {
+            requests: 20,
+            single_queries: 1,
+            burst_queries: 1,
+            burst_duplicates: 0,
+            ok: 20,
+        };
+        let max_rate = max.map(|rate| MaxRate {
+            p99_bound_ms: 100.0,
+            steps: vec![RateStep {
+                rate,
+                achieved: rate,
+                p99_ms: 1.0,
+                history_p99_ms: history_ms as f64,
+                errors: 0,
+                sustained: true,
+            }],
+            sustained: Some(rate),
+        });
+        VariantReport::new(
+            variant,
+            main,
+            HistoryCheck::default(),
+            Some(cold),
+            instances,
+            max_rate,
+        )
+    }
+
+    fn verdict<'a>(report: &'a Report, target: &str) -> &'a Verdict {
+        report
+            .verdicts
+            .iter()
+            .find(|v| v.target.starts_with(target))
+            .unwrap()
+    }
+
+    #[test]
+    fn verdicts_follow_the_measured_figures() {
+        let mut report = Report::new(&options(vec![Variant::Bare, Variant::Stacked]));
+        report
+            .variants
+            .push(variant(Variant::Bare, 40, 0, Some(2000.0)));
+        report
+            .variants
+            .push(variant(Variant::Stacked, 10, 9, Some(4000.0)));
+        report.finish();
+        assert_eq!(
+            verdict(&report, "history hit rate").met,
+            Some(true),
+            "9 of 10 is 90%"
+        );
+        assert_eq!(verdict(&report, "cached responses").met, Some(true));
+        assert_eq!(verdict(&report, ">= 1000 requests/s").met, Some(true));
+        let latency = verdict(&report, ">= 50% better latency");
+        assert_eq!(latency.met, Some(true), "{}", latency.measured);
+        assert!(
+            latency.measured.contains("75.0% lower"),
+            "{}",
+            latency.measured
+        );
+        let throughput = verdict(&report, ">= 50% better max throughput");
+        assert!(
+            throughput.measured.contains("100.0% higher"),
+            "{}",
+            throughput.measured
+        );
+        assert_eq!(verdict(&report, "peak RSS").met, Some(true));
+        assert_eq!(verdict(&report, "correct under load").met, Some(true));
+        assert!(report.verdict_table().lines().count() == report.verdicts.len() + 2);
+    }
+
+    #[test]
+    fn missed_and_unmeasured_targets_say_so() {
+        let mut report = Report::new(&options(vec![Variant::Stacked]));
+        report.variants.push(variant(Variant::Stacked, 10, 5, None));
+        report.finish();
+        assert_eq!(verdict(&report, "history hit rate").met, Some(false));
+        assert_eq!(
+            verdict(&report, ">= 50% better latency").met,
+            None,
+            "no bare run"
+        );
+        assert_eq!(
+            verdict(&report, ">= 1000 requests/s").met,
+            None,
+            "no search"
+        );
+        assert!(report.verdict_table().contains("| MISSED |"));
+        assert!(report.verdict_table().contains("| not measured |"));
+    }
+
+    #[test]
+    fn correctness_problems_fail_the_correctness_verdict() {
+        let mut stacked = variant(Variant::Stacked, 10, 9, None);
+        stacked.history_check.lost = 2;
+        stacked.unexplained_5xx = 1;
+        stacked.problems = stacked.find_problems();
+        assert_eq!(stacked.problems.len(), 2, "{:?}", stacked.problems);
+        let mut report = Report::new(&options(vec![Variant::Stacked]));
+        report.variants.push(stacked);
+        report.finish();
+        let correct = verdict(&report, "correct under load");
+        assert_eq!(correct.met, Some(false));
+        assert!(
+            correct.measured.contains("2 acknowledged posts missing"),
+            "{}",
+            correct.measured
+        );
+    }
+
+    #[test]
+    fn same_rate_steps_pair_the_common_sustained_rates() {
+        let bare = variant(Variant::Bare, 40, 0, Some(2000.0));
+        let stacked = variant(Variant::Stacked, 10, 9, Some(2000.0));
+        assert_eq!(same_rate_steps(&bare, &stacked), vec![(2000.0, 40.0, 10.0)]);
+        let other = variant(Variant::Stacked, 10, 9, Some(3000.0));
+        assert!(same_rate_steps(&bare, &other).is_empty());
+    }
+
+    #[test]
+    fn the_summary_has_a_column_per_variant() {
+        let mut report = Report::new(&options(vec![Variant::Bare, Variant::Stacked]));
+        report.variants.push(variant(Variant::Bare, 40, 0, None));
+        report.variants.push(variant(Variant::Stacked, 10, 9, None));
+        let table = report.summary_table();
+        assert!(table.starts_with("| figure | bare | stacked |"));
+        assert!(
+            table
+                .lines()
+                .skip(2)
+                .all(|line| line.matches(" |").count() == 3),
+            "{table}"
+        );
     }
 }

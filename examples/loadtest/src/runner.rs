@@ -87,6 +87,8 @@ pub struct RateStep {
     pub achieved: f64,
     /// p99 of every class, ms.
     pub p99_ms: f64,
+    /// p99 of the history classes, ms.
+    pub history_p99_ms: f64,
     /// Errors.
     pub errors: u64,
     /// Whether the step passed.
@@ -350,6 +352,7 @@ async fn measure_variant(
                 queries_per_read: crate::stats::ratio(stats.db_queries, reads),
                 metrics_hit_rate: metrics.and_then(|m| m.hit_rate()),
                 breaker_transitions_metrics: metrics.map(|m| m.breaker_transitions),
+                leases_waited_gave_up: metrics.map(|m| (m.leases_waited, m.leases_gave_up)),
                 peak_rss_mib: Memory::peak_mib(&memory),
             }
         })
@@ -411,6 +414,7 @@ pub async fn find_max_rate(
             rate,
             achieved: step.throughput(),
             p99_ms: step.latencies.all().quantile_ms(0.99),
+            history_p99_ms: step.latencies.history().quantile_ms(0.99),
             errors: step.errors.total(),
             sustained,
         });
