@@ -612,8 +612,11 @@ async fn generate(shared: &Arc<Shared>, progress: &ProgressBar) -> u64 {
         if at.saturating_sub(last_tick) >= Duration::from_millis(100) {
             last_tick = at;
             progress.set_position(u64::try_from(at.as_millis()).unwrap_or(u64::MAX));
-            let errors = lock(&shared.recorder).errors.total();
-            progress.set_message(format!("{:.0} req/s, {errors} errors", plan.rate));
+            let (answered, errors) = {
+                let recorder = lock(&shared.recorder);
+                (recorder.answered, recorder.errors.total())
+            };
+            progress.set_message(format!("{answered} answered, {errors} errors"));
         }
     }
     progress.set_position(u64::try_from(plan.duration.as_millis()).unwrap_or(u64::MAX));
