@@ -204,6 +204,28 @@ fn log_ticks(min: f64, max: f64, unit: &str) -> Vec<(f64, String)> {
     ticks
 }
 
+/// The smallest 1, 2 or 5 times a power of ten at or above `value` (at least 1): a round axis end.
+fn nice_ceiling(value: f64) -> f64 {
+    if value.is_nan() || value <= 1.0 || value.is_infinite() {
+        return 1.0;
+    }
+    let decade = 10f64.powf(value.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * decade)
+        .find(|&v| v >= value)
+        .unwrap_or(10.0 * decade)
+}
+
+/// Per-second counts without the last second, which the run ends inside of and which would show as a drop.
+fn whole_seconds(series: &[u64]) -> &[u64] {
+    if series.len() > 2 {
+        &series[..series.len() - 1]
+    } else {
+        series
+    }
+}
+
 fn linear_ticks(max: f64, count: u32, unit: &str) -> Vec<(f64, String)> {
     (0..=count)
         .map(|i| {
@@ -280,9 +302,7 @@ pub fn throughput_chart(report: &Report) -> String {
         .map(|v| Series {
             name: v.variant.name().to_owned(),
             color: color(v.variant),
-            points: v
-                .timeline
-                .completed
+            points: whole_seconds(&v.timeline.completed)
                 .iter()
                 .enumerate()
                 .map(|(s, &n)| (s as f64, n as f64))
@@ -296,11 +316,13 @@ pub fn throughput_chart(report: &Report) -> String {
         .unwrap_or(1)
         .max(2) as f64
         - 1.0;
-    let max = series
-        .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.1))
-        .fold(10.0, f64::max)
-        * 1.1;
+    let max = nice_ceiling(
+        series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.1))
+            .fold(10.0, f64::max)
+            * 1.05,
+    );
     let x = Axis {
         scale: Scale::Linear {
             min: 0.0,
@@ -329,6 +351,7 @@ pub fn hit_rate_chart(report: &Report) -> String {
                 .timeline
                 .hit_rates()
                 .iter()
+                .take(whole_seconds(&v.timeline.history).len())
                 .enumerate()
                 .filter_map(|(s, r)| r.map(|r| (s as f64, r * 100.0)))
                 .collect(),
@@ -337,7 +360,7 @@ pub fn hit_rate_chart(report: &Report) -> String {
     let seconds = report
         .variants
         .iter()
-        .map(|v| v.timeline.history.len())
+        .map(|v| whole_seconds(&v.timeline.history).len())
         .max()
         .unwrap_or(1)
         .max(2) as f64
@@ -563,6 +586,15 @@ mod tests {
     }
 
     #[test]
+    fn axis_ends_are_round() {
+        assert_eq!(nice_ceiling(1116.0), 2000.0);
+        assert_eq!(nice_ceiling(1000.0), 1000.0);
+        assert_eq!(nice_ceiling(430.0), 500.0);
+        assert_eq!(nice_ceiling(0.2), 1.0);
+        assert_eq!(nice_ceiling(f64::NAN), 1.0);
+    }
+
+    #[test]
     fn log_ticks_are_1_2_5() {
         let ticks: Vec<String> = log_ticks(0.5, 20.0, "").into_iter().map(|t| t.1).collect();
         assert_eq!(ticks, vec!["0.5", "1", "2", "5", "10", "20"]);
@@ -576,9 +608,9 @@ mod tests {
             .variants
             .push(variant(Variant::Bare, 40, 0, Some(2000.0)));
         let mut stacked = variant(Variant::Stacked, 10, 9, Some(2000.0));
-        stacked.timeline.completed = vec![900, 1000, 1000];
-        stacked.timeline.history = vec![10, 0, 10];
-        stacked.timeline.history_hits = vec![9, 0, 5];
+        stacked.timeline.completed = vec![900, 1000, 1000, 30];
+        stacked.timeline.history = vec![10, 0, 10, 1];
+        stacked.timeline.history_hits = vec![9, 0, 5, 0];
         report.variants.push(stacked);
         report.finish();
         let page = render(&report);
@@ -596,7 +628,7 @@ mod tests {
         assert_eq!(
             polylines(&throughput),
             vec![3],
-            "bare has no timeline, stacked three seconds"
+            "bare has no timeline, stacked three whole seconds"
         );
         let hits = hit_rate_chart(&report);
         assert_eq!(

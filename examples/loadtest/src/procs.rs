@@ -24,27 +24,39 @@ const LOG_TAIL_LINES: usize = 15;
 /// With two or more CPUs and `taskset` on PATH, the chat-service instances get CPU 1 and everything else
 /// (the generator, moderation, redis-server) CPU 0, so the server under test has a core of its own and the
 /// generator's work does not show up as server latency.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct CpuPlan {
     /// CPU of the load generator and the helpers, if pinned.
     pub generator: Option<usize>,
     /// CPU of the chat-service instances, if pinned.
     pub server: Option<usize>,
+    /// CPUs this process could use when the plan was made, before any pinning.
+    pub cpus: usize,
 }
 
 impl CpuPlan {
     /// No pinning: the kernel places every process.
     pub fn none() -> Self {
-        Self::default()
+        Self {
+            generator: None,
+            server: None,
+            cpus: available_cpus(),
+        }
+    }
+
+    /// CPUs this process could use when the plan was made.
+    pub fn available(&self) -> usize {
+        self.cpus.max(1)
     }
 
     /// Generator on CPU 0, servers on CPU 1, when the machine has two CPUs and `taskset` is installed.
     pub fn detect() -> Self {
-        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let cpus = available_cpus();
         if cpus >= 2 && find_on_path("taskset").is_some() {
             Self {
                 generator: Some(0),
                 server: Some(1),
+                cpus,
             }
         } else {
             Self::none()
@@ -78,6 +90,10 @@ impl CpuPlan {
             )))
         }
     }
+}
+
+fn available_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// Finds `program` in the directories of `PATH`.

@@ -319,7 +319,7 @@ impl Verdict {
 pub struct Report {
     /// Seconds since the Unix epoch at the start.
     pub started_unix_s: u64,
-    /// CPUs available.
+    /// CPUs of the machine (before the load test pinned itself).
     pub cpus: usize,
     /// Pinning used.
     pub pinning: CpuPlan,
@@ -351,7 +351,7 @@ impl Report {
             started_unix_s: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-            cpus: std::thread::available_parallelism().map_or(1, usize::from),
+            cpus: options.cpus.available(),
             pinning: options.cpus,
             options: options.clone(),
             two_instances: two,
