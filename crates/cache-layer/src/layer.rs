@@ -75,6 +75,9 @@ pub(crate) struct Config {
     pub(crate) early_refresh_beta: Option<f64>,
     pub(crate) cache_status: bool,
     pub(crate) refresh_timeout: Duration,
+    /// `serve_stale_on_error`: the longest staleness served on origin failure without
+    /// `stale-if-error`; zero when off.
+    pub(crate) stale_on_error: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -117,6 +120,7 @@ impl CacheLayer {
                 max_bytes: b.max_capacity_bytes,
                 ttl_cap: b.ttl_cap,
                 max_tag_pairs: b.max_tag_entries,
+                stale_on_error: b.stale_on_error,
             },
             clock,
         );
@@ -143,6 +147,7 @@ impl CacheLayer {
             early_refresh_beta: b.early_refresh_beta,
             cache_status: b.cache_status,
             refresh_timeout: b.refresh_timeout,
+            stale_on_error: b.stale_on_error,
         };
         let lower =
             (!lower_config.is_empty()).then(|| Lower::start(lower_config, l1.clone(), clock));
@@ -232,6 +237,7 @@ pub struct CacheLayerBuilder {
     refresh_timeout: Duration,
     early_refresh_beta: Option<f64>,
     cache_status: bool,
+    stale_on_error: Duration,
     lower: LowerConfig,
 }
 
@@ -270,6 +276,7 @@ impl Default for CacheLayerBuilder {
             refresh_timeout: Duration::from_secs(30),
             early_refresh_beta: None,
             cache_status: true,
+            stale_on_error: Duration::ZERO,
             lower: LowerConfig::default(),
         }
     }
@@ -405,6 +412,34 @@ impl CacheLayerBuilder {
     /// Whether responses carry a `Cache-Status` field. Defaults to true.
     pub fn cache_status(mut self, on: bool) -> Self {
         self.cache_status = on;
+        self
+    }
+
+    /// Serves a stored response up to `max_staleness` past its freshness when the origin
+    /// fails (the inner service returns an error, or answers `500`, `502`, `503` or `504`;
+    /// behind a proxy that includes an unreachable origin, a reset connection and an origin
+    /// timeout the proxy answers `502`/`504` for), even when the response has no
+    /// `stale-if-error`. Never for a response whose `must-revalidate`, `no-cache`, or (in
+    /// shared mode) `proxy-revalidate` or `s-maxage` forbids stale use (RFC 9111 §4.2.4), nor
+    /// for a request that says `no-cache`. `Cache-Status` reports `detail=stale-on-error`
+    /// (`detail=stale-if-error` when the response's own window covers it). Entries are then
+    /// kept in memory that much longer past freshness (never past [`ttl_cap`](Self::ttl_cap)).
+    ///
+    /// Like nginx's `proxy_cache_use_stale error timeout` and Varnish's grace, this goes beyond
+    /// what the origin asked for: it hides outages. Defaults to zero (off).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cache_layer::CacheLayer;
+    ///
+    /// let cache = CacheLayer::builder()
+    ///     .serve_stale_on_error(Duration::from_secs(3600))
+    ///     .build()
+    ///     .expect("valid configuration");
+    /// # let _ = cache;
+    /// ```
+    pub fn serve_stale_on_error(mut self, max_staleness: Duration) -> Self {
+        self.stale_on_error = max_staleness;
         self
     }
 

@@ -650,12 +650,23 @@ struct FetchCtx {
     background: bool,
 }
 
-/// Whether `v` may be served because the origin failed (RFC 5861 §4).
+/// Which rule lets a stored response answer for a failed origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StaleOnError {
+    /// The response's or the request's `stale-if-error` window (RFC 5861 §4).
+    StaleIfError,
+    /// The layer's `serve_stale_on_error` window.
+    Configured,
+}
+
+/// Whether `v` may be served because the origin failed: within `stale-if-error` (RFC 5861
+/// §4), or within the layer's `serve_stale_on_error` window unless a directive forbids
+/// serving stale (RFC 9111 §4.2.4).
 fn stale_if_error_allows(
     shared: &Shared,
     ctx: &FetchCtx,
     now: Instant,
-) -> Option<(Arc<StoredResponse>, EntryState)> {
+) -> Option<(Arc<StoredResponse>, EntryState, StaleOnError)> {
     let v = ctx.stale.as_ref()?;
     let state = v.state(&shared.clock, now);
     if state.must_revalidate || state.no_cache {
@@ -664,31 +675,41 @@ fn stale_if_error_allows(
     let window = match (ctx.req_dirs.stale_if_error, v.stale_if_error.is_zero()) {
         (Some(r), _) => Duration::from_secs(r).max(v.stale_if_error),
         (None, false) => v.stale_if_error,
-        (None, true) => return None,
+        (None, true) => Duration::ZERO,
     };
-    if state.staleness() <= window {
-        Some((v.clone(), state))
-    } else {
-        None
+    let staleness = state.staleness();
+    if !window.is_zero() && staleness <= window {
+        return Some((v.clone(), state, StaleOnError::StaleIfError));
     }
+    let configured = shared.config.stale_on_error;
+    if !configured.is_zero() && !ctx.req_dirs.no_cache && staleness <= configured {
+        return Some((v.clone(), state, StaleOnError::Configured));
+    }
+    None
 }
 
+#[allow(clippy::too_many_arguments)]
 fn serve_stale_on_error<ResBody: Body>(
     shared: &Shared,
     ctx: &FetchCtx,
     v: &StoredResponse,
     state: &EntryState,
+    rule: StaleOnError,
     request: &HeaderMap,
     head: bool,
     fwd_status: Option<u16>,
 ) -> Response<CacheBody<ResBody>> {
     record_request(Outcome::Stale);
-    tracing::debug!(key = %ctx.key, ?fwd_status, "stale-if-error");
+    let detail = match rule {
+        StaleOnError::StaleIfError => "stale-if-error",
+        StaleOnError::Configured => "stale-on-error",
+    };
+    tracing::debug!(key = %ctx.key, ?fwd_status, detail, "stale served for a failed origin");
     let params = StatusParams {
         fwd: Some(Fwd::Stale),
         fwd_status,
         ttl: Some(ttl_of(state)),
-        detail: Some("stale-if-error"),
+        detail: Some(detail),
         ..StatusParams::default()
     };
     from_stored(shared, v, state, request, head, &params)
@@ -733,12 +754,13 @@ where
     let mut resp = match result {
         Ok(resp) => resp,
         Err(e) => {
-            if let Some((v, state)) = stale_if_error_allows(&shared, &ctx, response_instant) {
+            if let Some((v, state, rule)) = stale_if_error_allows(&shared, &ctx, response_instant) {
                 return Ok(serve_stale_on_error(
                     &shared,
                     &ctx,
                     &v,
                     &state,
+                    rule,
                     &client.headers,
                     head,
                     None,
@@ -749,13 +771,14 @@ where
     };
     let mut status = resp.status();
     if matches!(status.as_u16(), 500 | 502 | 503 | 504)
-        && let Some((v, state)) = stale_if_error_allows(&shared, &ctx, response_instant)
+        && let Some((v, state, rule)) = stale_if_error_allows(&shared, &ctx, response_instant)
     {
         return Ok(serve_stale_on_error(
             &shared,
             &ctx,
             &v,
             &state,
+            rule,
             &client.headers,
             head,
             Some(status.as_u16()),
@@ -897,6 +920,23 @@ where
             error,
             reason,
         } => {
+            // The origin broke off the body before anything reached the client: a stored
+            // response the stale rules allow is a better answer than a truncated one.
+            if error.is_some()
+                && let Some((v, state, rule)) =
+                    stale_if_error_allows(&shared, &ctx, shared.clock.now())
+            {
+                return Ok(serve_stale_on_error(
+                    &shared,
+                    &ctx,
+                    &v,
+                    &state,
+                    rule,
+                    &client.headers,
+                    head,
+                    fwd_status,
+                ));
+            }
             record_request(Outcome::Uncacheable);
             tracing::debug!(key = %ctx.key, reason = reason.as_str(), "response not stored");
             let params = StatusParams {

@@ -218,6 +218,191 @@ async fn must_revalidate_disables_stale_if_error() {
     assert_eq!(get(&app, "/").await.status, 503);
 }
 
+// ---- serve_stale_on_error ----
+
+fn stale_on_error(secs: u64) -> CacheLayer {
+    CacheLayer::builder()
+        .serve_stale_on_error(Duration::from_secs(secs))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_on_error_without_stale_if_error() {
+    for status in [500, 502, 503, 504] {
+        let (app, calls) = origin(stale_on_error(60), move |n, _| {
+            if n > 1 {
+                return reply(status, &[], "down");
+            }
+            numbered(n, &[("cache-control", "max-age=1")])
+        });
+        get(&app, "/").await;
+        advance(5.0).await;
+        let r = get(&app, "/").await;
+        assert_eq!(r.status, 200, "{status}");
+        assert_eq!(r.text(), "call 1");
+        let fwd = format!("fwd=stale; fwd-status={status}");
+        assert!(r.cache_status().contains(&fwd), "{}", r.cache_status());
+        assert!(r.cache_status().contains("detail=stale-on-error"));
+        assert!(r.cache_status().contains("ttl=-4"), "{}", r.cache_status());
+        advance(60.0).await;
+        assert_eq!(
+            get(&app, "/").await.status.as_u16(),
+            status,
+            "past the window the error goes through"
+        );
+        assert_eq!(calls.get(), 3);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_on_error_keeps_an_entry_without_validator_past_freshness() {
+    // Without the option the entry would be dropped once stale: nothing validates it.
+    let (app, _calls) = origin(stale_on_error(600), |n, _| {
+        if n > 1 {
+            return reply(503, &[], "down");
+        }
+        numbered(n, &[("cache-control", "max-age=1")])
+    });
+    get(&app, "/").await;
+    advance(300.0).await;
+    let r = get(&app, "/").await;
+    assert_eq!(r.text(), "call 1", "{}", r.cache_status());
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_on_error_other_statuses_and_success_go_through() {
+    let (app, _calls) = origin(stale_on_error(60), |n, _| match n {
+        1 => numbered(n, &[("cache-control", "max-age=1")]),
+        2 => reply(501, &[], "not implemented"),
+        3 => reply(404, &[], "gone"),
+        _ => numbered(n, &[("cache-control", "max-age=1")]),
+    });
+    get(&app, "/").await;
+    advance(5.0).await;
+    assert_eq!(get(&app, "/").await.status, 501);
+    advance(5.0).await;
+    assert_eq!(get(&app, "/").await.status, 404);
+    advance(5.0).await;
+    assert_eq!(get(&app, "/").await.text(), "call 4");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_on_error_yields_to_directives_that_forbid_stale() {
+    for cc in [
+        "max-age=1, must-revalidate",
+        "max-age=1, proxy-revalidate",
+        "max-age=1, s-maxage=1",
+        "max-age=1, no-cache",
+    ] {
+        let (app, _calls) = origin(stale_on_error(600), move |n, _| {
+            if n > 1 {
+                return reply(503, &[], "down");
+            }
+            let mut r = numbered(n, &[("cache-control", cc)]);
+            r.headers_mut()
+                .insert("etag", http::HeaderValue::from_static("\"v\""));
+            r
+        });
+        get(&app, "/").await;
+        advance(5.0).await;
+        let r = get(&app, "/").await;
+        assert_eq!(r.status, 503, "{cc}: {}", r.cache_status());
+    }
+    // A request that says no-cache wants the origin's answer, whatever it is.
+    let (app, _calls) = origin(stale_on_error(600), |n, _| {
+        if n > 1 {
+            return reply(503, &[], "down");
+        }
+        numbered(n, &[("cache-control", "max-age=1")])
+    });
+    get(&app, "/").await;
+    advance(5.0).await;
+    assert_eq!(
+        get_with(&app, "/", &[("cache-control", "no-cache")])
+            .await
+            .status,
+        503
+    );
+    assert_eq!(get(&app, "/").await.status, 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_on_error_private_mode_ignores_s_maxage() {
+    let layer = CacheLayer::builder()
+        .mode(cache_layer::CacheMode::Private)
+        .serve_stale_on_error(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let (app, _calls) = origin(layer, |n, _| {
+        if n > 1 {
+            return reply(503, &[], "down");
+        }
+        numbered(n, &[("cache-control", "max-age=1, s-maxage=1")])
+    });
+    get(&app, "/").await;
+    advance(5.0).await;
+    assert_eq!(get(&app, "/").await.text(), "call 1");
+}
+
+/// A body that breaks off after its first chunk, as a reset connection does.
+struct BreaksOff(bool);
+
+impl http_body::Body for BreaksOff {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if self.0 {
+            return Poll::Ready(Some(Err(std::io::Error::other("reset"))));
+        }
+        self.0 = true;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"half")))))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_on_error_on_inner_error_and_broken_body() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let svc = service_fn(move |_req: Request<Full<Bytes>>| {
+        let n = n.fetch_add(1, Ordering::SeqCst);
+        async move {
+            match n {
+                0 => Ok(Response::builder()
+                    .header("cache-control", "max-age=1")
+                    .body(Body::from("first"))
+                    .unwrap()),
+                1 => Err(std::io::Error::other("origin unreachable")),
+                _ => Ok(Response::builder()
+                    .header("cache-control", "max-age=60")
+                    .body(Body::new(BreaksOff(false)))
+                    .unwrap()),
+            }
+        }
+    });
+    let svc = stale_on_error(60).layer(svc);
+    let req = || {
+        Request::get("/")
+            .header("host", "h")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    svc.clone().oneshot(req()).await.unwrap();
+    advance(5.0).await;
+    for expect in [
+        "stale-on-error",
+        "fwd-status=200; ttl=-4; detail=stale-on-error",
+    ] {
+        let r = svc.clone().oneshot(req()).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let status = r.headers()["cache-status"].to_str().unwrap().to_owned();
+        assert!(status.contains(expect), "{status}");
+        assert_eq!(r.into_body().collect().await.unwrap().to_bytes(), "first");
+    }
+}
+
 // ---- early refresh ----
 
 #[tokio::test(start_paused = true)]
