@@ -9,7 +9,7 @@ use tower_layer::Layer;
 
 use crate::handle::CacheHandle;
 use crate::key::{KeyFn, KeyMaker};
-use crate::policy::{CacheMode, Heuristic};
+use crate::policy::{CacheMode, Heuristic, TargetedField};
 use crate::service::Cache;
 use crate::store::{Clock, InFlight, MemoryConfig, MemoryTier};
 use crate::tags::TagsFn;
@@ -66,7 +66,12 @@ pub(crate) struct Config {
     pub(crate) mode: CacheMode,
     pub(crate) max_body_bytes: usize,
     pub(crate) heuristic: Heuristic,
-    pub(crate) target: Option<HeaderName>,
+    /// Targeted cache-control fields in priority order (RFC 9213 §2.2).
+    pub(crate) targets: Box<[TargetedField]>,
+    /// This cache's device token for `Surrogate-Control` targeting.
+    pub(crate) surrogate_device: Option<Box<str>>,
+    /// Remove `Surrogate-Control` from what the cache sends: it is obeyed here.
+    pub(crate) strip_surrogate: bool,
     pub(crate) tag_header: Option<HeaderName>,
     pub(crate) strip_tag_header: bool,
     pub(crate) tags_fn: Option<TagsFn>,
@@ -86,7 +91,8 @@ impl fmt::Debug for Config {
             .field("name", &self.name)
             .field("mode", &self.mode)
             .field("max_body_bytes", &self.max_body_bytes)
-            .field("target", &self.target)
+            .field("targets", &self.targets)
+            .field("surrogate_device", &self.surrogate_device)
             .field("tag_header", &self.tag_header)
             .field("key", &self.key)
             .finish_non_exhaustive()
@@ -138,7 +144,9 @@ impl CacheLayer {
                 fraction: b.heuristic_fraction,
                 cap: b.heuristic_cap,
             },
-            target: b.target,
+            strip_surrogate: b.strip_surrogate_control && b.targets.iter().any(|t| t.surrogate),
+            targets: b.targets.into_boxed_slice(),
+            surrogate_device: b.surrogate_device.map(String::into_boxed_str),
             tag_header: b.tag_header,
             strip_tag_header: b.strip_tag_header,
             tags_fn: b.tags_fn,
@@ -223,8 +231,10 @@ pub struct CacheLayerBuilder {
     ttl_cap: Duration,
     heuristic_fraction: f64,
     heuristic_cap: Duration,
-    target: Option<HeaderName>,
-    target_name: Option<String>,
+    targets: Vec<TargetedField>,
+    target_names: Option<Vec<String>>,
+    surrogate_device: Option<String>,
+    strip_surrogate_control: bool,
     tag_header: Option<HeaderName>,
     tag_header_name: Option<String>,
     strip_tag_header: bool,
@@ -262,8 +272,12 @@ impl Default for CacheLayerBuilder {
             ttl_cap: Duration::from_secs(24 * 3600),
             heuristic_fraction: 0.1,
             heuristic_cap: Duration::from_secs(24 * 3600),
-            target: Some(HeaderName::from_static("cdn-cache-control")),
-            target_name: None,
+            targets: vec![TargetedField::new(HeaderName::from_static(
+                "cdn-cache-control",
+            ))],
+            target_names: None,
+            surrogate_device: None,
+            strip_surrogate_control: true,
             tag_header: Some(HeaderName::from_static("cache-tag")),
             tag_header_name: None,
             strip_tag_header: true,
@@ -323,10 +337,58 @@ impl CacheLayerBuilder {
     }
 
     /// Targeted cache-control field this cache obeys (RFC 9213), or `None` to obey only
-    /// `Cache-Control`. Defaults to `CDN-Cache-Control`.
-    pub fn targeted_cache_control(mut self, field: Option<&str>) -> Self {
-        self.target = None;
-        self.target_name = field.map(str::to_owned);
+    /// `Cache-Control`. Defaults to `CDN-Cache-Control`. Shorthand for
+    /// [`targeted_cache_controls`](Self::targeted_cache_controls) with one field or none.
+    pub fn targeted_cache_control(self, field: Option<&str>) -> Self {
+        self.targeted_cache_controls(field)
+    }
+
+    /// Targeted cache-control fields this cache obeys, highest priority first (RFC 9213 §2.2):
+    /// the first one present, valid and non-empty in a response is used and `Cache-Control`
+    /// and `Expires` are ignored; when none is, `Cache-Control` applies. Defaults to
+    /// `["CDN-Cache-Control"]`; an empty list obeys only `Cache-Control`.
+    ///
+    /// `Surrogate-Control` is read with the W3C Edge Architecture 1.0 grammar (`max-age=N`,
+    /// `max-age=N+M`, `no-store`, `no-store-remote`, each optionally targeted with `;device`,
+    /// see [`surrogate_device`](Self::surrogate_device)) and removed from the responses the
+    /// cache sends (see [`strip_surrogate_control`](Self::strip_surrogate_control)); every
+    /// other field is an RFC 9213 Structured Fields dictionary. [`build`](Self::build) rejects
+    /// invalid or repeated names and `Cache-Control` itself.
+    ///
+    /// ```
+    /// use cache_layer::CacheLayer;
+    ///
+    /// // A gateway in front of origins that speak either dialect.
+    /// let cache = CacheLayer::builder()
+    ///     .targeted_cache_controls(["Surrogate-Control", "CDN-Cache-Control"])
+    ///     .surrogate_device(Some("edge"))
+    ///     .build()
+    ///     .expect("valid configuration");
+    /// # let _ = cache;
+    /// ```
+    pub fn targeted_cache_controls<I, T>(mut self, fields: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<str>,
+    {
+        self.targets.clear();
+        self.target_names = Some(fields.into_iter().map(|f| f.as_ref().to_owned()).collect());
+        self
+    }
+
+    /// The device token this cache answers to in `Surrogate-Control` (`max-age=60;edge`
+    /// addresses the device `edge`); directives without a token apply to every device.
+    /// Defaults to `None`: only untargeted directives apply.
+    pub fn surrogate_device(mut self, token: Option<&str>) -> Self {
+        self.surrogate_device = token.map(str::to_owned);
+        self
+    }
+
+    /// Whether `Surrogate-Control` is removed from responses before they reach the client when
+    /// it is one of the targeted fields (the Edge Architecture addresses it to surrogates
+    /// only). Defaults to true.
+    pub fn strip_surrogate_control(mut self, strip: bool) -> Self {
+        self.strip_surrogate_control = strip;
         self
     }
 
@@ -489,10 +551,32 @@ impl CacheLayerBuilder {
         if self.refresh_timeout.is_zero() {
             return Err(ConfigError::new("refresh_timeout", "must be above zero"));
         }
-        if let Some(n) = self.target_name.take() {
-            self.target = Some(HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
-                ConfigError::new("targeted_cache_control", "not a valid field name")
-            })?);
+        if let Some(names) = self.target_names.take() {
+            let mut targets: Vec<TargetedField> = Vec::with_capacity(names.len());
+            for n in names {
+                let name = HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
+                    ConfigError::new("targeted_cache_controls", "not a valid field name")
+                })?;
+                if name == http::header::CACHE_CONTROL {
+                    return Err(ConfigError::new(
+                        "targeted_cache_controls",
+                        "Cache-Control is the fallback, not a targeted field",
+                    ));
+                }
+                if targets.iter().any(|t| t.name == name) {
+                    return Err(ConfigError::new(
+                        "targeted_cache_controls",
+                        "a field is listed twice",
+                    ));
+                }
+                targets.push(TargetedField::new(name));
+            }
+            self.targets = targets;
+        }
+        if let Some(d) = &self.surrogate_device
+            && (d.is_empty() || !d.bytes().all(crate::directives::is_tchar))
+        {
+            return Err(ConfigError::new("surrogate_device", "must be a token"));
         }
         if let Some(n) = self.tag_header_name.take() {
             self.tag_header = Some(

@@ -88,16 +88,38 @@ impl NotStorable {
     }
 }
 
-/// The cache-control directives in force for a response: the targeted field when present,
-/// valid and non-empty (RFC 9213 §2.2), else `Cache-Control`. The flag says which.
+/// One targeted cache-control field the cache obeys, in the builder's priority order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TargetedField {
+    pub(crate) name: HeaderName,
+    /// `Surrogate-Control` grammar (W3C Edge Architecture) instead of an RFC 9213 dictionary.
+    pub(crate) surrogate: bool,
+}
+
+impl TargetedField {
+    pub(crate) fn new(name: HeaderName) -> Self {
+        let surrogate = name.as_str() == "surrogate-control";
+        Self { name, surrogate }
+    }
+}
+
+/// The cache-control directives in force for a response: the first targeted field (in
+/// priority order) that is present, valid and non-empty (RFC 9213 §2.2), else
+/// `Cache-Control`. The flag says whether a targeted field was used.
 pub(crate) fn effective_directives(
     headers: &HeaderMap,
-    target: Option<&HeaderName>,
+    targets: &[TargetedField],
+    device: Option<&str>,
 ) -> (ResponseDirectives, bool) {
-    if let Some(name) = target
-        && let Some(d) = ResponseDirectives::targeted(headers, name)
-    {
-        return (d, true);
+    for t in targets {
+        let found = if t.surrogate {
+            ResponseDirectives::surrogate(headers, &t.name, device)
+        } else {
+            ResponseDirectives::targeted(headers, &t.name)
+        };
+        if let Some(d) = found {
+            return (d, true);
+        }
     }
     (ResponseDirectives::from_headers(headers), false)
 }
@@ -572,7 +594,7 @@ mod tests {
         status: u16,
         headers: &HeaderMap,
     ) -> Result<(), NotStorable> {
-        let (d, t) = effective_directives(headers, None);
+        let (d, t) = effective_directives(headers, &[], None);
         check_storable(
             mode,
             &Method::GET,
@@ -664,8 +686,11 @@ mod tests {
     }
 
     fn lifetime(headers: &HeaderMap, now: u64) -> Duration {
-        let (d, t) =
-            effective_directives(headers, Some(&HeaderName::from_static("cdn-cache-control")));
+        let targets = [
+            TargetedField::new(HeaderName::from_static("cdn-cache-control")),
+            TargetedField::new(HeaderName::from_static("surrogate-control")),
+        ];
+        let (d, t) = effective_directives(headers, &targets, Some("edge"));
         freshness_lifetime(
             CacheMode::Shared,
             StatusCode::OK,
@@ -743,6 +768,63 @@ mod tests {
             ),
             Duration::from_secs(10),
             "invalid targeted field ignored"
+        );
+        // Priority order (RFC 9213 §2.2): the first present and valid field wins.
+        assert_eq!(
+            lifetime(
+                &h(&[
+                    ("cache-control", "max-age=10"),
+                    ("cdn-cache-control", "max-age=99"),
+                    ("surrogate-control", "max-age=77")
+                ]),
+                now
+            ),
+            Duration::from_secs(99)
+        );
+        assert_eq!(
+            lifetime(
+                &h(&[
+                    ("cache-control", "max-age=10"),
+                    ("cdn-cache-control", "MAX-AGE=99"),
+                    ("surrogate-control", "max-age=77")
+                ]),
+                now
+            ),
+            Duration::from_secs(77),
+            "an invalid first field passes to the next"
+        );
+        assert_eq!(
+            lifetime(
+                &h(&[
+                    ("cache-control", "max-age=10"),
+                    ("surrogate-control", "max-age=5, max-age=77;edge")
+                ]),
+                now
+            ),
+            Duration::from_secs(77),
+            "the device's own directive"
+        );
+        assert_eq!(
+            lifetime(
+                &h(&[
+                    ("cache-control", "max-age=10"),
+                    ("surrogate-control", "max-age=77;other")
+                ]),
+                now
+            ),
+            Duration::from_secs(10),
+            "nothing for this device: Cache-Control"
+        );
+        assert_eq!(
+            lifetime(
+                &h(&[
+                    ("expires", "Thu, 01 Jan 1970 00:00:00 GMT"),
+                    ("surrogate-control", "max-age=77")
+                ]),
+                now
+            ),
+            Duration::from_secs(77),
+            "Expires yields to a targeted field"
         );
     }
 

@@ -35,6 +35,10 @@ use crate::tags;
 /// The `Cache-Status` field name (RFC 9211).
 pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
+/// `Surrogate-Control` (W3C Edge Architecture 1.0): addressed to surrogates, removed before
+/// clients see it when the cache obeys it.
+const SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
+
 /// Service that answers from its store when it may and otherwise calls the inner service.
 ///
 /// Made by [`CacheLayer`](crate::CacheLayer). The error type is the inner service's; the
@@ -514,6 +518,9 @@ fn from_stored<ResBody: Body>(
             // A stored response can hold as many fields as a header map allows, so nothing here may assume room
             // for two more: the fallible calls keep an absurdly large response from panicking the hit path.
             let mut headers = v.headers.clone();
+            if shared.config.strip_surrogate {
+                headers.remove(SURROGATE_CONTROL);
+            }
             let _ = headers.try_insert(header::AGE, age_value(age));
             if shared.config.cache_status
                 && let Some(value) = cache_status_value(&shared.config.name, params)
@@ -634,6 +641,9 @@ fn decorate(shared: &Shared, headers: &mut HeaderMap, params: &StatusParams) {
         && let Some(t) = &shared.config.tag_header
     {
         headers.remove(t);
+    }
+    if shared.config.strip_surrogate {
+        headers.remove(SURROGATE_CONTROL);
     }
     if shared.config.cache_status
         && let Some(v) = cache_status_value(&shared.config.name, params)
@@ -863,7 +873,11 @@ where
         }
         return Ok(fail(NotStorable::Method, resp));
     }
-    let (dirs, targeted) = effective_directives(resp.headers(), shared.config.target.as_ref());
+    let (dirs, targeted) = effective_directives(
+        resp.headers(),
+        &shared.config.targets,
+        shared.config.surrogate_device.as_deref(),
+    );
     if let Err(reason) = check_storable(
         shared.config.mode,
         &client.method,
@@ -1078,7 +1092,11 @@ fn revalidated<ResBody: Body>(
     let (resp_parts, _body) = resp.into_parts();
     let fwd_status = resp_parts.status.as_u16();
     let merged = policy::merge_not_modified(&v.headers, &resp_parts.headers);
-    let (dirs, targeted) = effective_directives(&merged, shared.config.target.as_ref());
+    let (dirs, targeted) = effective_directives(
+        &merged,
+        &shared.config.targets,
+        shared.config.surrogate_device.as_deref(),
+    );
     let mut head_parts = resp_parts;
     head_parts.status = v.status;
     let vary: Vec<HeaderName> = v.vary.iter().map(|(n, _)| n.clone()).collect();
