@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::header::HeaderName;
 use tower_layer::Layer;
 
+use crate::collapse::Collapser;
 use crate::handle::CacheHandle;
 use crate::key::{KeyFn, KeyMaker};
 use crate::policy::{CacheMode, Heuristic, TargetedField};
@@ -56,6 +57,8 @@ pub(crate) struct Shared {
     pub(crate) l1: MemoryTier,
     pub(crate) clock: Clock,
     pub(crate) in_flight: Arc<InFlight>,
+    /// Collapsed misses, when turned on.
+    pub(crate) collapser: Option<Arc<Collapser>>,
     /// The shared and persistent tiers, when configured.
     pub(crate) lower: Option<Arc<Lower>>,
 }
@@ -83,6 +86,8 @@ pub(crate) struct Config {
     /// `serve_stale_on_error`: the longest staleness served on origin failure without
     /// `stale-if-error`; zero when off.
     pub(crate) stale_on_error: Duration,
+    /// How long a collapsed miss waits for its leader; `None` when misses are not collapsed.
+    pub(crate) collapse_wait: Option<Duration>,
 }
 
 impl fmt::Debug for Config {
@@ -156,6 +161,7 @@ impl CacheLayer {
             cache_status: b.cache_status,
             refresh_timeout: b.refresh_timeout,
             stale_on_error: b.stale_on_error,
+            collapse_wait: b.collapse_wait,
         };
         let lower =
             (!lower_config.is_empty()).then(|| Lower::start(lower_config, l1.clone(), clock));
@@ -165,6 +171,9 @@ impl CacheLayer {
                 l1,
                 clock,
                 in_flight: Arc::new(InFlight::new(b.max_in_flight_refreshes)),
+                collapser: b
+                    .collapse_wait
+                    .map(|_| Arc::new(Collapser::new(b.hit_for_miss))),
                 lower,
             }),
         }
@@ -248,6 +257,8 @@ pub struct CacheLayerBuilder {
     early_refresh_beta: Option<f64>,
     cache_status: bool,
     stale_on_error: Duration,
+    collapse_wait: Option<Duration>,
+    hit_for_miss: Duration,
     lower: LowerConfig,
 }
 
@@ -291,6 +302,8 @@ impl Default for CacheLayerBuilder {
             early_refresh_beta: None,
             cache_status: true,
             stale_on_error: Duration::ZERO,
+            collapse_wait: None,
+            hit_for_miss: Duration::from_secs(30),
             lower: LowerConfig::default(),
         }
     }
@@ -477,6 +490,45 @@ impl CacheLayerBuilder {
         self
     }
 
+    /// Collapses identical concurrent misses: the first `GET` that misses a key goes to the
+    /// inner service, the others wait (at most `wait`) for it to finish and then look the key
+    /// up again, so a burst on a cold URL reaches the origin once (Varnish's waiting list,
+    /// nginx's `proxy_cache_lock`). Defaults to `None` (off).
+    ///
+    /// Waiters are answered from the store, so they get exactly what a hit would give them.
+    /// When the leader's answer was not stored (`private`, `no-store`, `Set-Cookie`, another
+    /// `Vary` variant, too large, an error...) the waiters go to the inner service on their
+    /// own, at once and concurrently; when that answer was not an error the key is remembered
+    /// for [`hit_for_miss`](Self::hit_for_miss) so later misses do not wait on it. A waiter
+    /// still waiting after `wait` is answered `504 Gateway Timeout` (`Cache-Status:
+    /// ...; detail=collapse-timeout`). Requests that say `no-store` or `only-if-cached`, carry
+    /// `If-None-Match`/`If-Modified-Since`, and `HEAD` requests, never wait. At most 16 384 keys
+    /// are collapsed at once; past that, misses run on their own.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cache_layer::CacheLayer;
+    ///
+    /// let cache = CacheLayer::builder()
+    ///     .collapse_misses(Some(Duration::from_secs(10)))
+    ///     .build()
+    ///     .expect("valid configuration");
+    /// # let _ = cache;
+    /// ```
+    pub fn collapse_misses(mut self, wait: Option<Duration>) -> Self {
+        self.collapse_wait = wait;
+        self
+    }
+
+    /// How long a key whose collapsed miss was answered with something not stored (and not an
+    /// error) runs its misses without collapsing, so a hot URL that cannot be cached never
+    /// makes its callers wait for each other (Varnish's "hit-for-miss"). Zero turns the memory
+    /// off. Defaults to 30 s.
+    pub fn hit_for_miss(mut self, ttl: Duration) -> Self {
+        self.hit_for_miss = ttl;
+        self
+    }
+
     /// Serves a stored response up to `max_staleness` past its freshness when the origin
     /// fails (the inner service returns an error, or answers `500`, `502`, `503` or `504`;
     /// behind a proxy that includes an unreachable origin, a reset connection and an origin
@@ -546,6 +598,12 @@ impl CacheLayerBuilder {
             return Err(ConfigError::new(
                 "cache_name",
                 "must be a non-empty token of at most 64 bytes",
+            ));
+        }
+        if self.collapse_wait.is_some_and(|w| w.is_zero()) {
+            return Err(ConfigError::new(
+                "collapse_misses",
+                "the wait must be above zero",
             ));
         }
         if self.refresh_timeout.is_zero() {

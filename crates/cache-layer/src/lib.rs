@@ -26,6 +26,7 @@
 pub mod admin;
 mod body;
 mod codec;
+mod collapse;
 pub mod date;
 pub mod directives;
 #[cfg(feature = "disk")]

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::body::CacheBody;
+use crate::collapse::{Claim, CollapseDone, FillGuard};
 use crate::directives::RequestDirectives;
 use crate::fields::{Vary, normalized_value, parse_vary};
 use crate::future::ResponseFuture;
@@ -240,29 +241,48 @@ where
                         None => self.bypass(shared, parts, body, "range"),
                     }
                 }
-                _ if req_dirs.only_if_cached => gateway_timeout(&shared, &key),
+                _ if req_dirs.only_if_cached => gateway_timeout(&shared, &key, "only-if-cached"),
                 _ => self.bypass(shared, parts, body, "range"),
             };
         }
         let Some(v) = variant else {
+            let mut parts = parts;
+            let mut fill = None;
+            if let Some(collapser) = &shared.collapser
+                && collapses(&parts, &req_dirs)
+            {
+                match collapser.claim(&key, now) {
+                    Claim::Leader(guard) => {
+                        // A leader that goes through the lower tiers comes back here; it must not
+                        // wait on its own fill.
+                        parts.extensions.insert(CollapseDone);
+                        fill = Some(guard);
+                    }
+                    Claim::Waiter(wait_for) => {
+                        return self.wait_for_fill(shared, parts, body, key, wait_for);
+                    }
+                    Claim::Alone => {}
+                }
+            }
             if crate::tiered::wants_lower(&shared, &parts) {
                 let inner = self.take_ready();
-                return ResponseFuture::boxed(crate::tiered::through_lower(
-                    shared, inner, parts, body, key,
-                ));
+                let lead =
+                    crate::tiered::through_lower(shared.clone(), inner, parts, body, key.clone());
+                return lead_fill(shared, key, fill, lead);
             }
             if req_dirs.only_if_cached {
-                return gateway_timeout(&shared, &key);
+                return gateway_timeout(&shared, &key, "only-if-cached");
             }
             let ctx = FetchCtx {
-                key,
+                key: key.clone(),
                 stale: None,
                 fwd: miss,
                 req_dirs,
                 background: false,
             };
             let inner = self.take_ready();
-            return ResponseFuture::boxed(fetch(shared, inner, parts, body, ctx));
+            let lead = fetch(shared.clone(), inner, parts, body, ctx);
+            return lead_fill(shared, key, fill, lead);
         };
 
         let state = v.state(&shared.clock, now);
@@ -304,7 +324,7 @@ where
             }
             Usability::RequestForbids => {
                 if req_dirs.only_if_cached {
-                    return gateway_timeout(&shared, &key);
+                    return gateway_timeout(&shared, &key, "only-if-cached");
                 }
                 let ctx = FetchCtx {
                     key,
@@ -331,7 +351,7 @@ where
                     return resp;
                 }
                 if req_dirs.only_if_cached {
-                    return gateway_timeout(&shared, &key);
+                    return gateway_timeout(&shared, &key, "only-if-cached");
                 }
                 let ctx = FetchCtx {
                     key,
@@ -433,6 +453,85 @@ impl<S> Cache<S> {
                 tracing::debug!("background refresh timed out");
             }
         });
+    }
+}
+
+/// Whether a miss takes part in collapsing: a `GET` that may use a stored response and has not
+/// taken part already. `HEAD` misses are not stored, `no-store` requests store nothing, and the
+/// client's own validators may draw a `304` that is not stored either, so none of them makes
+/// others wait or waits itself.
+fn collapses(parts: &Parts, req: &RequestDirectives) -> bool {
+    parts.method == Method::GET
+        && !req.no_store
+        && !req.only_if_cached
+        && !parts.headers.contains_key(header::IF_NONE_MATCH)
+        && !parts.headers.contains_key(header::IF_MODIFIED_SINCE)
+        && parts.extensions.get::<CollapseDone>().is_none()
+        && tokio::runtime::Handle::try_current().is_ok()
+}
+
+/// Runs a miss; when it leads a collapsed fill, releases the waiters once it has answered
+/// (after storing what it stores), remembering the key as hit-for-miss when nothing was stored.
+fn lead_fill<ResBody, E>(
+    shared: Arc<Shared>,
+    key: String,
+    fill: Option<FillGuard>,
+    lead: impl std::future::Future<Output = Result<Response<CacheBody<ResBody>>, E>> + Send + 'static,
+) -> ResponseFuture<ResBody, E>
+where
+    ResBody: Body + Send + 'static,
+{
+    let Some(fill) = fill else {
+        return ResponseFuture::boxed(lead);
+    };
+    ResponseFuture::boxed(async move {
+        let result = lead.await;
+        let stored = shared.l1.lookup(&key).is_some();
+        let not_error = result.as_ref().is_ok_and(|r| r.status().as_u16() < 500);
+        fill.finish(stored, not_error, shared.clock.now());
+        result
+    })
+}
+
+impl<S> Cache<S> {
+    /// A collapsed miss: waits for the leader of `key`, then runs again as a request that will
+    /// not wait twice; a hit when the leader stored what this request may use, otherwise its
+    /// own trip to the origin. Past the wait it is answered `504`.
+    fn wait_for_fill<B, ResBody>(
+        &mut self,
+        shared: Arc<Shared>,
+        mut parts: Parts,
+        body: B,
+        key: String,
+        fill: Arc<crate::collapse::Fill>,
+    ) -> ResponseFuture<ResBody, S::Error>
+    where
+        S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        B: Send + 'static,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Send + 'static,
+    {
+        // Readiness stays with this service; the waiter readies its own clone if it runs.
+        let mut again = Cache {
+            inner: self.inner.clone(),
+            shared: shared.clone(),
+        };
+        let wait = shared
+            .config
+            .collapse_wait
+            .unwrap_or(Duration::from_secs(30));
+        tracing::debug!(key = %key, "miss collapsed onto one in flight");
+        ResponseFuture::boxed(async move {
+            if tokio::time::timeout(wait, fill.wait()).await.is_err() {
+                return gateway_timeout::<ResBody, S::Error>(&shared, &key, "collapse-timeout")
+                    .await;
+            }
+            parts.extensions.insert(CollapseDone);
+            poll_fn(|cx| again.poll_ready(cx)).await?;
+            again.call(Request::from_parts(parts, body)).await
+        })
     }
 }
 
@@ -602,9 +701,13 @@ fn ranged_hit<ResBody: Body, E>(
     Some(ResponseFuture::ready(resp))
 }
 
-fn gateway_timeout<ResBody: Body, E>(shared: &Shared, key: &str) -> ResponseFuture<ResBody, E> {
+fn gateway_timeout<ResBody: Body, E>(
+    shared: &Shared,
+    key: &str,
+    detail: &'static str,
+) -> ResponseFuture<ResBody, E> {
     record_request(Outcome::Miss);
-    tracing::debug!(key, "only-if-cached without a usable response");
+    tracing::debug!(key, detail, "answered 504 without the origin");
     let mut resp = Response::new(CacheBody::empty());
     *resp.status_mut() = StatusCode::GATEWAY_TIMEOUT;
     resp.headers_mut()
@@ -615,7 +718,7 @@ fn gateway_timeout<ResBody: Body, E>(shared: &Shared, key: &str) -> ResponseFutu
         && let Some(v) = cache_status_value(
             &shared.config.name,
             &StatusParams {
-                detail: Some("only-if-cached"),
+                detail: Some(detail),
                 ..StatusParams::default()
             },
         )

@@ -1104,3 +1104,137 @@ async fn a_stored_response_with_as_many_fields_as_a_header_map_holds_is_served_f
     assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+// ---- collapsed misses ----
+
+fn collapsing() -> CacheLayer {
+    CacheLayer::builder()
+        .collapse_misses(Some(Duration::from_secs(5)))
+        .build()
+        .unwrap()
+}
+
+/// An origin that takes 300 ms and answers with `headers`, counting calls.
+fn slow_origin(
+    layer: CacheLayer,
+    headers: &'static [(&'static str, &'static str)],
+) -> (Router, Counter) {
+    let counter = Counter::default();
+    let c = counter.clone();
+    let app = Router::new()
+        .fallback(move || {
+            let c = c.clone();
+            async move {
+                let n = c.hit();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                numbered(n, headers)
+            }
+        })
+        .layer(layer);
+    (app, counter)
+}
+
+async fn burst(
+    app: &Router,
+    n: usize,
+    headers: &'static [(&'static str, &'static str)],
+) -> Vec<Resp> {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let app = app.clone();
+        tasks.push(tokio::spawn(
+            async move { get_with(&app, "/", headers).await },
+        ));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn collapsed_misses_reach_the_origin_once() {
+    let layer = collapsing();
+    let handle = layer.handle();
+    let (app, calls) = slow_origin(layer, &[("cache-control", "max-age=60")]);
+    let started = tokio::time::Instant::now();
+    let all = burst(&app, 50, &[]).await;
+    assert_eq!(calls.get(), 1);
+    assert!(started.elapsed() < Duration::from_millis(400));
+    assert!(all.iter().all(|r| r.text() == "call 1"));
+    let hits = all
+        .iter()
+        .filter(|r| r.cache_status().contains("; hit"))
+        .count();
+    assert_eq!(hits, 49, "waiters are answered from the store");
+    assert_eq!(handle.collapsed_in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn uncacheable_leader_releases_waiters_and_later_misses_do_not_wait() {
+    for cc in ["no-store", "private"] {
+        let headers: &'static [(&'static str, &'static str)] = if cc == "private" {
+            &[("cache-control", "private")]
+        } else {
+            &[("cache-control", "no-store")]
+        };
+        let (app, calls) = slow_origin(collapsing(), headers);
+        let started = tokio::time::Instant::now();
+        let all = burst(&app, 20, &[]).await;
+        assert_eq!(calls.get(), 20, "{cc}: every request gets its own answer");
+        // One round for the leader, one for the released waiters: never one per caller.
+        assert!(started.elapsed() < Duration::from_millis(700), "{cc}");
+        assert!(all.iter().all(|r| r.status == 200));
+        // Hit-for-miss: the next burst does not wait at all.
+        let started = tokio::time::Instant::now();
+        burst(&app, 20, &[]).await;
+        assert_eq!(calls.get(), 40);
+        assert!(started.elapsed() < Duration::from_millis(400), "{cc}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn collapsed_waiters_respect_vary() {
+    let (app, calls) = slow_origin(
+        collapsing(),
+        &[("cache-control", "max-age=60"), ("vary", "x-variant")],
+    );
+    let a = tokio::spawn({
+        let app = app.clone();
+        async move { burst(&app, 5, &[("x-variant", "a")]).await }
+    });
+    tokio::task::yield_now().await;
+    let b = burst(&app, 5, &[("x-variant", "b")]).await;
+    let a = a.await.unwrap();
+    // The leader's variant answers the requests that select it; the others never receive it
+    // and go to the origin on their own once the leader is done.
+    assert!(a.iter().all(|r| r.text() == "call 1"));
+    assert!(b.iter().all(|r| r.text() != "call 1"));
+    assert_eq!(calls.get(), 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_past_its_wait_gets_504() {
+    let layer = CacheLayer::builder()
+        .collapse_misses(Some(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    let (app, calls) = slow_origin(layer, &[("cache-control", "max-age=60")]);
+    let all = burst(&app, 3, &[]).await;
+    assert_eq!(calls.get(), 1);
+    let timeouts: Vec<&Resp> = all.iter().filter(|r| r.status == 504).collect();
+    assert_eq!(timeouts.len(), 2);
+    assert!(
+        timeouts[0]
+            .cache_status()
+            .contains("detail=collapse-timeout")
+    );
+    assert_eq!(timeouts[0].header("cache-control"), Some("no-store"));
+    assert!(
+        CacheLayer::builder()
+            .collapse_misses(Some(Duration::ZERO))
+            .build()
+            .is_err()
+    );
+}
