@@ -88,6 +88,8 @@ pub(crate) struct Config {
     pub(crate) stale_on_error: Duration,
     /// How long a collapsed miss waits for its leader; `None` when misses are not collapsed.
     pub(crate) collapse_wait: Option<Duration>,
+    /// Answer `502` for a body that broke while being read to store it.
+    pub(crate) incomplete_as_bad_gateway: bool,
 }
 
 impl fmt::Debug for Config {
@@ -162,6 +164,7 @@ impl CacheLayer {
             refresh_timeout: b.refresh_timeout,
             stale_on_error: b.stale_on_error,
             collapse_wait: b.collapse_wait,
+            incomplete_as_bad_gateway: b.incomplete_as_bad_gateway,
         };
         let lower =
             (!lower_config.is_empty()).then(|| Lower::start(lower_config, l1.clone(), clock));
@@ -259,6 +262,7 @@ pub struct CacheLayerBuilder {
     stale_on_error: Duration,
     collapse_wait: Option<Duration>,
     hit_for_miss: Duration,
+    incomplete_as_bad_gateway: bool,
     lower: LowerConfig,
 }
 
@@ -304,6 +308,7 @@ impl Default for CacheLayerBuilder {
             stale_on_error: Duration::ZERO,
             collapse_wait: None,
             hit_for_miss: Duration::from_secs(30),
+            incomplete_as_bad_gateway: false,
             lower: LowerConfig::default(),
         }
     }
@@ -526,6 +531,17 @@ impl CacheLayerBuilder {
     /// off. Defaults to 30 s.
     pub fn hit_for_miss(mut self, ttl: Duration) -> Self {
         self.hit_for_miss = ttl;
+        self
+    }
+
+    /// For a gateway: when the inner response's body fails while the cache reads it to store
+    /// it, nothing has reached the client yet, and no stale response may answer, the client
+    /// gets `502 Bad Gateway` (empty, `Cache-Control: no-store`, `Cache-Status:
+    /// ...; detail=body-error`) instead of the part that arrived followed by the error
+    /// (RFC 9110 §15.6.3). Bodies that are not being stored stream through as they come.
+    /// Defaults to false.
+    pub fn incomplete_as_bad_gateway(mut self, on: bool) -> Self {
+        self.incomplete_as_bad_gateway = on;
         self
     }
 

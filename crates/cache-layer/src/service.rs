@@ -1062,6 +1062,18 @@ where
                 detail: Some(reason.as_str()),
                 ..StatusParams::default()
             };
+            if error.is_some() && shared.config.incomplete_as_bad_gateway {
+                // Nothing reached the client yet: a gateway says the upstream answer was
+                // invalid (RFC 9110 §15.6.3) rather than relaying half of it.
+                drop((frames, rest, error));
+                let mut out = Response::new(CacheBody::empty());
+                *out.status_mut() = StatusCode::BAD_GATEWAY;
+                let h = out.headers_mut();
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                decorate(&shared, out.headers_mut(), &params);
+                return Ok(out);
+            }
             let mut out = Response::from_parts(resp_parts, CacheBody::replay(frames, rest, error));
             decorate(&shared, out.headers_mut(), &params);
             return Ok(out);

@@ -1238,3 +1238,52 @@ async fn a_waiter_past_its_wait_gets_504() {
             .is_err()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_broken_body_is_a_bad_gateway_when_asked() {
+    for gateway in [false, true] {
+        let layer = CacheLayer::builder()
+            .incomplete_as_bad_gateway(gateway)
+            .build()
+            .unwrap();
+        let (app, calls) = origin(layer, |_, _| {
+            Response::builder()
+                .header("cache-control", "max-age=60")
+                .body(Body::new(BreaksOff(false)))
+                .unwrap()
+        });
+        let resp = app
+            .clone()
+            .oneshot(
+                Request::get("/")
+                    .header("host", "h")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = resp.status();
+        let cache_status = resp.headers()["cache-status"].to_str().unwrap().to_owned();
+        assert!(cache_status.contains("detail=body-error"), "{cache_status}");
+        let body = resp.into_body().collect().await;
+        if gateway {
+            assert_eq!(status, 502);
+            assert!(body.unwrap().to_bytes().is_empty());
+        } else {
+            assert_eq!(status, 200);
+            assert!(body.is_err(), "the break reaches the client");
+        }
+        let again = app
+            .clone()
+            .oneshot(
+                Request::get("/")
+                    .header("host", "h")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        drop(again);
+        assert_eq!(calls.get(), 2, "nothing stored");
+    }
+}
