@@ -30,8 +30,17 @@ pub(crate) struct CollapseDone;
 /// The fills in flight and the keys known not to be cacheable.
 pub(crate) struct Collapser {
     fills: Mutex<HashMap<Arc<str>, Arc<Fill>>>,
-    hit_for_miss: Mutex<HashMap<Arc<str>, Instant>>,
+    hit_for_miss: Mutex<HitForMiss>,
     hit_for_miss_ttl: Duration,
+}
+
+/// Keys remembered as hit-for-miss, until when.
+#[derive(Default)]
+struct HitForMiss {
+    until: HashMap<Arc<str>, Instant>,
+    /// When the full map was last swept of expired keys: at most once a second, so a flood of
+    /// distinct uncacheable URLs costs one sweep a second, not one per miss.
+    last_sweep: Option<Instant>,
 }
 
 impl fmt::Debug for Collapser {
@@ -93,13 +102,13 @@ impl Collapser {
     pub(crate) fn claim(self: &Arc<Self>, key: &str, now: Instant) -> Claim {
         {
             let mut hfm = lock(&self.hit_for_miss);
-            if !hfm.is_empty()
-                && let Some(until) = hfm.get(key)
+            if !hfm.until.is_empty()
+                && let Some(until) = hfm.until.get(key)
             {
                 if *until > now {
                     return Claim::Alone;
                 }
-                hfm.remove(key);
+                hfm.until.remove(key);
             }
         }
         let mut fills = lock(&self.fills);
@@ -124,13 +133,20 @@ impl Collapser {
             return;
         }
         let mut hfm = lock(&self.hit_for_miss);
-        if hfm.len() >= MAX_KEYS {
-            hfm.retain(|_, until| *until > now);
-            if hfm.len() >= MAX_KEYS {
+        if hfm.until.len() >= MAX_KEYS {
+            let due = hfm
+                .last_sweep
+                .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1));
+            if !due {
+                return;
+            }
+            hfm.last_sweep = Some(now);
+            hfm.until.retain(|_, until| *until > now);
+            if hfm.until.len() >= MAX_KEYS {
                 return;
             }
         }
-        hfm.insert(key.clone(), now + self.hit_for_miss_ttl);
+        hfm.until.insert(key.clone(), now + self.hit_for_miss_ttl);
     }
 
     /// Keys whose fill is in flight.
@@ -225,6 +241,22 @@ mod tests {
         };
         guard.finish(false, false, now);
         assert!(matches!(c.claim("e", now), Claim::Leader(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hit_for_miss_memory_is_bounded() {
+        let c = Arc::new(Collapser::new(Duration::from_secs(10)));
+        let now = Instant::now();
+        for i in 0..=MAX_KEYS {
+            let key: Arc<str> = Arc::from(i.to_string());
+            c.remember_uncacheable(&key, now);
+        }
+        assert_eq!(lock(&c.hit_for_miss).until.len(), MAX_KEYS);
+        // Once the remembered keys expire, a sweep (at most once a second) makes room.
+        let later = now + Duration::from_secs(11);
+        c.remember_uncacheable(&Arc::from("new"), later);
+        assert_eq!(lock(&c.hit_for_miss).until.len(), 1);
+        assert!(matches!(c.claim("new", later), Claim::Alone));
     }
 
     #[tokio::test(start_paused = true)]
