@@ -127,7 +127,8 @@ impl CacheLayer {
     fn from_builder(mut b: CacheLayerBuilder) -> Self {
         crate::metrics::describe();
         let clock = Clock::new();
-        let lower_config = std::mem::take(&mut b.lower);
+        let mut lower_config = std::mem::take(&mut b.lower);
+        lower_config.stale_on_error = b.stale_on_error;
         let l1 = MemoryTier::new(
             MemoryConfig {
                 max_bytes: b.max_capacity_bytes,
