@@ -552,7 +552,8 @@ impl CacheLayerBuilder {
     /// timeout the proxy answers `502`/`504` for), even when the response has no
     /// `stale-if-error`. Never for a response whose `must-revalidate`, `no-cache`, or (in
     /// shared mode) `proxy-revalidate` or `s-maxage` forbids stale use (RFC 9111 §4.2.4), nor
-    /// for a request that says `no-cache`. `Cache-Status` reports `detail=stale-on-error`
+    /// for a request that says `no-cache`; a response's own `stale-if-error` window replaces
+    /// this one (the origin said how long). `Cache-Status` reports `detail=stale-on-error`
     /// (`detail=stale-if-error` when the response's own window covers it). Entries are then
     /// kept in memory that much longer past freshness (never past [`ttl_cap`](Self::ttl_cap)).
     ///

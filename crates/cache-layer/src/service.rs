@@ -794,8 +794,14 @@ fn stale_if_error_allows(
     if !window.is_zero() && staleness <= window {
         return Some((v.clone(), state, StaleOnError::StaleIfError));
     }
+    // The response's own stale-if-error is the origin's word on the matter and replaces the
+    // layer's window.
     let configured = shared.config.stale_on_error;
-    if !configured.is_zero() && !ctx.req_dirs.no_cache && staleness <= configured {
+    if !configured.is_zero()
+        && v.stale_if_error.is_zero()
+        && !ctx.req_dirs.no_cache
+        && staleness <= configured
+    {
         return Some((v.clone(), state, StaleOnError::Configured));
     }
     None

@@ -1287,3 +1287,27 @@ async fn a_broken_body_is_a_bad_gateway_when_asked() {
         assert_eq!(calls.get(), 2, "nothing stored");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_responses_own_stale_if_error_replaces_the_configured_window() {
+    let (app, _calls) = origin(stale_on_error(3600), |n, _| {
+        if n > 1 {
+            return reply(503, &[], "down");
+        }
+        numbered(n, &[("cache-control", "max-age=1, stale-if-error=10")])
+    });
+    get(&app, "/").await;
+    advance(5.0).await;
+    let r = get(&app, "/").await;
+    assert!(
+        r.cache_status().contains("detail=stale-if-error"),
+        "{}",
+        r.cache_status()
+    );
+    advance(30.0).await;
+    assert_eq!(
+        get(&app, "/").await.status,
+        503,
+        "the origin said ten seconds"
+    );
+}
