@@ -258,6 +258,9 @@ where
                         parts.extensions.insert(CollapseDone);
                         fill = Some(guard);
                     }
+                    // A request that will not take a response it did not see validated gains
+                    // nothing from waiting: it goes to the origin at once.
+                    Claim::Waiter(_) if req_dirs.no_cache || req_dirs.max_age == Some(0) => {}
                     Claim::Waiter(wait_for) => {
                         return self.wait_for_fill(shared, parts, body, key, wait_for);
                     }

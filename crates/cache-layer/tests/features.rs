@@ -1311,3 +1311,18 @@ async fn a_responses_own_stale_if_error_replaces_the_configured_window() {
         "the origin said ten seconds"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_never_waits_for_a_collapsed_miss() {
+    let (app, calls) = slow_origin(collapsing(), &[("cache-control", "max-age=60")]);
+    let leader = tokio::spawn({
+        let app = app.clone();
+        async move { get(&app, "/").await }
+    });
+    tokio::task::yield_now().await;
+    let started = tokio::time::Instant::now();
+    let reload = get_with(&app, "/", &[("cache-control", "no-cache")]).await;
+    assert_eq!(reload.text(), "call 2", "straight to the origin");
+    assert!(started.elapsed() < Duration::from_millis(400));
+    assert_eq!(leader.await.unwrap().text(), "call 1");
+}
