@@ -1325,4 +1325,5 @@ async fn a_reload_never_waits_for_a_collapsed_miss() {
     assert_eq!(reload.text(), "call 2", "straight to the origin");
     assert!(started.elapsed() < Duration::from_millis(400));
     assert_eq!(leader.await.unwrap().text(), "call 1");
+    assert_eq!(calls.get(), 2);
 }
