@@ -2,6 +2,10 @@
 //! the same run: in process (`Router::oneshot`) and over HTTP/1.1 on loopback.
 //!
 //! Besides criterion's report, the run prints the throughput ratio cached / bare for both.
+//!
+//! The `miss` group measures what collapsing costs a miss: every request is a new URL, with
+//! collapsing off and on, for a response that is stored and for one that is not (the latter
+//! also records the URL as hit-for-miss).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -70,6 +74,52 @@ fn in_process(c: &mut Criterion) {
     let mut g = c.benchmark_group("in_process");
     g.bench_function("bare_axum", |b| b.to_async(&rt).iter(|| once(&bare_app)));
     g.bench_function("l1_hit", |b| b.to_async(&rt).iter(|| once(&cached_app)));
+    g.finish();
+}
+
+fn miss_app(cache: CacheLayer, cache_control: &'static str) -> Router {
+    Router::new()
+        .fallback(move || async move {
+            (
+                [
+                    ("cache-control", cache_control),
+                    ("content-type", "application/json"),
+                ],
+                Bytes::from_static(&PAYLOAD),
+            )
+        })
+        .layer(cache)
+}
+
+static NEXT_URL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+async fn miss_once(app: &Router) -> usize {
+    let n = NEXT_URL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let req = Request::get(format!("/item/{n}"))
+        .header("host", "bench.local")
+        .body(Body::empty())
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    resp.into_body().collect().await.unwrap().to_bytes().len()
+}
+
+fn misses(c: &mut Criterion) {
+    let rt = runtime();
+    let collapsing = || {
+        CacheLayer::builder()
+            .collapse_misses(Some(Duration::from_secs(30)))
+            .build()
+            .unwrap()
+    };
+    let mut g = c.benchmark_group("miss");
+    for (name, app) in [
+        ("stored", miss_app(CacheLayer::new(), "max-age=3600")),
+        ("stored_collapsing", miss_app(collapsing(), "max-age=3600")),
+        ("not_stored", miss_app(CacheLayer::new(), "no-store")),
+        ("not_stored_collapsing", miss_app(collapsing(), "no-store")),
+    ] {
+        g.bench_function(name, |b| b.to_async(&rt).iter(|| miss_once(&app)));
+    }
     g.finish();
 }
 
@@ -181,7 +231,7 @@ fn ratio_report() {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
-    targets = in_process, loopback
+    targets = in_process, misses, loopback
 }
 
 fn main() {

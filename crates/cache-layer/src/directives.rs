@@ -1,5 +1,6 @@
 //! Parsers for `Cache-Control` (RFC 9111 §5.2), targeted cache control such as
-//! `CDN-Cache-Control` (RFC 9213) and `Pragma`, tolerant of any input.
+//! `CDN-Cache-Control` (RFC 9213), `Surrogate-Control` (W3C Edge Architecture 1.0) and
+//! `Pragma`, tolerant of any input.
 //!
 //! Nothing here panics. Unknown directives are ignored; a directive whose argument is malformed
 //! (including whitespace around `=`, which the grammar of RFC 9111 §5.2 has no room for) is
@@ -263,6 +264,134 @@ impl ResponseDirectives {
             return None;
         }
         Some(parsed)
+    }
+}
+
+impl ResponseDirectives {
+    /// Parses `Surrogate-Control` (W3C Edge Architecture 1.0) as seen by the surrogate whose
+    /// device token is `device`, when the field is present, well-formed and has at least one
+    /// directive for that surrogate.
+    ///
+    /// Directives are `no-store`, `no-store-remote` (read as `no-store`: a cache cannot tell
+    /// whether it is remote, and not storing is always allowed), `max-age=N` and
+    /// `max-age=N+M` (M seconds of serving stale when the origin fails, read as
+    /// `stale-if-error=M`); others (`content=`, extensions) are ignored. A directive may end
+    /// in `;token` to address one device: it applies only when `token` equals `device`
+    /// (ASCII case-insensitively) and then overrides the untargeted directive of the same
+    /// kind. A malformed `max-age` makes the whole field invalid, like a malformed targeted
+    /// field (RFC 9213 §2.1), so the next field in priority order applies.
+    pub fn surrogate(headers: &HeaderMap, name: &HeaderName, device: Option<&str>) -> Option<Self> {
+        let mut general = SurrogateDirectives::default();
+        let mut targeted = SurrogateDirectives::default();
+        let mut any_line = false;
+        for line in headers.get_all(name) {
+            any_line = true;
+            let line = line.to_str().ok()?;
+            let mut rest = line;
+            let mut items = 0usize;
+            while !rest.is_empty() {
+                let (item, next) = split_item(rest);
+                rest = next;
+                let item = item.trim_matches(|c: char| c == ' ' || c == '\t');
+                if item.is_empty() {
+                    continue;
+                }
+                items += 1;
+                if items > MAX_DIRECTIVES {
+                    break;
+                }
+                let (control, token) = match item.split_once(';') {
+                    Some((c, t)) => (c.trim_end(), Some(t.trim())),
+                    None => (item, None),
+                };
+                if let Some(t) = token
+                    && (t.is_empty() || !t.bytes().all(is_tchar))
+                {
+                    return None;
+                }
+                let slot = match token {
+                    None => &mut general,
+                    Some(t) if device.is_some_and(|d| d.eq_ignore_ascii_case(t)) => &mut targeted,
+                    // Addressed to another device: not ours, but still checked for syntax.
+                    Some(_) => &mut SurrogateDirectives::default(),
+                };
+                slot.apply(control)?;
+            }
+        }
+        if !any_line {
+            return None;
+        }
+        let merged = general.overridden_by(targeted);
+        if !merged.any {
+            return None;
+        }
+        Some(Self {
+            max_age: merged.max_age,
+            no_store: merged.no_store,
+            stale_if_error: merged.stale_if_error,
+            ..Self::default()
+        })
+    }
+}
+
+/// The directives of `Surrogate-Control` addressed to one scope (every device, or this one).
+#[derive(Debug, Default, Clone, Copy)]
+struct SurrogateDirectives {
+    max_age: Option<u64>,
+    stale_if_error: Option<u64>,
+    no_store: bool,
+    /// Whether any directive, known or not, addressed this scope.
+    any: bool,
+}
+
+impl SurrogateDirectives {
+    /// Reads one control directive; `None` when it is malformed.
+    fn apply(&mut self, control: &str) -> Option<()> {
+        let (name, value) = match control.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (control, None),
+        };
+        if name.is_empty() || !name.bytes().all(is_tchar) {
+            return None;
+        }
+        self.any = true;
+        if name.eq_ignore_ascii_case("no-store") || name.eq_ignore_ascii_case("no-store-remote") {
+            self.no_store = true;
+        } else if name.eq_ignore_ascii_case("max-age") {
+            let v = value?;
+            let (fresh, stale) = match v.split_once('+') {
+                Some((f, s)) => (f, Some(s)),
+                None => (v, None),
+            };
+            let fresh = parse_delta_seconds(fresh)?;
+            let stale = match stale {
+                Some(s) => Some(parse_delta_seconds(s)?),
+                None => None,
+            };
+            // The first max-age of a scope counts, as in Cache-Control (RFC 9111 §4.2.1).
+            if self.max_age.is_none() {
+                self.max_age = Some(fresh);
+                self.stale_if_error = stale;
+            }
+        }
+        Some(())
+    }
+
+    fn overridden_by(self, device: SurrogateDirectives) -> SurrogateDirectives {
+        if !device.any {
+            return self;
+        }
+        let (max_age, stale_if_error) = if device.max_age.is_some() {
+            (device.max_age, device.stale_if_error)
+        } else {
+            (self.max_age, self.stale_if_error)
+        };
+        SurrogateDirectives {
+            max_age,
+            stale_if_error,
+            no_store: self.no_store || device.no_store,
+            any: true,
+        }
     }
 }
 
@@ -584,7 +713,81 @@ mod tests {
         assert!(ResponseDirectives::targeted(&h, &name).is_none());
     }
 
+    #[test]
+    fn surrogate_control_rules() {
+        let name = HeaderName::from_static("surrogate-control");
+        let parse = |v: &'static str, device: Option<&str>| {
+            let mut h = HeaderMap::new();
+            h.insert(&name, HeaderValue::from_static(v));
+            ResponseDirectives::surrogate(&h, &name, device)
+        };
+        assert!(ResponseDirectives::surrogate(&HeaderMap::new(), &name, None).is_none());
+        let d = parse("max-age=60", None).unwrap();
+        assert_eq!(
+            (d.max_age, d.stale_if_error, d.no_store),
+            (Some(60), None, false)
+        );
+        let d = parse("max-age=60+600", None).unwrap();
+        assert_eq!((d.max_age, d.stale_if_error), (Some(60), Some(600)));
+        assert!(parse("no-store", None).unwrap().no_store);
+        assert!(parse("no-store-remote", None).unwrap().no_store);
+        // Device targeting: only the configured device, overriding the untargeted value.
+        assert!(
+            parse("max-age=60;edge", None).is_none(),
+            "nothing for this cache"
+        );
+        assert!(parse("max-age=60;edge", Some("other")).is_none());
+        assert_eq!(
+            parse("max-age=60;edge", Some("edge")).unwrap().max_age,
+            Some(60)
+        );
+        assert_eq!(
+            parse("max-age=60;EDGE", Some("edge")).unwrap().max_age,
+            Some(60)
+        );
+        let both = "max-age=10, max-age=60;edge";
+        assert_eq!(parse(both, Some("edge")).unwrap().max_age, Some(60));
+        assert_eq!(parse(both, Some("other")).unwrap().max_age, Some(10));
+        assert_eq!(parse(both, None).unwrap().max_age, Some(10));
+        let d = parse("max-age=60, no-store;edge", Some("edge")).unwrap();
+        assert!(d.no_store);
+        assert!(
+            !parse("max-age=60, no-store;edge", Some("x"))
+                .unwrap()
+                .no_store
+        );
+        // Unknown directives count as present; ESI's content= is ignored.
+        let d = parse("content=\"ESI/1.0\", max-age=5", None).unwrap();
+        assert_eq!(d.max_age, Some(5));
+        // Malformed: the field is ignored as a whole.
+        for bad in [
+            "max-age=abc",
+            "max-age=",
+            "max-age",
+            "max-age=60+",
+            "max-age=+5",
+            "max-age=-1",
+            "max-age=60;",
+            "max-age=60;a b",
+            "max age=60",
+            "max-age=60;other, max-age=x",
+        ] {
+            assert!(parse(bad, Some("edge")).is_none(), "{bad}");
+        }
+        assert!(parse(" , ", None).is_none());
+    }
+
     proptest! {
+        #[test]
+        fn surrogate_never_panics(bytes in proptest::collection::vec(0x20u8..0x7f, 0..120), device in "[a-z]{0,5}") {
+            if let Ok(v) = HeaderValue::from_bytes(&bytes) {
+                let mut h = HeaderMap::new();
+                let name = HeaderName::from_static("surrogate-control");
+                h.insert(&name, v);
+                let _ = ResponseDirectives::surrogate(&h, &name, Some(&device));
+            }
+        }
+
         #[test]
         fn response_parser_never_panics(s in "\\PC{0,200}") {
             let _ = ResponseDirectives::parse(&s);

@@ -92,6 +92,12 @@ impl CacheHandle {
         self.shared.in_flight.len()
     }
 
+    /// Keys whose collapsed miss is in flight now (zero when misses are not collapsed, see
+    /// [`CacheLayerBuilder::collapse_misses`](crate::CacheLayerBuilder::collapse_misses)).
+    pub fn collapsed_in_flight(&self) -> usize {
+        self.shared.collapser.as_ref().map_or(0, |c| c.in_flight())
+    }
+
     /// Runs the store's pending maintenance now (evictions and their bookkeeping), which
     /// otherwise happens during later requests.
     pub fn run_pending_tasks(&self) {

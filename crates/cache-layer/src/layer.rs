@@ -7,9 +7,10 @@ use std::time::Duration;
 use http::header::HeaderName;
 use tower_layer::Layer;
 
+use crate::collapse::Collapser;
 use crate::handle::CacheHandle;
 use crate::key::{KeyFn, KeyMaker};
-use crate::policy::{CacheMode, Heuristic};
+use crate::policy::{CacheMode, Heuristic, TargetedField};
 use crate::service::Cache;
 use crate::store::{Clock, InFlight, MemoryConfig, MemoryTier};
 use crate::tags::TagsFn;
@@ -56,6 +57,8 @@ pub(crate) struct Shared {
     pub(crate) l1: MemoryTier,
     pub(crate) clock: Clock,
     pub(crate) in_flight: Arc<InFlight>,
+    /// Collapsed misses, when turned on.
+    pub(crate) collapser: Option<Arc<Collapser>>,
     /// The shared and persistent tiers, when configured.
     pub(crate) lower: Option<Arc<Lower>>,
 }
@@ -66,7 +69,12 @@ pub(crate) struct Config {
     pub(crate) mode: CacheMode,
     pub(crate) max_body_bytes: usize,
     pub(crate) heuristic: Heuristic,
-    pub(crate) target: Option<HeaderName>,
+    /// Targeted cache-control fields in priority order (RFC 9213 §2.2).
+    pub(crate) targets: Box<[TargetedField]>,
+    /// This cache's device token for `Surrogate-Control` targeting.
+    pub(crate) surrogate_device: Option<Box<str>>,
+    /// Remove `Surrogate-Control` from what the cache sends: it is obeyed here.
+    pub(crate) strip_surrogate: bool,
     pub(crate) tag_header: Option<HeaderName>,
     pub(crate) strip_tag_header: bool,
     pub(crate) tags_fn: Option<TagsFn>,
@@ -75,6 +83,13 @@ pub(crate) struct Config {
     pub(crate) early_refresh_beta: Option<f64>,
     pub(crate) cache_status: bool,
     pub(crate) refresh_timeout: Duration,
+    /// `serve_stale_on_error`: the longest staleness served on origin failure without
+    /// `stale-if-error`; zero when off.
+    pub(crate) stale_on_error: Duration,
+    /// How long a collapsed miss waits for its leader; `None` when misses are not collapsed.
+    pub(crate) collapse_wait: Option<Duration>,
+    /// Answer `502` for a body that broke while being read to store it.
+    pub(crate) incomplete_as_bad_gateway: bool,
 }
 
 impl fmt::Debug for Config {
@@ -83,7 +98,8 @@ impl fmt::Debug for Config {
             .field("name", &self.name)
             .field("mode", &self.mode)
             .field("max_body_bytes", &self.max_body_bytes)
-            .field("target", &self.target)
+            .field("targets", &self.targets)
+            .field("surrogate_device", &self.surrogate_device)
             .field("tag_header", &self.tag_header)
             .field("key", &self.key)
             .finish_non_exhaustive()
@@ -111,12 +127,14 @@ impl CacheLayer {
     fn from_builder(mut b: CacheLayerBuilder) -> Self {
         crate::metrics::describe();
         let clock = Clock::new();
-        let lower_config = std::mem::take(&mut b.lower);
+        let mut lower_config = std::mem::take(&mut b.lower);
+        lower_config.stale_on_error = b.stale_on_error;
         let l1 = MemoryTier::new(
             MemoryConfig {
                 max_bytes: b.max_capacity_bytes,
                 ttl_cap: b.ttl_cap,
                 max_tag_pairs: b.max_tag_entries,
+                stale_on_error: b.stale_on_error,
             },
             clock,
         );
@@ -134,7 +152,9 @@ impl CacheLayer {
                 fraction: b.heuristic_fraction,
                 cap: b.heuristic_cap,
             },
-            target: b.target,
+            strip_surrogate: b.strip_surrogate_control && b.targets.iter().any(|t| t.surrogate),
+            targets: b.targets.into_boxed_slice(),
+            surrogate_device: b.surrogate_device.map(String::into_boxed_str),
             tag_header: b.tag_header,
             strip_tag_header: b.strip_tag_header,
             tags_fn: b.tags_fn,
@@ -143,6 +163,9 @@ impl CacheLayer {
             early_refresh_beta: b.early_refresh_beta,
             cache_status: b.cache_status,
             refresh_timeout: b.refresh_timeout,
+            stale_on_error: b.stale_on_error,
+            collapse_wait: b.collapse_wait,
+            incomplete_as_bad_gateway: b.incomplete_as_bad_gateway,
         };
         let lower =
             (!lower_config.is_empty()).then(|| Lower::start(lower_config, l1.clone(), clock));
@@ -152,6 +175,9 @@ impl CacheLayer {
                 l1,
                 clock,
                 in_flight: Arc::new(InFlight::new(b.max_in_flight_refreshes)),
+                collapser: b
+                    .collapse_wait
+                    .map(|_| Arc::new(Collapser::new(b.hit_for_miss))),
                 lower,
             }),
         }
@@ -218,8 +244,10 @@ pub struct CacheLayerBuilder {
     ttl_cap: Duration,
     heuristic_fraction: f64,
     heuristic_cap: Duration,
-    target: Option<HeaderName>,
-    target_name: Option<String>,
+    targets: Vec<TargetedField>,
+    target_names: Option<Vec<String>>,
+    surrogate_device: Option<String>,
+    strip_surrogate_control: bool,
     tag_header: Option<HeaderName>,
     tag_header_name: Option<String>,
     strip_tag_header: bool,
@@ -232,6 +260,10 @@ pub struct CacheLayerBuilder {
     refresh_timeout: Duration,
     early_refresh_beta: Option<f64>,
     cache_status: bool,
+    stale_on_error: Duration,
+    collapse_wait: Option<Duration>,
+    hit_for_miss: Duration,
+    incomplete_as_bad_gateway: bool,
     lower: LowerConfig,
 }
 
@@ -256,8 +288,12 @@ impl Default for CacheLayerBuilder {
             ttl_cap: Duration::from_secs(24 * 3600),
             heuristic_fraction: 0.1,
             heuristic_cap: Duration::from_secs(24 * 3600),
-            target: Some(HeaderName::from_static("cdn-cache-control")),
-            target_name: None,
+            targets: vec![TargetedField::new(HeaderName::from_static(
+                "cdn-cache-control",
+            ))],
+            target_names: None,
+            surrogate_device: None,
+            strip_surrogate_control: true,
             tag_header: Some(HeaderName::from_static("cache-tag")),
             tag_header_name: None,
             strip_tag_header: true,
@@ -270,6 +306,10 @@ impl Default for CacheLayerBuilder {
             refresh_timeout: Duration::from_secs(30),
             early_refresh_beta: None,
             cache_status: true,
+            stale_on_error: Duration::ZERO,
+            collapse_wait: None,
+            hit_for_miss: Duration::from_secs(30),
+            incomplete_as_bad_gateway: false,
             lower: LowerConfig::default(),
         }
     }
@@ -316,10 +356,58 @@ impl CacheLayerBuilder {
     }
 
     /// Targeted cache-control field this cache obeys (RFC 9213), or `None` to obey only
-    /// `Cache-Control`. Defaults to `CDN-Cache-Control`.
-    pub fn targeted_cache_control(mut self, field: Option<&str>) -> Self {
-        self.target = None;
-        self.target_name = field.map(str::to_owned);
+    /// `Cache-Control`. Defaults to `CDN-Cache-Control`. Shorthand for
+    /// [`targeted_cache_controls`](Self::targeted_cache_controls) with one field or none.
+    pub fn targeted_cache_control(self, field: Option<&str>) -> Self {
+        self.targeted_cache_controls(field)
+    }
+
+    /// Targeted cache-control fields this cache obeys, highest priority first (RFC 9213 §2.2):
+    /// the first one present, valid and non-empty in a response is used and `Cache-Control`
+    /// and `Expires` are ignored; when none is, `Cache-Control` applies. Defaults to
+    /// `["CDN-Cache-Control"]`; an empty list obeys only `Cache-Control`.
+    ///
+    /// `Surrogate-Control` is read with the W3C Edge Architecture 1.0 grammar (`max-age=N`,
+    /// `max-age=N+M`, `no-store`, `no-store-remote`, each optionally targeted with `;device`,
+    /// see [`surrogate_device`](Self::surrogate_device)) and removed from the responses the
+    /// cache sends (see [`strip_surrogate_control`](Self::strip_surrogate_control)); every
+    /// other field is an RFC 9213 Structured Fields dictionary. [`build`](Self::build) rejects
+    /// invalid or repeated names and `Cache-Control` itself.
+    ///
+    /// ```
+    /// use cache_layer::CacheLayer;
+    ///
+    /// // A gateway in front of origins that speak either dialect.
+    /// let cache = CacheLayer::builder()
+    ///     .targeted_cache_controls(["Surrogate-Control", "CDN-Cache-Control"])
+    ///     .surrogate_device(Some("edge"))
+    ///     .build()
+    ///     .expect("valid configuration");
+    /// # let _ = cache;
+    /// ```
+    pub fn targeted_cache_controls<I, T>(mut self, fields: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<str>,
+    {
+        self.targets.clear();
+        self.target_names = Some(fields.into_iter().map(|f| f.as_ref().to_owned()).collect());
+        self
+    }
+
+    /// The device token this cache answers to in `Surrogate-Control` (`max-age=60;edge`
+    /// addresses the device `edge`); directives without a token apply to every device.
+    /// Defaults to `None`: only untargeted directives apply.
+    pub fn surrogate_device(mut self, token: Option<&str>) -> Self {
+        self.surrogate_device = token.map(str::to_owned);
+        self
+    }
+
+    /// Whether `Surrogate-Control` is removed from responses before they reach the client when
+    /// it is one of the targeted fields (the Edge Architecture addresses it to surrogates
+    /// only). Defaults to true.
+    pub fn strip_surrogate_control(mut self, strip: bool) -> Self {
+        self.strip_surrogate_control = strip;
         self
     }
 
@@ -408,6 +496,85 @@ impl CacheLayerBuilder {
         self
     }
 
+    /// Collapses identical concurrent misses: the first `GET` that misses a key goes to the
+    /// inner service, the others wait (at most `wait`) for it to finish and then look the key
+    /// up again, so a burst on a cold URL reaches the origin once (Varnish's waiting list,
+    /// nginx's `proxy_cache_lock`). Defaults to `None` (off).
+    ///
+    /// Waiters are answered from the store, so they get exactly what a hit would give them.
+    /// When the leader's answer was not stored (`private`, `no-store`, `Set-Cookie`, another
+    /// `Vary` variant, too large, an error...) the waiters go to the inner service on their
+    /// own, at once and concurrently; when that answer was not an error the key is remembered
+    /// for [`hit_for_miss`](Self::hit_for_miss) so later misses do not wait on it. A waiter
+    /// still waiting after `wait` is answered `504 Gateway Timeout` (`Cache-Status:
+    /// ...; detail=collapse-timeout`). Requests that say `no-store` or `only-if-cached`, carry
+    /// `If-None-Match`/`If-Modified-Since`, and `HEAD` requests, never wait. At most 16 384 keys
+    /// are collapsed at once; past that, misses run on their own.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cache_layer::CacheLayer;
+    ///
+    /// let cache = CacheLayer::builder()
+    ///     .collapse_misses(Some(Duration::from_secs(10)))
+    ///     .build()
+    ///     .expect("valid configuration");
+    /// # let _ = cache;
+    /// ```
+    pub fn collapse_misses(mut self, wait: Option<Duration>) -> Self {
+        self.collapse_wait = wait;
+        self
+    }
+
+    /// How long a key whose collapsed miss was answered with something not stored (and not an
+    /// error) runs its misses without collapsing, so a hot URL that cannot be cached never
+    /// makes its callers wait for each other (Varnish's "hit-for-miss"). Zero turns the memory
+    /// off. Defaults to 30 s.
+    pub fn hit_for_miss(mut self, ttl: Duration) -> Self {
+        self.hit_for_miss = ttl;
+        self
+    }
+
+    /// For a gateway: when the inner response's body fails while the cache reads it to store
+    /// it, nothing has reached the client yet, and no stale response may answer, the client
+    /// gets `502 Bad Gateway` (empty, `Cache-Control: no-store`, `Cache-Status:
+    /// ...; detail=body-error`) instead of the part that arrived followed by the error
+    /// (RFC 9110 §15.6.3). Bodies that are not being stored stream through as they come.
+    /// Defaults to false.
+    pub fn incomplete_as_bad_gateway(mut self, on: bool) -> Self {
+        self.incomplete_as_bad_gateway = on;
+        self
+    }
+
+    /// Serves a stored response up to `max_staleness` past its freshness when the origin
+    /// fails (the inner service returns an error, or answers `500`, `502`, `503` or `504`;
+    /// behind a proxy that includes an unreachable origin, a reset connection and an origin
+    /// timeout the proxy answers `502`/`504` for), even when the response has no
+    /// `stale-if-error`. Never for a response whose `must-revalidate`, `no-cache`, or (in
+    /// shared mode) `proxy-revalidate` or `s-maxage` forbids stale use (RFC 9111 §4.2.4), nor
+    /// for a request that says `no-cache`; a response's own `stale-if-error` window replaces
+    /// this one (the origin said how long). `Cache-Status` reports `detail=stale-on-error`
+    /// (`detail=stale-if-error` when the response's own window covers it). Entries are then
+    /// kept in memory that much longer past freshness (never past [`ttl_cap`](Self::ttl_cap)).
+    ///
+    /// Like nginx's `proxy_cache_use_stale error timeout` and Varnish's grace, this goes beyond
+    /// what the origin asked for: it hides outages. Defaults to zero (off).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cache_layer::CacheLayer;
+    ///
+    /// let cache = CacheLayer::builder()
+    ///     .serve_stale_on_error(Duration::from_secs(3600))
+    ///     .build()
+    ///     .expect("valid configuration");
+    /// # let _ = cache;
+    /// ```
+    pub fn serve_stale_on_error(mut self, max_staleness: Duration) -> Self {
+        self.stale_on_error = max_staleness;
+        self
+    }
+
     /// Adds the shared tier on Redis below the in-process one (feature `redis`): misses look
     /// there before the origin, stored responses are written there in the background, and
     /// purges reach every instance sharing it. Defaults to none.
@@ -451,13 +618,41 @@ impl CacheLayerBuilder {
                 "must be a non-empty token of at most 64 bytes",
             ));
         }
+        if self.collapse_wait.is_some_and(|w| w.is_zero()) {
+            return Err(ConfigError::new(
+                "collapse_misses",
+                "the wait must be above zero",
+            ));
+        }
         if self.refresh_timeout.is_zero() {
             return Err(ConfigError::new("refresh_timeout", "must be above zero"));
         }
-        if let Some(n) = self.target_name.take() {
-            self.target = Some(HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
-                ConfigError::new("targeted_cache_control", "not a valid field name")
-            })?);
+        if let Some(names) = self.target_names.take() {
+            let mut targets: Vec<TargetedField> = Vec::with_capacity(names.len());
+            for n in names {
+                let name = HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
+                    ConfigError::new("targeted_cache_controls", "not a valid field name")
+                })?;
+                if name == http::header::CACHE_CONTROL {
+                    return Err(ConfigError::new(
+                        "targeted_cache_controls",
+                        "Cache-Control is the fallback, not a targeted field",
+                    ));
+                }
+                if targets.iter().any(|t| t.name == name) {
+                    return Err(ConfigError::new(
+                        "targeted_cache_controls",
+                        "a field is listed twice",
+                    ));
+                }
+                targets.push(TargetedField::new(name));
+            }
+            self.targets = targets;
+        }
+        if let Some(d) = &self.surrogate_device
+            && (d.is_empty() || !d.bytes().all(crate::directives::is_tchar))
+        {
+            return Err(ConfigError::new("surrogate_device", "must be a token"));
         }
         if let Some(n) = self.tag_header_name.take() {
             self.tag_header = Some(

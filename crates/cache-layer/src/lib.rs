@@ -3,8 +3,9 @@
 //! [`CacheLayer`] answers `GET` and `HEAD` requests from stored responses when the rules of
 //! RFC 9111 allow it, and otherwise calls the inner service and stores what may be stored. It
 //! implements shared-cache semantics by default (a private mode exists), targeted cache
-//! control (`CDN-Cache-Control`, RFC 9213), `Cache-Status` (RFC 9211), `stale-while-revalidate`
-//! and `stale-if-error` (RFC 5861), surrogate-key tags and purging.
+//! control (`CDN-Cache-Control`, RFC 9213, and `Surrogate-Control`), `Cache-Status` (RFC 9211),
+//! `stale-while-revalidate` and `stale-if-error` (RFC 5861), opt-in stale content on origin
+//! failure, collapsed misses, surrogate-key tags and purging.
 //!
 //! ```
 //! use axum::{Router, routing::get};
@@ -26,6 +27,7 @@
 pub mod admin;
 mod body;
 mod codec;
+mod collapse;
 pub mod date;
 pub mod directives;
 #[cfg(feature = "disk")]

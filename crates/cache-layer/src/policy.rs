@@ -88,16 +88,38 @@ impl NotStorable {
     }
 }
 
-/// The cache-control directives in force for a response: the targeted field when present,
-/// valid and non-empty (RFC 9213 §2.2), else `Cache-Control`. The flag says which.
+/// One targeted cache-control field the cache obeys, in the builder's priority order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TargetedField {
+    pub(crate) name: HeaderName,
+    /// `Surrogate-Control` grammar (W3C Edge Architecture) instead of an RFC 9213 dictionary.
+    pub(crate) surrogate: bool,
+}
+
+impl TargetedField {
+    pub(crate) fn new(name: HeaderName) -> Self {
+        let surrogate = name.as_str() == "surrogate-control";
+        Self { name, surrogate }
+    }
+}
+
+/// The cache-control directives in force for a response: the first targeted field (in
+/// priority order) that is present, valid and non-empty (RFC 9213 §2.2), else
+/// `Cache-Control`. The flag says whether a targeted field was used.
 pub(crate) fn effective_directives(
     headers: &HeaderMap,
-    target: Option<&HeaderName>,
+    targets: &[TargetedField],
+    device: Option<&str>,
 ) -> (ResponseDirectives, bool) {
-    if let Some(name) = target
-        && let Some(d) = ResponseDirectives::targeted(headers, name)
-    {
-        return (d, true);
+    for t in targets {
+        let found = if t.surrogate {
+            ResponseDirectives::surrogate(headers, &t.name, device)
+        } else {
+            ResponseDirectives::targeted(headers, &t.name)
+        };
+        if let Some(d) = found {
+            return (d, true);
+        }
     }
     (ResponseDirectives::from_headers(headers), false)
 }
@@ -375,28 +397,99 @@ pub(crate) fn not_modified(
     false
 }
 
-/// Fields never copied from a 304 into the stored response (RFC 9111 §3.2), plus
-/// hop-by-hop fields. `Content-Range` is updated like any other field: only complete
-/// responses are stored, so none depends on it.
+/// Fields never copied from a 304 (or a `200` to `HEAD`) into the stored response (RFC 9111
+/// §3.2): hop-by-hop fields, and the fields that describe the stored bytes themselves. The body
+/// is kept, so its length, coding, range and digests must stay the ones it came with; a
+/// validator's answer cannot re-describe bytes it never sent.
 fn excluded_from_update(name: &HeaderName) -> bool {
     name == header::CONTENT_LENGTH
+        || name == header::CONTENT_ENCODING
+        || name == header::CONTENT_RANGE
         || name == header::TRANSFER_ENCODING
         || name == header::CONNECTION
         || name == header::TE
         || name == header::TRAILER
         || name == header::UPGRADE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
+        || matches!(
+            name.as_str(),
+            "content-md5"
+                | "content-digest"
+                | "repr-digest"
+                | "digest"
+                | "keep-alive"
+                | "proxy-connection"
+        )
+}
+
+/// A `Content-Type` reduced to what describes the bytes: the lowercased media type and the
+/// parameters, names lowercased, values unquoted (charset values lowercased), sorted.
+/// `None` when it is not a `type/subtype` at all.
+fn media_type_of(value: &HeaderValue) -> Option<(String, Vec<(String, String)>)> {
+    let s = value.to_str().ok()?;
+    let mut parts = s.split(';');
+    let essence = parts.next()?.trim().to_ascii_lowercase();
+    let (t, sub) = essence.split_once('/')?;
+    if t.is_empty()
+        || sub.is_empty()
+        || !essence
+            .bytes()
+            .all(|b| b == b'/' || crate::directives::is_tchar(b))
+    {
+        return None;
+    }
+    let mut params = Vec::new();
+    for p in parts {
+        let p = p.trim();
+        if p.is_empty() {
+            continue;
+        }
+        let (n, v) = p.split_once('=')?;
+        let n = n.trim().to_ascii_lowercase();
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(v);
+        let v = if n == "charset" {
+            v.to_ascii_lowercase()
+        } else {
+            v.to_owned()
+        };
+        params.push((n, v));
+    }
+    params.sort();
+    Some((essence, params))
+}
+
+/// Whether a 304's `Content-Type` says the same as the stored one, so taking it cannot
+/// misdescribe the stored body: the same media type and parameters, written differently.
+fn same_content_type(stored: Option<&HeaderValue>, new: &HeaderValue) -> bool {
+    match stored {
+        Some(old) => match (media_type_of(old), media_type_of(new)) {
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        },
+        None => false,
+    }
 }
 
 /// Applies a 304 to stored headers (RFC 9111 §3.2, §4.3.4): every field of the 304 replaces
-/// the stored field of the same name, except those excluded above.
+/// the stored field of the same name, except those excluded above and a `Content-Type` that
+/// would describe the stored body differently.
 pub(crate) fn merge_not_modified(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
     let mut merged = stored.clone();
     let mut last: Option<&HeaderName> = None;
     for (name, value) in not_modified {
         if excluded_from_update(name) {
             continue;
+        }
+        if name == header::CONTENT_TYPE {
+            // Several lines, or one that changes the media type or a parameter, keep the
+            // stored field.
+            let single = not_modified.get_all(header::CONTENT_TYPE).iter().count() == 1;
+            if !single || !same_content_type(stored.get(header::CONTENT_TYPE), value) {
+                continue;
+            }
         }
         if last != Some(name) {
             merged.remove(name);
@@ -501,7 +594,7 @@ mod tests {
         status: u16,
         headers: &HeaderMap,
     ) -> Result<(), NotStorable> {
-        let (d, t) = effective_directives(headers, None);
+        let (d, t) = effective_directives(headers, &[], None);
         check_storable(
             mode,
             &Method::GET,
@@ -593,8 +686,11 @@ mod tests {
     }
 
     fn lifetime(headers: &HeaderMap, now: u64) -> Duration {
-        let (d, t) =
-            effective_directives(headers, Some(&HeaderName::from_static("cdn-cache-control")));
+        let targets = [
+            TargetedField::new(HeaderName::from_static("cdn-cache-control")),
+            TargetedField::new(HeaderName::from_static("surrogate-control")),
+        ];
+        let (d, t) = effective_directives(headers, &targets, Some("edge"));
         freshness_lifetime(
             CacheMode::Shared,
             StatusCode::OK,
@@ -672,6 +768,63 @@ mod tests {
             ),
             Duration::from_secs(10),
             "invalid targeted field ignored"
+        );
+        // Priority order (RFC 9213 §2.2): the first present and valid field wins.
+        assert_eq!(
+            lifetime(
+                &h(&[
+                    ("cache-control", "max-age=10"),
+                    ("cdn-cache-control", "max-age=99"),
+                    ("surrogate-control", "max-age=77")
+                ]),
+                now
+            ),
+            Duration::from_secs(99)
+        );
+        assert_eq!(
+            lifetime(
+                &h(&[
+                    ("cache-control", "max-age=10"),
+                    ("cdn-cache-control", "MAX-AGE=99"),
+                    ("surrogate-control", "max-age=77")
+                ]),
+                now
+            ),
+            Duration::from_secs(77),
+            "an invalid first field passes to the next"
+        );
+        assert_eq!(
+            lifetime(
+                &h(&[
+                    ("cache-control", "max-age=10"),
+                    ("surrogate-control", "max-age=5, max-age=77;edge")
+                ]),
+                now
+            ),
+            Duration::from_secs(77),
+            "the device's own directive"
+        );
+        assert_eq!(
+            lifetime(
+                &h(&[
+                    ("cache-control", "max-age=10"),
+                    ("surrogate-control", "max-age=77;other")
+                ]),
+                now
+            ),
+            Duration::from_secs(10),
+            "nothing for this device: Cache-Control"
+        );
+        assert_eq!(
+            lifetime(
+                &h(&[
+                    ("expires", "Thu, 01 Jan 1970 00:00:00 GMT"),
+                    ("surrogate-control", "max-age=77")
+                ]),
+                now
+            ),
+            Duration::from_secs(77),
+            "Expires yields to a targeted field"
         );
     }
 
@@ -810,6 +963,98 @@ mod tests {
             &h(&[("etag", "\"b\"")])
         ));
         assert!(not_modified_matches(None, &h(&[])));
+    }
+
+    #[test]
+    fn merge_304_keeps_what_describes_the_stored_body() {
+        let stored = h(&[
+            ("content-length", "5"),
+            ("content-encoding", "gzip"),
+            ("content-type", "text/html; charset=utf-8"),
+            ("content-md5", "Q2hlY2sgSW50ZWdyaXR5IQ=="),
+            ("content-digest", "sha-256=:aaa=:"),
+            ("etag", "\"a\""),
+            ("cache-control", "max-age=1"),
+        ]);
+        let taken = |nm: &HeaderMap, name: &str| -> Option<String> {
+            merge_not_modified(&stored, nm)
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        for (name, value, kept) in [
+            ("content-length", "999", Some("5")),
+            ("content-encoding", "br", Some("gzip")),
+            ("content-encoding", "identity", Some("gzip")),
+            ("content-range", "bytes 0-4/5", None),
+            (
+                "content-md5",
+                "AAAAAAAAAAAAAAAAAAAAAA==",
+                Some("Q2hlY2sgSW50ZWdyaXR5IQ=="),
+            ),
+            ("content-digest", "sha-256=:bbb=:", Some("sha-256=:aaa=:")),
+            ("repr-digest", "sha-256=:bbb=:", None),
+            ("transfer-encoding", "chunked", None),
+            (
+                "content-type",
+                "application/json",
+                Some("text/html; charset=utf-8"),
+            ),
+            (
+                "content-type",
+                "text/html; charset=latin1",
+                Some("text/html; charset=utf-8"),
+            ),
+            (
+                "content-type",
+                "text/html",
+                Some("text/html; charset=utf-8"),
+            ),
+            ("content-type", "garbage", Some("text/html; charset=utf-8")),
+            // Only the spelling differs: nothing about the body changes, so the 304's is taken.
+            (
+                "content-type",
+                "TEXT/HTML;charset=\"UTF-8\"",
+                Some("TEXT/HTML;charset=\"UTF-8\""),
+            ),
+            // Fields that do not describe the bytes are taken.
+            ("cache-control", "max-age=100", Some("max-age=100")),
+            ("content-language", "de", Some("de")),
+            ("content-location", "/x", Some("/x")),
+            (
+                "expires",
+                "Thu, 01 Dec 1994 16:00:00 GMT",
+                Some("Thu, 01 Dec 1994 16:00:00 GMT"),
+            ),
+            (
+                "last-modified",
+                "Thu, 01 Dec 1994 16:00:00 GMT",
+                Some("Thu, 01 Dec 1994 16:00:00 GMT"),
+            ),
+            ("x-new", "2", Some("2")),
+        ] {
+            let mut nm = HeaderMap::new();
+            nm.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+            assert_eq!(taken(&nm, name).as_deref(), kept, "{name}: {value}");
+        }
+        let mut two = HeaderMap::new();
+        two.append(
+            "content-type",
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        two.append("content-type", HeaderValue::from_static("text/plain"));
+        assert_eq!(
+            taken(&two, "content-type").as_deref(),
+            Some("text/html; charset=utf-8")
+        );
+        let no_type = h(&[("content-length", "5")]);
+        let m = merge_not_modified(&no_type, &h(&[("content-type", "text/plain")]));
+        assert!(
+            m.get("content-type").is_none(),
+            "a type the body never had is not added"
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::body::CacheBody;
+use crate::collapse::{Claim, CollapseDone, FillGuard};
 use crate::directives::RequestDirectives;
 use crate::fields::{Vary, normalized_value, parse_vary};
 use crate::future::ResponseFuture;
@@ -34,6 +35,10 @@ use crate::tags;
 
 /// The `Cache-Status` field name (RFC 9211).
 pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// `Surrogate-Control` (W3C Edge Architecture 1.0): addressed to surrogates, removed before
+/// clients see it when the cache obeys it.
+const SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
 
 /// Service that answers from its store when it may and otherwise calls the inner service.
 ///
@@ -236,29 +241,51 @@ where
                         None => self.bypass(shared, parts, body, "range"),
                     }
                 }
-                _ if req_dirs.only_if_cached => gateway_timeout(&shared, &key),
+                _ if req_dirs.only_if_cached => gateway_timeout(&shared, &key, "only-if-cached"),
                 _ => self.bypass(shared, parts, body, "range"),
             };
         }
         let Some(v) = variant else {
+            let mut parts = parts;
+            let mut fill = None;
+            if let Some(collapser) = &shared.collapser
+                && collapses(&parts, &req_dirs)
+            {
+                match collapser.claim(&key, now) {
+                    Claim::Leader(guard) => {
+                        // A leader that goes through the lower tiers comes back here; it must not
+                        // wait on its own fill.
+                        parts.extensions.insert(CollapseDone);
+                        fill = Some(guard);
+                    }
+                    // A request that will not take a response it did not see validated gains
+                    // nothing from waiting: it goes to the origin at once.
+                    Claim::Waiter(_) if req_dirs.no_cache || req_dirs.max_age == Some(0) => {}
+                    Claim::Waiter(wait_for) => {
+                        return self.wait_for_fill(shared, parts, body, key, wait_for);
+                    }
+                    Claim::Alone => {}
+                }
+            }
             if crate::tiered::wants_lower(&shared, &parts) {
                 let inner = self.take_ready();
-                return ResponseFuture::boxed(crate::tiered::through_lower(
-                    shared, inner, parts, body, key,
-                ));
+                let lead =
+                    crate::tiered::through_lower(shared.clone(), inner, parts, body, key.clone());
+                return lead_fill(shared, key, fill, lead);
             }
             if req_dirs.only_if_cached {
-                return gateway_timeout(&shared, &key);
+                return gateway_timeout(&shared, &key, "only-if-cached");
             }
             let ctx = FetchCtx {
-                key,
+                key: key.clone(),
                 stale: None,
                 fwd: miss,
                 req_dirs,
                 background: false,
             };
             let inner = self.take_ready();
-            return ResponseFuture::boxed(fetch(shared, inner, parts, body, ctx));
+            let lead = fetch(shared.clone(), inner, parts, body, ctx);
+            return lead_fill(shared, key, fill, lead);
         };
 
         let state = v.state(&shared.clock, now);
@@ -300,7 +327,7 @@ where
             }
             Usability::RequestForbids => {
                 if req_dirs.only_if_cached {
-                    return gateway_timeout(&shared, &key);
+                    return gateway_timeout(&shared, &key, "only-if-cached");
                 }
                 let ctx = FetchCtx {
                     key,
@@ -327,7 +354,7 @@ where
                     return resp;
                 }
                 if req_dirs.only_if_cached {
-                    return gateway_timeout(&shared, &key);
+                    return gateway_timeout(&shared, &key, "only-if-cached");
                 }
                 let ctx = FetchCtx {
                     key,
@@ -432,6 +459,85 @@ impl<S> Cache<S> {
     }
 }
 
+/// Whether a miss takes part in collapsing: a `GET` that may use a stored response and has not
+/// taken part already. `HEAD` misses are not stored, `no-store` requests store nothing, and the
+/// client's own validators may draw a `304` that is not stored either, so none of them makes
+/// others wait or waits itself.
+fn collapses(parts: &Parts, req: &RequestDirectives) -> bool {
+    parts.method == Method::GET
+        && !req.no_store
+        && !req.only_if_cached
+        && !parts.headers.contains_key(header::IF_NONE_MATCH)
+        && !parts.headers.contains_key(header::IF_MODIFIED_SINCE)
+        && parts.extensions.get::<CollapseDone>().is_none()
+        && tokio::runtime::Handle::try_current().is_ok()
+}
+
+/// Runs a miss; when it leads a collapsed fill, releases the waiters once it has answered
+/// (after storing what it stores), remembering the key as hit-for-miss when nothing was stored.
+fn lead_fill<ResBody, E>(
+    shared: Arc<Shared>,
+    key: String,
+    fill: Option<FillGuard>,
+    lead: impl std::future::Future<Output = Result<Response<CacheBody<ResBody>>, E>> + Send + 'static,
+) -> ResponseFuture<ResBody, E>
+where
+    ResBody: Body + Send + 'static,
+{
+    let Some(fill) = fill else {
+        return ResponseFuture::boxed(lead);
+    };
+    ResponseFuture::boxed(async move {
+        let result = lead.await;
+        let stored = shared.l1.lookup(&key).is_some();
+        let not_error = result.as_ref().is_ok_and(|r| r.status().as_u16() < 500);
+        fill.finish(stored, not_error, shared.clock.now());
+        result
+    })
+}
+
+impl<S> Cache<S> {
+    /// A collapsed miss: waits for the leader of `key`, then runs again as a request that will
+    /// not wait twice; a hit when the leader stored what this request may use, otherwise its
+    /// own trip to the origin. Past the wait it is answered `504`.
+    fn wait_for_fill<B, ResBody>(
+        &mut self,
+        shared: Arc<Shared>,
+        mut parts: Parts,
+        body: B,
+        key: String,
+        fill: Arc<crate::collapse::Fill>,
+    ) -> ResponseFuture<ResBody, S::Error>
+    where
+        S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        B: Send + 'static,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Send + 'static,
+    {
+        // Readiness stays with this service; the waiter readies its own clone if it runs.
+        let mut again = Cache {
+            inner: self.inner.clone(),
+            shared: shared.clone(),
+        };
+        let wait = shared
+            .config
+            .collapse_wait
+            .unwrap_or(Duration::from_secs(30));
+        tracing::debug!(key = %key, "miss collapsed onto one in flight");
+        ResponseFuture::boxed(async move {
+            if tokio::time::timeout(wait, fill.wait()).await.is_err() {
+                return gateway_timeout::<ResBody, S::Error>(&shared, &key, "collapse-timeout")
+                    .await;
+            }
+            parts.extensions.insert(CollapseDone);
+            poll_fn(|cx| again.poll_ready(cx)).await?;
+            again.call(Request::from_parts(parts, body)).await
+        })
+    }
+}
+
 /// Finds the stored variant matching the request, or says which kind of miss it is.
 fn lookup(
     shared: &Shared,
@@ -514,6 +620,9 @@ fn from_stored<ResBody: Body>(
             // A stored response can hold as many fields as a header map allows, so nothing here may assume room
             // for two more: the fallible calls keep an absurdly large response from panicking the hit path.
             let mut headers = v.headers.clone();
+            if shared.config.strip_surrogate {
+                headers.remove(SURROGATE_CONTROL);
+            }
             let _ = headers.try_insert(header::AGE, age_value(age));
             if shared.config.cache_status
                 && let Some(value) = cache_status_value(&shared.config.name, params)
@@ -595,9 +704,13 @@ fn ranged_hit<ResBody: Body, E>(
     Some(ResponseFuture::ready(resp))
 }
 
-fn gateway_timeout<ResBody: Body, E>(shared: &Shared, key: &str) -> ResponseFuture<ResBody, E> {
+fn gateway_timeout<ResBody: Body, E>(
+    shared: &Shared,
+    key: &str,
+    detail: &'static str,
+) -> ResponseFuture<ResBody, E> {
     record_request(Outcome::Miss);
-    tracing::debug!(key, "only-if-cached without a usable response");
+    tracing::debug!(key, detail, "answered 504 without the origin");
     let mut resp = Response::new(CacheBody::empty());
     *resp.status_mut() = StatusCode::GATEWAY_TIMEOUT;
     resp.headers_mut()
@@ -608,7 +721,7 @@ fn gateway_timeout<ResBody: Body, E>(shared: &Shared, key: &str) -> ResponseFutu
         && let Some(v) = cache_status_value(
             &shared.config.name,
             &StatusParams {
-                detail: Some("only-if-cached"),
+                detail: Some(detail),
                 ..StatusParams::default()
             },
         )
@@ -635,6 +748,9 @@ fn decorate(shared: &Shared, headers: &mut HeaderMap, params: &StatusParams) {
     {
         headers.remove(t);
     }
+    if shared.config.strip_surrogate {
+        headers.remove(SURROGATE_CONTROL);
+    }
     if shared.config.cache_status
         && let Some(v) = cache_status_value(&shared.config.name, params)
     {
@@ -650,12 +766,23 @@ struct FetchCtx {
     background: bool,
 }
 
-/// Whether `v` may be served because the origin failed (RFC 5861 §4).
+/// Which rule lets a stored response answer for a failed origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StaleOnError {
+    /// The response's or the request's `stale-if-error` window (RFC 5861 §4).
+    StaleIfError,
+    /// The layer's `serve_stale_on_error` window.
+    Configured,
+}
+
+/// Whether `v` may be served because the origin failed: within `stale-if-error` (RFC 5861
+/// §4), or within the layer's `serve_stale_on_error` window unless a directive forbids
+/// serving stale (RFC 9111 §4.2.4).
 fn stale_if_error_allows(
     shared: &Shared,
     ctx: &FetchCtx,
     now: Instant,
-) -> Option<(Arc<StoredResponse>, EntryState)> {
+) -> Option<(Arc<StoredResponse>, EntryState, StaleOnError)> {
     let v = ctx.stale.as_ref()?;
     let state = v.state(&shared.clock, now);
     if state.must_revalidate || state.no_cache {
@@ -664,31 +791,47 @@ fn stale_if_error_allows(
     let window = match (ctx.req_dirs.stale_if_error, v.stale_if_error.is_zero()) {
         (Some(r), _) => Duration::from_secs(r).max(v.stale_if_error),
         (None, false) => v.stale_if_error,
-        (None, true) => return None,
+        (None, true) => Duration::ZERO,
     };
-    if state.staleness() <= window {
-        Some((v.clone(), state))
-    } else {
-        None
+    let staleness = state.staleness();
+    if !window.is_zero() && staleness <= window {
+        return Some((v.clone(), state, StaleOnError::StaleIfError));
     }
+    // The response's own stale-if-error is the origin's word on the matter and replaces the
+    // layer's window.
+    let configured = shared.config.stale_on_error;
+    if !configured.is_zero()
+        && v.stale_if_error.is_zero()
+        && !ctx.req_dirs.no_cache
+        && staleness <= configured
+    {
+        return Some((v.clone(), state, StaleOnError::Configured));
+    }
+    None
 }
 
+#[allow(clippy::too_many_arguments)]
 fn serve_stale_on_error<ResBody: Body>(
     shared: &Shared,
     ctx: &FetchCtx,
     v: &StoredResponse,
     state: &EntryState,
+    rule: StaleOnError,
     request: &HeaderMap,
     head: bool,
     fwd_status: Option<u16>,
 ) -> Response<CacheBody<ResBody>> {
     record_request(Outcome::Stale);
-    tracing::debug!(key = %ctx.key, ?fwd_status, "stale-if-error");
+    let detail = match rule {
+        StaleOnError::StaleIfError => "stale-if-error",
+        StaleOnError::Configured => "stale-on-error",
+    };
+    tracing::debug!(key = %ctx.key, ?fwd_status, detail, "stale served for a failed origin");
     let params = StatusParams {
         fwd: Some(Fwd::Stale),
         fwd_status,
         ttl: Some(ttl_of(state)),
-        detail: Some("stale-if-error"),
+        detail: Some(detail),
         ..StatusParams::default()
     };
     from_stored(shared, v, state, request, head, &params)
@@ -733,12 +876,13 @@ where
     let mut resp = match result {
         Ok(resp) => resp,
         Err(e) => {
-            if let Some((v, state)) = stale_if_error_allows(&shared, &ctx, response_instant) {
+            if let Some((v, state, rule)) = stale_if_error_allows(&shared, &ctx, response_instant) {
                 return Ok(serve_stale_on_error(
                     &shared,
                     &ctx,
                     &v,
                     &state,
+                    rule,
                     &client.headers,
                     head,
                     None,
@@ -749,13 +893,14 @@ where
     };
     let mut status = resp.status();
     if matches!(status.as_u16(), 500 | 502 | 503 | 504)
-        && let Some((v, state)) = stale_if_error_allows(&shared, &ctx, response_instant)
+        && let Some((v, state, rule)) = stale_if_error_allows(&shared, &ctx, response_instant)
     {
         return Ok(serve_stale_on_error(
             &shared,
             &ctx,
             &v,
             &state,
+            rule,
             &client.headers,
             head,
             Some(status.as_u16()),
@@ -840,7 +985,11 @@ where
         }
         return Ok(fail(NotStorable::Method, resp));
     }
-    let (dirs, targeted) = effective_directives(resp.headers(), shared.config.target.as_ref());
+    let (dirs, targeted) = effective_directives(
+        resp.headers(),
+        &shared.config.targets,
+        shared.config.surrogate_device.as_deref(),
+    );
     if let Err(reason) = check_storable(
         shared.config.mode,
         &client.method,
@@ -897,6 +1046,23 @@ where
             error,
             reason,
         } => {
+            // The origin broke off the body before anything reached the client: a stored
+            // response the stale rules allow is a better answer than a truncated one.
+            if error.is_some()
+                && let Some((v, state, rule)) =
+                    stale_if_error_allows(&shared, &ctx, shared.clock.now())
+            {
+                return Ok(serve_stale_on_error(
+                    &shared,
+                    &ctx,
+                    &v,
+                    &state,
+                    rule,
+                    &client.headers,
+                    head,
+                    fwd_status,
+                ));
+            }
             record_request(Outcome::Uncacheable);
             tracing::debug!(key = %ctx.key, reason = reason.as_str(), "response not stored");
             let params = StatusParams {
@@ -905,6 +1071,18 @@ where
                 detail: Some(reason.as_str()),
                 ..StatusParams::default()
             };
+            if error.is_some() && shared.config.incomplete_as_bad_gateway {
+                // Nothing reached the client yet: a gateway says the upstream answer was
+                // invalid (RFC 9110 §15.6.3) rather than relaying half of it.
+                drop((frames, rest, error));
+                let mut out = Response::new(CacheBody::empty());
+                *out.status_mut() = StatusCode::BAD_GATEWAY;
+                let h = out.headers_mut();
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                decorate(&shared, out.headers_mut(), &params);
+                return Ok(out);
+            }
             let mut out = Response::from_parts(resp_parts, CacheBody::replay(frames, rest, error));
             decorate(&shared, out.headers_mut(), &params);
             return Ok(out);
@@ -1038,7 +1216,11 @@ fn revalidated<ResBody: Body>(
     let (resp_parts, _body) = resp.into_parts();
     let fwd_status = resp_parts.status.as_u16();
     let merged = policy::merge_not_modified(&v.headers, &resp_parts.headers);
-    let (dirs, targeted) = effective_directives(&merged, shared.config.target.as_ref());
+    let (dirs, targeted) = effective_directives(
+        &merged,
+        &shared.config.targets,
+        shared.config.surrogate_device.as_deref(),
+    );
     let mut head_parts = resp_parts;
     head_parts.status = v.status;
     let vary: Vec<HeaderName> = v.vary.iter().map(|(n, _)| n.clone()).collect();

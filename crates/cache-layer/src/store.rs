@@ -166,6 +166,18 @@ impl StoredResponse {
         }
     }
 
+    /// How long past freshness this response may still be served by some stale rule:
+    /// `stale-while-revalidate`, `stale-if-error`, or the layer's `serve_stale_on_error`
+    /// window when no directive forbids stale use.
+    pub(crate) fn stale_windows(&self, stale_on_error: Duration) -> Duration {
+        let own = self.stale_while_revalidate.max(self.stale_if_error);
+        if self.must_revalidate || self.no_cache {
+            own
+        } else {
+            own.max(stale_on_error)
+        }
+    }
+
     pub(crate) fn weight(&self) -> usize {
         let headers: usize = self
             .headers
@@ -333,10 +345,14 @@ pub(crate) struct MemoryConfig {
     pub(crate) max_bytes: u64,
     pub(crate) ttl_cap: Duration,
     pub(crate) max_tag_pairs: u64,
+    /// `serve_stale_on_error`: how long past freshness a response stays servable on origin
+    /// failure, for responses that allow stale use at all.
+    pub(crate) stale_on_error: Duration,
 }
 
 struct EntryExpiry {
     ttl_cap: Duration,
+    stale_on_error: Duration,
 }
 
 impl moka::Expiry<Arc<str>, Arc<StoredEntry>> for EntryExpiry {
@@ -370,8 +386,7 @@ impl EntryExpiry {
                 return self.ttl_cap;
             }
             let remaining = v.lifetime.saturating_sub(v.corrected_initial_age);
-            let windows = v.stale_while_revalidate.max(v.stale_if_error);
-            keep = keep.max(remaining.saturating_add(windows));
+            keep = keep.max(remaining.saturating_add(v.stale_windows(self.stale_on_error)));
         }
         keep.min(self.ttl_cap)
     }
@@ -416,6 +431,7 @@ impl MemoryTier {
             .weigher(|k: &Arc<str>, v: &Arc<StoredEntry>| charge(k, v))
             .expire_after(EntryExpiry {
                 ttl_cap: config.ttl_cap,
+                stale_on_error: config.stale_on_error,
             })
             .eviction_listener(move |key: Arc<Arc<str>>, value: Arc<StoredEntry>, cause| {
                 t.remove(&key, &value);

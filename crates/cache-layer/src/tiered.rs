@@ -260,6 +260,8 @@ pub(crate) struct Lower {
     events: broadcast::Sender<TierEvent>,
     instance: String,
     compress_above: Option<usize>,
+    /// `serve_stale_on_error`: lower tiers keep entries that long past freshness too.
+    stale_on_error: Duration,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -287,6 +289,7 @@ pub(crate) struct LowerConfig {
     #[cfg(feature = "disk")]
     pub(crate) l3: Option<DiskTier>,
     pub(crate) compress_above: Option<usize>,
+    pub(crate) stale_on_error: Duration,
 }
 
 impl LowerConfig {
@@ -337,6 +340,7 @@ impl Lower {
             events,
             instance: format!("{:016x}", fastrand::u64(..)),
             compress_above: config.compress_above,
+            stale_on_error: config.stale_on_error,
             tasks: Mutex::new(Vec::new()),
         });
         let weak = Arc::downgrade(&lower);
@@ -619,7 +623,7 @@ impl Lower {
         let Some(bytes) = codec::encode(entry, &self.clock, seq, self.compress_above) else {
             return;
         };
-        let ttl = keep_for(entry, l2.inner.ttl_cap);
+        let ttl = keep_for(entry, l2.inner.ttl_cap, self.stale_on_error);
         let key = key.to_owned();
         tokio::spawn(async move {
             if bytes.len() <= l2.inner.max_entry_bytes && !ttl.is_zero() {
@@ -704,7 +708,7 @@ impl Lower {
         bump(&self.stats.writes);
         #[cfg(feature = "redis")]
         if let Some(l2) = &self.l2 {
-            let ttl = keep_for(entry, l2.inner.ttl_cap);
+            let ttl = keep_for(entry, l2.inner.ttl_cap, self.stale_on_error);
             if bytes.len() <= l2.inner.max_entry_bytes
                 && !ttl.is_zero()
                 && let Err(f) = l2.inner.put(key, bytes.clone(), ttl).await
@@ -719,7 +723,7 @@ impl Lower {
         }
         #[cfg(feature = "disk")]
         if let Some(l3) = &self.l3 {
-            let ttl = keep_for(entry, l3.ttl_cap());
+            let ttl = keep_for(entry, l3.ttl_cap(), self.stale_on_error);
             if !ttl.is_zero() {
                 let _ = l3.put(key, bytes, ttl, &entry.tags).await;
             }
@@ -867,15 +871,14 @@ impl Lower {
 
 /// How long a lower tier keeps an entry: until no variant can be used any more (freshness
 /// plus the stale windows; the cap when a validator keeps it useful), never past `cap`.
-fn keep_for(entry: &StoredEntry, cap: Duration) -> Duration {
+fn keep_for(entry: &StoredEntry, cap: Duration, stale_on_error: Duration) -> Duration {
     let mut keep = Duration::ZERO;
     for v in entry.variants.iter() {
         if v.has_validator() {
             return cap;
         }
         let remaining = v.lifetime.saturating_sub(v.corrected_initial_age);
-        let windows = v.stale_while_revalidate.max(v.stale_if_error);
-        keep = keep.max(remaining.saturating_add(windows));
+        keep = keep.max(remaining.saturating_add(v.stale_windows(stale_on_error)));
     }
     keep.min(cap)
 }

@@ -218,6 +218,191 @@ async fn must_revalidate_disables_stale_if_error() {
     assert_eq!(get(&app, "/").await.status, 503);
 }
 
+// ---- serve_stale_on_error ----
+
+fn stale_on_error(secs: u64) -> CacheLayer {
+    CacheLayer::builder()
+        .serve_stale_on_error(Duration::from_secs(secs))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_on_error_without_stale_if_error() {
+    for status in [500, 502, 503, 504] {
+        let (app, calls) = origin(stale_on_error(60), move |n, _| {
+            if n > 1 {
+                return reply(status, &[], "down");
+            }
+            numbered(n, &[("cache-control", "max-age=1")])
+        });
+        get(&app, "/").await;
+        advance(5.0).await;
+        let r = get(&app, "/").await;
+        assert_eq!(r.status, 200, "{status}");
+        assert_eq!(r.text(), "call 1");
+        let fwd = format!("fwd=stale; fwd-status={status}");
+        assert!(r.cache_status().contains(&fwd), "{}", r.cache_status());
+        assert!(r.cache_status().contains("detail=stale-on-error"));
+        assert!(r.cache_status().contains("ttl=-4"), "{}", r.cache_status());
+        advance(60.0).await;
+        assert_eq!(
+            get(&app, "/").await.status.as_u16(),
+            status,
+            "past the window the error goes through"
+        );
+        assert_eq!(calls.get(), 3);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_on_error_keeps_an_entry_without_validator_past_freshness() {
+    // Without the option the entry would be dropped once stale: nothing validates it.
+    let (app, _calls) = origin(stale_on_error(600), |n, _| {
+        if n > 1 {
+            return reply(503, &[], "down");
+        }
+        numbered(n, &[("cache-control", "max-age=1")])
+    });
+    get(&app, "/").await;
+    advance(300.0).await;
+    let r = get(&app, "/").await;
+    assert_eq!(r.text(), "call 1", "{}", r.cache_status());
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_on_error_other_statuses_and_success_go_through() {
+    let (app, _calls) = origin(stale_on_error(60), |n, _| match n {
+        1 => numbered(n, &[("cache-control", "max-age=1")]),
+        2 => reply(501, &[], "not implemented"),
+        3 => reply(404, &[], "gone"),
+        _ => numbered(n, &[("cache-control", "max-age=1")]),
+    });
+    get(&app, "/").await;
+    advance(5.0).await;
+    assert_eq!(get(&app, "/").await.status, 501);
+    advance(5.0).await;
+    assert_eq!(get(&app, "/").await.status, 404);
+    advance(5.0).await;
+    assert_eq!(get(&app, "/").await.text(), "call 4");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_on_error_yields_to_directives_that_forbid_stale() {
+    for cc in [
+        "max-age=1, must-revalidate",
+        "max-age=1, proxy-revalidate",
+        "max-age=1, s-maxage=1",
+        "max-age=1, no-cache",
+    ] {
+        let (app, _calls) = origin(stale_on_error(600), move |n, _| {
+            if n > 1 {
+                return reply(503, &[], "down");
+            }
+            let mut r = numbered(n, &[("cache-control", cc)]);
+            r.headers_mut()
+                .insert("etag", http::HeaderValue::from_static("\"v\""));
+            r
+        });
+        get(&app, "/").await;
+        advance(5.0).await;
+        let r = get(&app, "/").await;
+        assert_eq!(r.status, 503, "{cc}: {}", r.cache_status());
+    }
+    // A request that says no-cache wants the origin's answer, whatever it is.
+    let (app, _calls) = origin(stale_on_error(600), |n, _| {
+        if n > 1 {
+            return reply(503, &[], "down");
+        }
+        numbered(n, &[("cache-control", "max-age=1")])
+    });
+    get(&app, "/").await;
+    advance(5.0).await;
+    assert_eq!(
+        get_with(&app, "/", &[("cache-control", "no-cache")])
+            .await
+            .status,
+        503
+    );
+    assert_eq!(get(&app, "/").await.status, 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_on_error_private_mode_ignores_s_maxage() {
+    let layer = CacheLayer::builder()
+        .mode(cache_layer::CacheMode::Private)
+        .serve_stale_on_error(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let (app, _calls) = origin(layer, |n, _| {
+        if n > 1 {
+            return reply(503, &[], "down");
+        }
+        numbered(n, &[("cache-control", "max-age=1, s-maxage=1")])
+    });
+    get(&app, "/").await;
+    advance(5.0).await;
+    assert_eq!(get(&app, "/").await.text(), "call 1");
+}
+
+/// A body that breaks off after its first chunk, as a reset connection does.
+struct BreaksOff(bool);
+
+impl http_body::Body for BreaksOff {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if self.0 {
+            return Poll::Ready(Some(Err(std::io::Error::other("reset"))));
+        }
+        self.0 = true;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"half")))))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_on_error_on_inner_error_and_broken_body() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let svc = service_fn(move |_req: Request<Full<Bytes>>| {
+        let n = n.fetch_add(1, Ordering::SeqCst);
+        async move {
+            match n {
+                0 => Ok(Response::builder()
+                    .header("cache-control", "max-age=1")
+                    .body(Body::from("first"))
+                    .unwrap()),
+                1 => Err(std::io::Error::other("origin unreachable")),
+                _ => Ok(Response::builder()
+                    .header("cache-control", "max-age=60")
+                    .body(Body::new(BreaksOff(false)))
+                    .unwrap()),
+            }
+        }
+    });
+    let svc = stale_on_error(60).layer(svc);
+    let req = || {
+        Request::get("/")
+            .header("host", "h")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    svc.clone().oneshot(req()).await.unwrap();
+    advance(5.0).await;
+    for expect in [
+        "stale-on-error",
+        "fwd-status=200; ttl=-4; detail=stale-on-error",
+    ] {
+        let r = svc.clone().oneshot(req()).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let status = r.headers()["cache-status"].to_str().unwrap().to_owned();
+        assert!(status.contains(expect), "{status}");
+        assert_eq!(r.into_body().collect().await.unwrap().to_bytes(), "first");
+    }
+}
+
 // ---- early refresh ----
 
 #[tokio::test(start_paused = true)]
@@ -918,4 +1103,227 @@ async fn a_stored_response_with_as_many_fields_as_a_header_map_holds_is_served_f
     assert_eq!(hit.text(), "many fields");
     assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+// ---- collapsed misses ----
+
+fn collapsing() -> CacheLayer {
+    CacheLayer::builder()
+        .collapse_misses(Some(Duration::from_secs(5)))
+        .build()
+        .unwrap()
+}
+
+/// An origin that takes 300 ms and answers with `headers`, counting calls.
+fn slow_origin(
+    layer: CacheLayer,
+    headers: &'static [(&'static str, &'static str)],
+) -> (Router, Counter) {
+    let counter = Counter::default();
+    let c = counter.clone();
+    let app = Router::new()
+        .fallback(move || {
+            let c = c.clone();
+            async move {
+                let n = c.hit();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                numbered(n, headers)
+            }
+        })
+        .layer(layer);
+    (app, counter)
+}
+
+async fn burst(
+    app: &Router,
+    n: usize,
+    headers: &'static [(&'static str, &'static str)],
+) -> Vec<Resp> {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let app = app.clone();
+        tasks.push(tokio::spawn(
+            async move { get_with(&app, "/", headers).await },
+        ));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn collapsed_misses_reach_the_origin_once() {
+    let layer = collapsing();
+    let handle = layer.handle();
+    let (app, calls) = slow_origin(layer, &[("cache-control", "max-age=60")]);
+    let started = tokio::time::Instant::now();
+    let all = burst(&app, 50, &[]).await;
+    assert_eq!(calls.get(), 1);
+    assert!(started.elapsed() < Duration::from_millis(400));
+    assert!(all.iter().all(|r| r.text() == "call 1"));
+    let hits = all
+        .iter()
+        .filter(|r| r.cache_status().contains("; hit"))
+        .count();
+    assert_eq!(hits, 49, "waiters are answered from the store");
+    assert_eq!(handle.collapsed_in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn uncacheable_leader_releases_waiters_and_later_misses_do_not_wait() {
+    for cc in ["no-store", "private"] {
+        let headers: &'static [(&'static str, &'static str)] = if cc == "private" {
+            &[("cache-control", "private")]
+        } else {
+            &[("cache-control", "no-store")]
+        };
+        let (app, calls) = slow_origin(collapsing(), headers);
+        let started = tokio::time::Instant::now();
+        let all = burst(&app, 20, &[]).await;
+        assert_eq!(calls.get(), 20, "{cc}: every request gets its own answer");
+        // One round for the leader, one for the released waiters: never one per caller.
+        assert!(started.elapsed() < Duration::from_millis(700), "{cc}");
+        assert!(all.iter().all(|r| r.status == 200));
+        // Hit-for-miss: the next burst does not wait at all.
+        let started = tokio::time::Instant::now();
+        burst(&app, 20, &[]).await;
+        assert_eq!(calls.get(), 40);
+        assert!(started.elapsed() < Duration::from_millis(400), "{cc}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn collapsed_waiters_respect_vary() {
+    let (app, calls) = slow_origin(
+        collapsing(),
+        &[("cache-control", "max-age=60"), ("vary", "x-variant")],
+    );
+    let a = tokio::spawn({
+        let app = app.clone();
+        async move { burst(&app, 5, &[("x-variant", "a")]).await }
+    });
+    tokio::task::yield_now().await;
+    let b = burst(&app, 5, &[("x-variant", "b")]).await;
+    let a = a.await.unwrap();
+    // The leader's variant answers the requests that select it; the others never receive it
+    // and go to the origin on their own once the leader is done.
+    assert!(a.iter().all(|r| r.text() == "call 1"));
+    assert!(b.iter().all(|r| r.text() != "call 1"));
+    assert_eq!(calls.get(), 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_past_its_wait_gets_504() {
+    let layer = CacheLayer::builder()
+        .collapse_misses(Some(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    let (app, calls) = slow_origin(layer, &[("cache-control", "max-age=60")]);
+    let all = burst(&app, 3, &[]).await;
+    assert_eq!(calls.get(), 1);
+    let timeouts: Vec<&Resp> = all.iter().filter(|r| r.status == 504).collect();
+    assert_eq!(timeouts.len(), 2);
+    assert!(
+        timeouts[0]
+            .cache_status()
+            .contains("detail=collapse-timeout")
+    );
+    assert_eq!(timeouts[0].header("cache-control"), Some("no-store"));
+    assert!(
+        CacheLayer::builder()
+            .collapse_misses(Some(Duration::ZERO))
+            .build()
+            .is_err()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_broken_body_is_a_bad_gateway_when_asked() {
+    for gateway in [false, true] {
+        let layer = CacheLayer::builder()
+            .incomplete_as_bad_gateway(gateway)
+            .build()
+            .unwrap();
+        let (app, calls) = origin(layer, |_, _| {
+            Response::builder()
+                .header("cache-control", "max-age=60")
+                .body(Body::new(BreaksOff(false)))
+                .unwrap()
+        });
+        let resp = app
+            .clone()
+            .oneshot(
+                Request::get("/")
+                    .header("host", "h")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = resp.status();
+        let cache_status = resp.headers()["cache-status"].to_str().unwrap().to_owned();
+        assert!(cache_status.contains("detail=body-error"), "{cache_status}");
+        let body = resp.into_body().collect().await;
+        if gateway {
+            assert_eq!(status, 502);
+            assert!(body.unwrap().to_bytes().is_empty());
+        } else {
+            assert_eq!(status, 200);
+            assert!(body.is_err(), "the break reaches the client");
+        }
+        let again = app
+            .clone()
+            .oneshot(
+                Request::get("/")
+                    .header("host", "h")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        drop(again);
+        assert_eq!(calls.get(), 2, "nothing stored");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_responses_own_stale_if_error_replaces_the_configured_window() {
+    let (app, _calls) = origin(stale_on_error(3600), |n, _| {
+        if n > 1 {
+            return reply(503, &[], "down");
+        }
+        numbered(n, &[("cache-control", "max-age=1, stale-if-error=10")])
+    });
+    get(&app, "/").await;
+    advance(5.0).await;
+    let r = get(&app, "/").await;
+    assert!(
+        r.cache_status().contains("detail=stale-if-error"),
+        "{}",
+        r.cache_status()
+    );
+    advance(30.0).await;
+    assert_eq!(
+        get(&app, "/").await.status,
+        503,
+        "the origin said ten seconds"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_never_waits_for_a_collapsed_miss() {
+    let (app, calls) = slow_origin(collapsing(), &[("cache-control", "max-age=60")]);
+    let leader = tokio::spawn({
+        let app = app.clone();
+        async move { get(&app, "/").await }
+    });
+    tokio::task::yield_now().await;
+    let started = tokio::time::Instant::now();
+    let reload = get_with(&app, "/", &[("cache-control", "no-cache")]).await;
+    assert_eq!(reload.text(), "call 2", "straight to the origin");
+    assert!(started.elapsed() < Duration::from_millis(400));
+    assert_eq!(leader.await.unwrap().text(), "call 1");
+    assert_eq!(calls.get(), 2);
 }

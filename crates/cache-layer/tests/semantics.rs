@@ -963,6 +963,189 @@ async fn targeted_field_name_is_configurable() {
     assert_eq!(calls.get(), 2);
 }
 
+fn gateway() -> CacheLayer {
+    CacheLayer::builder()
+        .targeted_cache_controls(["Surrogate-Control", "CDN-Cache-Control"])
+        .surrogate_device(Some("edge"))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn surrogate_control_overrides_cache_control_and_is_removed() {
+    let (app, calls) = origin(gateway(), |n, _| {
+        numbered(
+            n,
+            &[
+                ("cache-control", "no-store"),
+                ("surrogate-control", "max-age=60"),
+            ],
+        )
+    });
+    let a = get(&app, "/").await;
+    assert!(
+        a.cache_status().contains("stored; ttl=60"),
+        "{}",
+        a.cache_status()
+    );
+    assert_eq!(a.header("surrogate-control"), None, "removed on a miss");
+    assert_eq!(a.header("cache-control"), Some("no-store"));
+    let b = get(&app, "/").await;
+    assert_eq!(b.text(), "call 1");
+    assert_eq!(b.header("surrogate-control"), None, "removed on a hit");
+    assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn surrogate_control_device_targeting() {
+    let (app, calls) = origin(gateway(), |n, req| {
+        let sc = match req.uri().path() {
+            "/mine" => "max-age=1, max-age=60;edge",
+            "/other" => "max-age=60;browser-cache",
+            "/no-store-here" => "max-age=60, no-store;edge",
+            _ => "max-age=60+600",
+        };
+        numbered(
+            n,
+            &[("cache-control", "no-store"), ("surrogate-control", sc)],
+        )
+    });
+    get(&app, "/mine").await;
+    advance(30.0).await;
+    assert_eq!(
+        get(&app, "/mine").await.text(),
+        "call 1",
+        "the device's max-age"
+    );
+    get(&app, "/other").await;
+    get(&app, "/other").await;
+    assert_eq!(
+        calls.get(),
+        3,
+        "another device's directive: Cache-Control no-store applies"
+    );
+    let r = get(&app, "/no-store-here").await;
+    assert!(
+        r.cache_status().contains("detail=no-store"),
+        "{}",
+        r.cache_status()
+    );
+    let r = get(&app, "/grace").await;
+    assert!(r.cache_status().contains("ttl=60"), "{}", r.cache_status());
+}
+
+#[tokio::test(start_paused = true)]
+async fn surrogate_control_max_age_plus_serves_stale_on_error() {
+    let (app, _calls) = origin(gateway(), |n, _| {
+        if n > 1 {
+            return reply(503, &[], "down");
+        }
+        numbered(n, &[("surrogate-control", "max-age=1+600")])
+    });
+    get(&app, "/").await;
+    advance(300.0).await;
+    let r = get(&app, "/").await;
+    assert_eq!(r.text(), "call 1");
+    assert!(
+        r.cache_status().contains("detail=stale-if-error"),
+        "{}",
+        r.cache_status()
+    );
+    advance(600.0).await;
+    assert_eq!(get(&app, "/").await.status, 503);
+}
+
+#[tokio::test(start_paused = true)]
+async fn targeted_fields_in_priority_order() {
+    let (app, calls) = origin(gateway(), |n, req| {
+        let mut h = vec![("cache-control", "max-age=5")];
+        match req.uri().path() {
+            // Both present and valid: the first listed wins.
+            "/both" => h.extend([
+                ("surrogate-control", "no-store"),
+                ("cdn-cache-control", "max-age=60"),
+            ]),
+            // The first is invalid: the second applies.
+            "/second" => h.extend([
+                ("surrogate-control", "max-age=x"),
+                ("cdn-cache-control", "max-age=60"),
+            ]),
+            // Neither valid: Cache-Control.
+            _ => h.extend([
+                ("surrogate-control", "max-age=x"),
+                ("cdn-cache-control", "Max-Age=60"),
+            ]),
+        }
+        numbered(n, &h)
+    });
+    let r = get(&app, "/both").await;
+    assert!(
+        r.cache_status().contains("detail=no-store"),
+        "{}",
+        r.cache_status()
+    );
+    let r = get(&app, "/second").await;
+    assert!(r.cache_status().contains("ttl=60"), "{}", r.cache_status());
+    let r = get(&app, "/neither").await;
+    assert!(r.cache_status().contains("ttl=5"), "{}", r.cache_status());
+    assert_eq!(calls.get(), 3);
+    assert!(
+        CacheLayer::builder()
+            .targeted_cache_controls(["CDN-Cache-Control", "cdn-cache-control"])
+            .build()
+            .is_err(),
+        "listed twice"
+    );
+    assert!(
+        CacheLayer::builder()
+            .targeted_cache_controls(["Cache-Control"])
+            .build()
+            .is_err()
+    );
+    assert!(
+        CacheLayer::builder()
+            .targeted_cache_controls(["bad name"])
+            .build()
+            .is_err()
+    );
+    assert!(
+        CacheLayer::builder()
+            .surrogate_device(Some("a;b"))
+            .build()
+            .is_err()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn surrogate_control_kept_when_not_obeyed_or_asked() {
+    let (app, _calls) = origin(layer(), |n, _| {
+        numbered(
+            n,
+            &[
+                ("cache-control", "max-age=60"),
+                ("surrogate-control", "max-age=5"),
+            ],
+        )
+    });
+    let r = get(&app, "/").await;
+    assert!(
+        r.cache_status().contains("ttl=60"),
+        "not a targeted field by default"
+    );
+    assert_eq!(r.header("surrogate-control"), Some("max-age=5"));
+    let l = CacheLayer::builder()
+        .targeted_cache_controls(["Surrogate-Control"])
+        .strip_surrogate_control(false)
+        .build()
+        .unwrap();
+    let (app, _calls) = origin(l, |n, _| numbered(n, &[("surrogate-control", "max-age=5")]));
+    get(&app, "/").await;
+    assert_eq!(
+        get(&app, "/").await.header("surrogate-control"),
+        Some("max-age=5")
+    );
+}
+
 // ---- Cache-Status ----
 
 #[tokio::test(start_paused = true)]

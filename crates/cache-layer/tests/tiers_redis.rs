@@ -569,3 +569,60 @@ async fn a_subscription_killed_again_and_again_is_retried_with_growing_pauses() 
     assert!(elapsed >= Duration::from_millis(600), "{elapsed:?}");
     assert!(a.handle.tier_stats().flushes <= 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collapsed_misses_go_through_the_shared_tier_once() {
+    let server = RedisServer::start().unwrap();
+    let origin = Origin::default();
+    let l2 = RedisTier::builder(server.url())
+        .prefix("tc13")
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let cache = CacheLayer::builder()
+        .redis(l2)
+        .collapse_misses(Some(Duration::from_secs(5)))
+        .build()
+        .unwrap();
+    let handle = cache.handle();
+    let app = Router::new()
+        .route("/slow", get(slow))
+        .with_state(origin.clone())
+        .layer(cache);
+    // The leader reaches the origin after its L2 miss and waits at the gate; everyone else
+    // collapses onto it (and would wait forever on its own fill if the leader waited on it).
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { fetch(&app, "/slow").await })
+        })
+        .collect();
+    eventually("the leader at the origin", || {
+        origin.calls.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(handle.collapsed_in_flight(), 1);
+    // Opens the gate until the leader has passed it (it may not be waiting yet).
+    let gate = origin.gate.clone();
+    let opener = tokio::spawn(async move {
+        loop {
+            gate.notify_waiters();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    for t in tasks {
+        let r = tokio::time::timeout(Duration::from_secs(5), t)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "slow"));
+    }
+    opener.abort();
+    assert_eq!(origin.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(handle.collapsed_in_flight(), 0);
+    let stats = handle.tier_stats();
+    assert!(
+        stats.l2_misses <= 1,
+        "one L2 lookup for the burst: {stats:?}"
+    );
+}

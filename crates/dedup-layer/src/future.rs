@@ -13,12 +13,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::{HeaderMap, Response, header};
+use http::{HeaderMap, HeaderName, Response, header};
 use http_body::Body;
 use pin_project_lite::pin_project;
 
 use crate::body::{BoxError, DedupBody};
 use crate::inflight::{Departure, Lead, Outcome, SharedResponse};
+use crate::key::MakeKey;
 use crate::problem::Problem;
 
 pub(crate) type LeaderResult<B, E> = Result<Response<DedupBody<B>>, E>;
@@ -117,6 +118,57 @@ struct Buffering<B> {
     trailers: Option<HeaderMap>,
 }
 
+/// What decides whether an answer may go to the waiters besides its size and `Set-Cookie`.
+#[derive(Clone)]
+pub(crate) struct Sharing {
+    /// The key identifies one user, so a `private` answer may be shared.
+    pub(crate) per_user: bool,
+    /// Says which request fields every request of the key has in common (for `Vary`).
+    pub(crate) key: Arc<dyn MakeKey>,
+}
+
+impl Sharing {
+    /// Whether the waiters, whose requests have the leader's key, may all receive this answer:
+    /// not when it is `private` and the key does not identify one user, nor when it varies on a
+    /// request field the key does not cover (or on `*`).
+    fn allows(&self, headers: &HeaderMap) -> bool {
+        if !self.per_user && says_private(headers) {
+            return false;
+        }
+        for line in headers.get_all(header::VARY) {
+            let Ok(line) = line.to_str() else {
+                return false;
+            };
+            for member in line.split(',') {
+                let member = member.trim_matches(|c: char| c == ' ' || c == '\t');
+                if member.is_empty() {
+                    continue;
+                }
+                match HeaderName::from_bytes(member.as_bytes()) {
+                    Ok(name) if self.key.covers(&name) => {}
+                    _ => return false,
+                }
+            }
+        }
+        true
+    }
+}
+
+/// Whether any `Cache-Control` line carries `private` (plain or field-qualified); an unreadable
+/// line counts as private.
+fn says_private(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CACHE_CONTROL).iter().any(|line| {
+        let Ok(line) = line.to_str() else {
+            return true;
+        };
+        line.split(',').any(|d| {
+            let name = d.split('=').next().unwrap_or("");
+            name.trim_matches(|c: char| c == ' ' || c == '\t')
+                .eq_ignore_ascii_case("private")
+        })
+    })
+}
+
 /// Moves unfinished leader work into a task; instantiated in `Dedup::call`, where the `Send + 'static` bounds hold.
 pub(crate) type Detach<F, B, E> = fn(Leading<F, B, E>);
 
@@ -129,6 +181,7 @@ pub(crate) struct Leading<F, B, E> {
     stage: Stage<F, B>,
     lead: Option<Lead>,
     max_body_bytes: usize,
+    sharing: Sharing,
     /// Present while this value is owned by the leader's caller; `None` once detached.
     detach: Option<Detach<F, B, E>>,
     _error: PhantomData<fn() -> E>,
@@ -139,12 +192,14 @@ impl<F, B, E> Leading<F, B, E> {
         future: Pin<Box<F>>,
         lead: Lead,
         max_body_bytes: usize,
+        sharing: Sharing,
         detach: Detach<F, B, E>,
     ) -> Self {
         Leading {
             stage: Stage::Calling(future),
             lead: Some(lead),
             max_body_bytes,
+            sharing,
             detach: Some(detach),
             _error: PhantomData,
         }
@@ -258,6 +313,13 @@ where
             Some(lead) => lead,
         };
         self.lead = Some(lead);
+        if !self.sharing.allows(response.headers()) {
+            tracing::debug!(
+                "answer is private or varies beyond the key; waiters run their own request"
+            );
+            self.publish(Outcome::Bypass);
+            return Some(response.map(DedupBody::inner));
+        }
         let (parts, body) = response.into_parts();
         if body.size_hint().lower() > self.max_body_bytes as u64 {
             tracing::debug!("response body above the buffer limit; waiters run their own request");
@@ -367,6 +429,7 @@ impl<F, B, E> Leading<F, B, E> {
             stage: std::mem::replace(&mut self.stage, Stage::Done),
             lead: self.lead.take(),
             max_body_bytes: self.max_body_bytes,
+            sharing: self.sharing.clone(),
             detach: None,
             _error: PhantomData,
         }

@@ -48,7 +48,8 @@ impl SharedResponse {
 pub(crate) enum Outcome {
     /// The buffered answer, to copy.
     Shared(Arc<SharedResponse>),
-    /// The answer cannot be shared (too large, `Set-Cookie`): run your own request.
+    /// The answer cannot be shared (too large, `Set-Cookie`, `private` without a per-user key,
+    /// `Vary` beyond the key): run your own request.
     Bypass,
     /// The leader panicked, errored or was dropped.
     Failed,

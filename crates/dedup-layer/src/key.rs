@@ -21,17 +21,31 @@ use sha2::{Digest, Sha256};
 /// assert_ne!(key, RequestKey::from_bytes(b"GET/reports/42".to_vec()));
 /// ```
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
-pub struct RequestKey(Vec<u8>);
+pub struct RequestKey(Vec<u8>, bool);
 
 impl RequestKey {
     /// An empty key.
     pub fn new() -> Self {
-        RequestKey(Vec::new())
+        RequestKey(Vec::new(), false)
     }
 
     /// A key made of these bytes exactly.
     pub fn from_bytes(bytes: Vec<u8>) -> Self {
-        RequestKey(bytes)
+        RequestKey(bytes, false)
+    }
+
+    /// Marks the key as identifying one user: its requests carry a credential that is part of the
+    /// key, so an answer marked `Cache-Control: private` may be shared among them. Without it a
+    /// `private` answer is never shared (each waiter runs its own request). [`DefaultKey`] sets it
+    /// when the request carries one of its credential headers and credentials are not shared.
+    pub fn per_user(&mut self) -> &mut Self {
+        self.1 = true;
+        self
+    }
+
+    /// Whether [`per_user`](Self::per_user) was set.
+    pub fn is_per_user(&self) -> bool {
+        self.1
     }
 
     /// Appends one length-prefixed field, so that `("ab", "c")` and `("a", "bc")` stay different.
@@ -47,8 +61,8 @@ impl RequestKey {
         &self.0
     }
 
-    pub(crate) fn into_bytes(self) -> Vec<u8> {
-        self.0
+    pub(crate) fn into_parts(self) -> (Vec<u8>, bool) {
+        (self.0, self.1)
     }
 }
 
@@ -82,6 +96,15 @@ impl fmt::Debug for RequestKey {
 pub trait MakeKey: Send + Sync + 'static {
     /// The key of this request, or `None` to let it through without coalescing.
     fn make_key(&self, parts: &Parts) -> Option<RequestKey>;
+
+    /// Whether requests with the same key always carry the same values of the request field
+    /// `field`, so an answer whose `Vary` lists it may be shared among them. An answer that
+    /// varies on a field the key does not cover (or says `Vary: *`) is not shared: each waiter
+    /// runs its own request. Defaults to `false` for every field.
+    fn covers(&self, field: &HeaderName) -> bool {
+        let _ = field;
+        false
+    }
 }
 
 impl<F> MakeKey for F
@@ -92,6 +115,17 @@ where
         self(parts)
     }
 }
+
+/// Request fields that ask for a part of the answer or a conditional one (`206`, `304`, `412`):
+/// a request carrying any of them is never coalesced, since its answer fits only itself.
+const PER_REQUEST: [HeaderName; 6] = [
+    header::RANGE,
+    header::IF_RANGE,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+];
 
 /// The default key: method, authority (URI or `Host`), path and query, the values of the varying headers,
 /// and a SHA-256 digest of the credential headers.
@@ -140,6 +174,8 @@ impl DefaultKey {
 struct Presence<'a> {
     bits: u64,
     host: Option<&'a [u8]>,
+    /// One of [`PER_REQUEST`] is there.
+    per_request: bool,
 }
 
 impl Presence<'_> {
@@ -182,10 +218,14 @@ impl DefaultKey {
         let mut presence = Presence {
             bits: 0,
             host: None,
+            per_request: false,
         };
         for (name, value) in headers {
             if name == header::HOST {
                 presence.host.get_or_insert(value.as_bytes());
+            }
+            if PER_REQUEST.contains(name) {
+                presence.per_request = true;
             }
             for (i, vary) in self.vary.iter().enumerate().take(32) {
                 if vary == name {
@@ -206,7 +246,14 @@ impl MakeKey for DefaultKey {
     fn make_key(&self, parts: &Parts) -> Option<RequestKey> {
         let headers = &parts.headers;
         let presence = self.presence(headers);
-        let mut key = RequestKey(Vec::with_capacity(128));
+        let per_request = match &presence {
+            Some(p) => p.per_request,
+            None => PER_REQUEST.iter().any(|n| headers.contains_key(n)),
+        };
+        if per_request {
+            return None;
+        }
+        let mut key = RequestKey(Vec::with_capacity(128), false);
         key.push(parts.method.as_str().as_bytes());
         let authority = match (parts.uri.authority(), &presence) {
             (Some(authority), _) => authority.as_str().as_bytes(),
@@ -245,11 +292,17 @@ impl MakeKey for DefaultKey {
                 Some(hasher) => {
                     key.0.push(1);
                     key.0.extend_from_slice(&hasher.finalize());
+                    key.1 = true;
                 }
                 None => key.0.push(0),
             }
         }
         Some(key)
+    }
+
+    fn covers(&self, field: &HeaderName) -> bool {
+        self.vary.contains(field)
+            || (!self.share_across_credentials && self.credentials.contains(field))
     }
 }
 
@@ -415,6 +468,7 @@ mod tests {
             Some(hasher) => {
                 out.0.push(1);
                 out.0.extend_from_slice(&hasher.finalize());
+                out.1 = true;
             }
             None => out.0.push(0),
         }
@@ -424,11 +478,11 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn scanning_few_headers_gives_the_lookup_key(
-            headers in proptest::collection::vec((0usize..10, "[a-z0-9]{0,3}"), 0..14)
+            headers in proptest::collection::vec((0usize..11, "[a-z0-9]{0,3}"), 0..14)
         ) {
-            const NAMES: [&str; 10] = [
+            const NAMES: [&str; 11] = [
                 "host", "accept", "accept-encoding", "accept-language", "authorization", "cookie",
-                "x-a", "x-b", "x-c", "x-d",
+                "x-a", "x-b", "x-c", "x-d", "range",
             ];
             let mut req = Request::get("/p?q=1");
             for (name, value) in &headers {
@@ -436,7 +490,11 @@ mod tests {
             }
             let parts = req.body(()).unwrap().into_parts().0;
             let key = DefaultKey::new(DefaultKey::default_vary(), DefaultKey::default_credentials(), false);
-            proptest::prop_assert_eq!(key.make_key(&parts).unwrap(), reference_key(&key, &parts));
+            if parts.headers.contains_key("range") {
+                proptest::prop_assert!(key.make_key(&parts).is_none(), "ranged requests are never coalesced");
+            } else {
+                proptest::prop_assert_eq!(key.make_key(&parts).unwrap(), reference_key(&key, &parts));
+            }
         }
     }
 }

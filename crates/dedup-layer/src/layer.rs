@@ -49,8 +49,11 @@ pub(crate) struct Shared {
 ///   through untouched: the layer costs a key and a map entry, nothing more. Requests arriving later lead afresh.
 /// - The response needs no `Clone`: with waiters, the leader buffers the body up to
 ///   [`max_body_bytes`](DedupLayerBuilder::max_body_bytes) (the key stays joinable meanwhile) and waiters get
-///   copies of the [`Bytes`](bytes::Bytes). Above the limit, or when the response sets a cookie, waiters run
-///   their own request instead.
+///   copies of the [`Bytes`](bytes::Bytes). Above the limit, when the response sets a cookie, when it is
+///   `Cache-Control: private` and the key does not identify one user, or when its `Vary` names a request
+///   field the key does not cover (or `*`), waiters run their own request instead. Requests carrying `Range`,
+///   `If-Range` or a conditional field (`If-None-Match`, `If-Modified-Since`, `If-Match`,
+///   `If-Unmodified-Since`) are never coalesced by the default key: their answer fits only themselves.
 /// - Readiness is forwarded: the leader calls the service `poll_ready` readied; a waiter leaves that readiness
 ///   with its caller and, if it ends up running its own request, drives a clone to readiness first.
 /// - A panic in the inner service answers the leader's caller and every waiter with `500` problem+json; an

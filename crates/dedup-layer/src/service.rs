@@ -15,7 +15,7 @@ use tokio::runtime::Handle;
 use tower_service::Service;
 
 use crate::body::{BoxError, DedupBody};
-use crate::future::{Detached, LeaderResult, Leading, ResponseFuture};
+use crate::future::{Detached, LeaderResult, Leading, ResponseFuture, Sharing};
 use crate::inflight::{Joined, Outcome, Waiting};
 use crate::layer::{OnWaiterTimeout, Shared};
 use crate::metric;
@@ -104,7 +104,8 @@ where
         let Some(key) = key else {
             return ResponseFuture::inner(self.inner.call(req));
         };
-        match self.shared.inflight.join(key.into_bytes()) {
+        let (key, per_user) = key.into_parts();
+        match self.shared.inflight.join(key) {
             Joined::Full => {
                 metric::count(&metric::BYPASSED);
                 tracing::debug!("in-flight map full; request runs uncoalesced");
@@ -118,6 +119,10 @@ where
                     future,
                     lead,
                     config.max_body_bytes,
+                    Sharing {
+                        per_user,
+                        key: config.key.clone(),
+                    },
                     detach::<S::Future, ResBody, S::Error>,
                 ))
             }

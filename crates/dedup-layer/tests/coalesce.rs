@@ -852,3 +852,120 @@ async fn hostile_header_values_are_keyed_not_rejected() {
     assert_eq!(gate.calls(), 4);
     assert_empty(&handle);
 }
+
+/// Like [`leader_then_waiters`], with every request built by `req`.
+async fn leader_then_waiters_with(
+    app: &Router,
+    gate: &Gate,
+    handle: &DedupHandle,
+    n: usize,
+    req: impl Fn() -> Request<Body>,
+) -> (JoinHandle<Answer>, Vec<JoinHandle<Answer>>) {
+    let leader = tokio::spawn(send(app.clone(), req()));
+    until("leader in handler", || gate.calls() == 1).await;
+    let waiters: Vec<_> = (0..n)
+        .map(|_| tokio::spawn(send(app.clone(), req())))
+        .collect();
+    until(&format!("{n} waiters"), || handle.waiters() == n).await;
+    (leader, waiters)
+}
+
+/// Distinct bodies among the leader's and the waiters' answers.
+async fn distinct_bodies(leader: JoinHandle<Answer>, waiters: Vec<JoinHandle<Answer>>) -> usize {
+    let mut bodies = vec![leader.await.unwrap().2];
+    for w in waiters {
+        let (status, _, body) = w.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        bodies.push(body);
+    }
+    bodies.sort();
+    bodies.dedup();
+    bodies.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_answers_are_shared_only_within_one_users_key() {
+    let layer = DedupLayer::new();
+    let handle = layer.handle();
+    let gate = Gate::new();
+    let app = gated_app(&layer, &gate, |n| {
+        (
+            [(header::CACHE_CONTROL, "private, max-age=60")],
+            format!("answer {n}"),
+        )
+    });
+    // Anonymous: nothing tells the callers apart, so a private answer is not theirs to share.
+    let (leader, waiters) = leader_then_waiters(&app, &gate, &handle, 2).await;
+    gate.open(3);
+    assert_eq!(distinct_bodies(leader, waiters).await, 3);
+    assert_eq!(gate.calls(), 3);
+    // One user (the same credential in the key): the answer is that user's, shared.
+    let as_alice = || {
+        Request::get("/r")
+            .header(header::AUTHORIZATION, "Bearer alice")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let gate2 = Gate::new();
+    let app = gated_app(&layer, &gate2, |n| {
+        ([(header::CACHE_CONTROL, "private")], format!("answer {n}"))
+    });
+    let (leader, waiters) = leader_then_waiters_with(&app, &gate2, &handle, 2, as_alice).await;
+    gate2.open(1);
+    assert_eq!(distinct_bodies(leader, waiters).await, 1);
+    assert_eq!(gate2.calls(), 1);
+    assert_empty(&handle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_varying_beyond_the_key_are_not_shared() {
+    for (vary, shared) in [
+        ("accept-language", true),
+        ("Accept-Encoding, accept", true),
+        ("x-device", false),
+        ("accept, x-device", false),
+        ("*", false),
+    ] {
+        let layer = DedupLayer::new();
+        let handle = layer.handle();
+        let gate = Gate::new();
+        let app = gated_app(&layer, &gate, move |n| {
+            ([(header::VARY, vary)], format!("answer {n}"))
+        });
+        let (leader, waiters) = leader_then_waiters(&app, &gate, &handle, 2).await;
+        gate.open(3);
+        let distinct = distinct_bodies(leader, waiters).await;
+        assert_eq!(distinct, if shared { 1 } else { 3 }, "Vary: {vary}");
+        assert_empty(&handle);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranged_and_conditional_requests_are_not_coalesced() {
+    for (name, value) in [
+        ("range", "bytes=0-1"),
+        ("if-range", "\"a\""),
+        ("if-none-match", "\"a\""),
+        ("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT"),
+        ("if-match", "\"a\""),
+        ("if-unmodified-since", "Sun, 06 Nov 1994 08:49:37 GMT"),
+    ] {
+        let layer = DedupLayer::new();
+        let handle = layer.handle();
+        let gate = Gate::new();
+        let app = counting_app(&layer, &gate);
+        let req = || {
+            Request::get("/r")
+                .header(name, value)
+                .body(Body::empty())
+                .unwrap()
+        };
+        let a = tokio::spawn(send(app.clone(), req()));
+        let b = tokio::spawn(send(app.clone(), req()));
+        until("both in the handler", || gate.calls() == 2).await;
+        assert_eq!(handle.inflight(), 0, "{name}");
+        gate.open(2);
+        a.await.unwrap();
+        b.await.unwrap();
+    }
+}

@@ -1,15 +1,13 @@
-//! `cache-proxy --upstream URL --listen ADDR [--private] [--max-bytes N]`
+//! `cache-proxy --upstream URL --listen ADDR [OPTIONS]`; `cache-proxy --help` lists every option
+//! with its default and environment variable.
 use std::process::ExitCode;
+
+use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = match cache_proxy::Config::from_args(std::env::args().skip(1)) {
-        Ok(c) => c,
-        Err(msg) => {
-            eprintln!("{msg}");
-            return ExitCode::from(2);
-        }
-    };
+    // Prints help or the error and exits (status 0 for --help, 2 for bad arguments).
+    let config = cache_proxy::Config::parse();
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {

@@ -199,7 +199,7 @@ async fn unreachable_upstream_is_a_502_problem() {
 }
 
 #[test]
-fn flags_are_parsed_by_hand() {
+fn flags_and_their_defaults() {
     let c = cache_proxy::Config::from_args([
         "--upstream",
         "http://127.0.0.1:9",
@@ -207,38 +207,99 @@ fn flags_are_parsed_by_hand() {
         "--private",
         "--max-bytes",
         "1024",
+        "--origin-timeout",
+        "0.5",
+        "--stale-on-error",
+        "600",
+        "--surrogate-device",
+        "edge",
     ])
     .unwrap();
     assert!(c.private);
-    assert_eq!(c.max_bytes, Some(1024));
+    assert_eq!(c.max_bytes, 1024);
+    assert_eq!(c.origin_timeout(), std::time::Duration::from_millis(500));
+    assert_eq!(c.stale_on_error, 600);
+    assert_eq!(c.surrogate_device.as_deref(), Some("edge"));
     assert_eq!(c.upstream.authority().unwrap().as_str(), "127.0.0.1:9");
-    assert!(cache_proxy::Config::from_args(["--listen", "127.0.0.1:0"]).is_err());
-    assert!(
-        cache_proxy::Config::from_args(["--upstream", "ftp://x", "--listen", "127.0.0.1:0"])
-            .is_err()
-    );
-    assert!(
-        cache_proxy::Config::from_args(["--upstream", "http://x", "--listen", "nope"]).is_err()
-    );
-    assert!(
-        cache_proxy::Config::from_args([
+    c.cache_layer().unwrap();
+    let d = cache_proxy::Config::from_args(["--upstream", "http://x", "--listen", "127.0.0.1:1"])
+        .unwrap();
+    assert!(!d.private && !d.no_collapse);
+    assert_eq!(d.max_bytes, 64 * 1024 * 1024);
+    assert_eq!(d.origin_timeout(), std::time::Duration::from_secs(30));
+    assert_eq!(d.stale_on_error, 0);
+    assert_eq!(d.hit_for_miss, 30);
+    let bad: &[&[&str]] = &[
+        &["--listen", "127.0.0.1:0"],
+        &["--upstream", "ftp://x", "--listen", "127.0.0.1:0"],
+        &["--upstream", "http://x", "--listen", "nope"],
+        &[
             "--upstream",
             "http://x",
             "--listen",
             "127.0.0.1:1",
-            "--bogus"
-        ])
-        .is_err()
-    );
-    assert!(
-        cache_proxy::Config::from_args([
+            "--bogus",
+        ],
+        &[
             "--upstream",
             "http://x",
             "--listen",
             "127.0.0.1:1",
             "--max-bytes",
-            "0"
-        ])
-        .is_err()
-    );
+            "0",
+        ],
+        &[
+            "--upstream",
+            "http://x",
+            "--listen",
+            "127.0.0.1:1",
+            "--origin-timeout",
+            "0",
+        ],
+        &[
+            "--upstream",
+            "http://x",
+            "--listen",
+            "127.0.0.1:1",
+            "--origin-timeout",
+            "nan",
+        ],
+        &[
+            "--upstream",
+            "http://x",
+            "--listen",
+            "127.0.0.1:1",
+            "--stale-on-error",
+            "-1",
+        ],
+        &[
+            "--upstream",
+            "http://x",
+            "--listen",
+            "127.0.0.1:1",
+            "--surrogate-device",
+            "a b",
+        ],
+    ];
+    for args in bad {
+        let parsed = cache_proxy::Config::from_args(args.iter().copied());
+        let valid = parsed.is_ok_and(|c| c.cache_layer().is_ok());
+        assert!(!valid, "{args:?}");
+    }
+    let help = cache_proxy::Config::from_args(["--help"]).unwrap_err();
+    for flag in [
+        "--upstream",
+        "--listen",
+        "--private",
+        "--max-bytes",
+        "--origin-timeout",
+        "--stale-on-error",
+        "--collapse-wait",
+        "--no-collapse",
+        "--hit-for-miss",
+        "--surrogate-device",
+    ] {
+        assert!(help.contains(flag), "{flag} in --help");
+    }
+    assert_eq!(help.matches("[default:").count(), 6, "{help}");
 }

@@ -13,6 +13,10 @@ const STRICT_DELTA: &str = "a malformed max-age (delta-seconds is 1*DIGIT) makes
                             stale, as RFC 9111 §5.2 encourages for invalid freshness information";
 const ETAG_FORM: &str = "entity-tags are compared as RFC 9110 defines them; malformed or \
                          unquoted forms never match";
+const BODY_FIELDS: &str = "a 304 validates the stored body, it cannot re-describe it: fields \
+                           that describe the stored bytes (Content-Encoding, Content-Length, \
+                           Content-Range, Content-MD5, a different Content-Type) are kept \
+                           (RFC 9111 §3.2, issue 13)";
 const STALE_ON_ERROR: &str = "stale content is served on origin failure only when \
                               stale-if-error allows it (RFC 5861)";
 
@@ -70,6 +74,10 @@ pub(crate) fn reason(id: &str) -> Option<&'static str> {
         "headers-store-Set-Cookie" | "304-etag-update-response-Set-Cookie" | "other-set-cookie" => {
             SET_COOKIE
         }
+        "304-etag-update-response-Content-Encoding"
+        | "304-etag-update-response-Content-MD5"
+        | "304-etag-update-response-Content-Range"
+        | "304-etag-update-response-Content-Type" => BODY_FIELDS,
         "304-etag-update-response-ETag" => {
             "a 304 whose strong ETag differs from the stored one must not update it (RFC 9111 \
              §4.3.4); the cache repeats the request without validators, which the suite's \
