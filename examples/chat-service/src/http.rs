@@ -59,6 +59,7 @@ pub(crate) fn router_with_post_layer(
             get(list_messages).merge(post_route),
         )
         .route("/rooms/{room}/messages/{id}", get(get_message))
+        .merge(crate::page::routes())
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -111,6 +112,33 @@ async fn capture_trace(mut request: Request, next: Next) -> Response {
         .extensions_mut()
         .insert(TraceContext(opentelemetry::Context::current()));
     next.run(request).await
+}
+
+/// `traceresponse` (W3C Trace Context Level 2): the trace and span this service recorded the
+/// request under, so a client (the chat page's status line) can name the trace.
+pub const TRACERESPONSE: HeaderName = HeaderName::from_static("traceresponse");
+
+/// Adds [`TRACERESPONSE`] from the request's OpenTelemetry span, when there is one (span export
+/// on); answers without it otherwise. Goes above the cache, so hits name their trace too.
+pub(crate) async fn trace_response(request: Request, next: Next) -> Response {
+    use opentelemetry::trace::TraceContextExt;
+
+    let context = opentelemetry::Context::current();
+    let span = context.span();
+    let span = span.span_context();
+    let value = span.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            span.trace_id(),
+            span.span_id(),
+            span.trace_flags().to_u8()
+        )
+    });
+    let mut response = next.run(request).await;
+    if let Some(value) = value.and_then(|v| HeaderValue::try_from(v).ok()) {
+        response.headers_mut().insert(TRACERESPONSE, value);
+    }
+    response
 }
 
 /// An RFC 9457 problem details response.

@@ -27,14 +27,36 @@
 //! | `GET /rooms/{room}/messages?before=ID&limit=N` | `200`, a [`MessagePage`]: newest first, ids below `before`, `next_before` for the next page |
 //! | `GET /rooms/{room}/messages/{id}` | `200`, the [`Message`]; `404` if the room has no such message |
 //! | `GET /rooms` | `200`, a [`RoomList`]: up to [`MAX_ROOMS_LISTED`] rooms by name with counts and last ids |
+//! | `GET /` | the chat page (see [The chat page](#the-chat-page)); `GET /assets/chat.css`, `GET /assets/chat.js` its style and script |
 //! | `GET /healthz` | `200` `{"status":"ok"}`, without touching the database |
 //! | `GET /stats` | `200` `{"db_queries", "db_duplicate_queries", "mode": "bare"\|"stacked", "breaker_state": "closed"\|"open"\|"half_open"\|null}`, `Cache-Control: no-store`, outside every layer |
 //! | `GET /metrics` (stacked) | Prometheus text: `http_server_*`, `cache_*`, `dedup_*`, `breaker_*`, [`DB_QUERIES_TOTAL`], [`DB_DUPLICATE_QUERIES_TOTAL`] |
+//!
+//! Stacked, every answer except `/stats` and `/metrics` carries [`TRACERESPONSE`]
+//! (`traceresponse: 00-{trace id}-{span id}-{flags}`, W3C Trace Context Level 2) when span
+//! export is on, cache hits included.
 //!
 //! Rooms are created by their first message; a room with no messages lists as an empty page.
 //! Room names are 1 to 64 characters of `[A-Za-z0-9_-]`; message ids are positive `i64`s.
 //! `limit` defaults to [`DEFAULT_PAGE_LIMIT`] and a larger value than [`MAX_PAGE_LIMIT`] is
 //! lowered to it; an empty `before` or `limit` counts as absent.
+//!
+//! # The chat page
+//!
+//! `GET /` serves a chat page whose HTML, CSS and JavaScript are compiled into the binary (no
+//! build step, nothing loaded from elsewhere; `Content-Security-Policy` allows only the page's
+//! own origin). It lists the rooms, shows a room's newest page of history with "Load older
+//! messages" (`before=`), posts with a fresh `Idempotency-Key` per message (reused when the
+//! same message is sent again after a failure), and polls the newest page every 2 s with
+//! `If-None-Match`, so new messages appear without a reload and an unchanged room costs a `304`.
+//! The room is in the URL fragment (`/#lobby`).
+//!
+//! A status line describes the last history load: from cache or not (the `chat` member of
+//! `Cache-Status`), its latency (Resource Timing) and its trace id ([`TRACERESPONSE`]). Bare,
+//! the page works the same and says there is no cache layer; without span export it says there
+//! is no trace id. The assets are sent with `Cache-Control: no-cache` and an `ETag`, so a new
+//! binary's page shows at once and an unchanged one costs a `304`. The page goes through the
+//! whole stack like any route: telemetry counts it and the cache may answer it.
 //!
 //! # Errors
 //!
@@ -209,6 +231,7 @@ mod error;
 mod http;
 mod model;
 mod moderation;
+mod page;
 mod service;
 mod store;
 
@@ -219,7 +242,7 @@ pub use crate::config::{
     TtlCaps,
 };
 pub use crate::error::Error;
-pub use crate::http::{CACHE_TAG, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
+pub use crate::http::{CACHE_TAG, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, TRACERESPONSE};
 pub use crate::model::{
     InvalidInput, MAX_AUTHOR_LEN, MAX_ROOM_LEN, MAX_TEXT_LEN, Message, MessagePage, MessagePosted,
     NewMessage, RoomList, RoomName, RoomProjected, RoomSummary, SeedSummary,

@@ -384,10 +384,12 @@ impl ChatService {
                 })
             }
         };
-        // Added last runs first: the cache answers hits, dedup coalesces the misses below it.
+        // Added last runs first: the cache answers hits, dedup coalesces the misses below it;
+        // above them, every answer (hits too) names the request's trace.
         routes
             .layer(self.inner.dedup.clone())
             .layer(self.inner.cache.clone())
+            .layer(axum::middleware::from_fn(crate::http::trace_response))
     }
 
     /// The breaker around the moderation client: stacked with [`Config::moderation_url`] only.
