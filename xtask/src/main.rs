@@ -1,8 +1,9 @@
 //! Workspace automation, run through the `cargo xtask` alias.
 //!
 //! `cargo xtask test` is the one command that proves the workspace: it installs what a fresh machine lacks
-//! (`redis-server`, `promtool`), then runs formatting, lints, docs and the whole test suite. `cargo xtask loadtest`
-//! builds the chat service, its moderation dependency and the load test in release and runs the load test.
+//! (`redis-server`, `promtool`, `chromium` and `chromedriver`), then runs formatting, lints, docs and the whole test
+//! suite. `cargo xtask loadtest` builds the chat service, its moderation dependency and the load test in release and
+//! runs the load test.
 
 use std::env;
 use std::ffi::{OsStr, OsString};
@@ -21,8 +22,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Install missing test programs (redis-server, promtool), then run cargo fmt --check, clippy -D warnings,
-    /// cargo doc (warnings denied), doc tests and the whole test suite (nextest when installed).
+    /// Install missing test programs (redis-server, promtool, chromium, chromedriver), then run cargo fmt --check,
+    /// clippy -D warnings, cargo doc (warnings denied), doc tests and the whole test suite (nextest when installed).
     Test,
     /// Run every criterion benchmark of the workspace (release profile).
     Bench {
@@ -41,11 +42,14 @@ enum Task {
 }
 
 /// Programs the test suite runs for real, with the Debian package that provides each: Redis servers and their
-/// client, and Prometheus' `promtool`, which checks the `/metrics` exposition.
-const TEST_PROGRAMS: [(&str, &str); 3] = [
+/// client, Prometheus' `promtool`, which checks the `/metrics` exposition and the alerting rules, and Chromium
+/// with its WebDriver, for the chat page's browser tests.
+const TEST_PROGRAMS: [(&str, &str); 5] = [
     ("redis-server", "redis-server"),
     ("redis-cli", "redis-tools"),
     ("promtool", "prometheus"),
+    ("chromium", "chromium"),
+    ("chromedriver", "chromium-driver"),
 ];
 
 fn main() -> ExitCode {

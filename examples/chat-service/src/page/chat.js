@@ -60,6 +60,14 @@
     }
   }
 
+  // Reads skip the browser's own cache (`no-store`), so the status line shows what the
+  // service's cache did. That mode makes the browser add `Cache-Control: no-cache`, which would
+  // send every read to the origin, unless the request has a Cache-Control of its own:
+  // `max-stale=0` accepts nothing the response's own directives do not already allow.
+  function read(url, headers = {}) {
+    return fetch(url, { cache: 'no-store', headers: { 'Cache-Control': 'max-stale=0', ...headers } });
+  }
+
   function messagesUrl(room, before) {
     const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
     if (before) query.set('before', String(before));
@@ -148,7 +156,7 @@
 
   async function loadRooms() {
     const headers = state.roomsEtag ? { 'If-None-Match': state.roomsEtag } : {};
-    const response = await fetch('/rooms', { headers, cache: 'no-store' });
+    const response = await read('/rooms', headers);
     if (response.status === 304 || !response.ok) return;
     state.roomsEtag = response.headers.get('ETag');
     state.rooms = (await response.json()).rooms;
@@ -163,7 +171,7 @@
     const started = performance.now();
     let response;
     try {
-      response = await fetch(url, { cache: 'no-store' });
+      response = await read(url);
     } catch (error) {
       ui.status.dataset.cache = 'error';
       ui.status.textContent = `History could not be loaded: ${error.message}`;
@@ -198,7 +206,7 @@
     const started = performance.now();
     ui.older.disabled = true;
     try {
-      const response = await fetch(url, { cache: 'no-store' });
+      const response = await read(url);
       if (!response.ok) {
         ui.status.textContent = `Older messages could not be loaded: ${await problemText(response)}`;
         return;
@@ -224,7 +232,7 @@
     const room = state.room;
     const generation = state.generation;
     const headers = state.etag ? { 'If-None-Match': state.etag } : {};
-    const response = await fetch(messagesUrl(room), { headers, cache: 'no-store' });
+    const response = await read(messagesUrl(room), headers);
     if (generation !== state.generation || response.status === 304 || !response.ok) return;
     const page = await response.json();
     if (generation !== state.generation) return;
