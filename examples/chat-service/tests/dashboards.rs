@@ -1,7 +1,7 @@
 //! The operators' files in `docs/` query only what the stack exports: every metric the Grafana
 //! dashboard (`docs/grafana/chat-stack.json`) and the alerting rules
-//! (`docs/prometheus/alerts.yml`) name exists in a stacked service's `/metrics`, and
-//! `promtool check rules` accepts the rules.
+//! (`docs/prometheus/alerts.yml`) name exists in a stacked service's `/metrics`,
+//! `promtool check rules` accepts the rules and `promtool test rules` passes their unit tests.
 //!
 //! This binary installs the global `metrics` recorder, so it holds the tests that need it only.
 // Test code: a failed unwrap is a failed test.
@@ -58,24 +58,33 @@ fn exported(exposition: &str) -> BTreeSet<String> {
         .collect()
 }
 
-#[test]
-fn promtool_accepts_the_alerting_rules() {
-    let rules = docs().join("prometheus/alerts.yml");
+fn promtool(args: &[&str]) {
     let output = Command::new("promtool")
-        .arg("check")
-        .arg("rules")
-        .arg(&rules)
+        .args(args)
+        .current_dir(docs().join("prometheus"))
         .output()
         .expect(
             "promtool runs (apt-get install -y prometheus, or `cargo xtask test`, installs it)",
         );
     assert!(
         output.status.success(),
-        "promtool check rules {}:\n{}{}",
-        rules.display(),
+        "promtool {}:\n{}{}",
+        args.join(" "),
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[test]
+fn promtool_accepts_the_alerting_rules() {
+    promtool(&["check", "rules", "alerts.yml"]);
+}
+
+/// Each alert fires on the series it is meant for and stays quiet on the near misses
+/// (`docs/prometheus/alerts.test.yml`).
+#[test]
+fn the_alerts_fire_when_they_should_and_only_then() {
+    promtool(&["test", "rules", "alerts.test.yml"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,7 +145,11 @@ async fn every_metric_the_dashboard_and_the_alerts_query_is_exported() {
         assert_eq!(reply.status, StatusCode::OK);
     }
     for _ in 0..2 {
-        let reply = send_to(&app, post_message("lobby", "for the dashboard", Some("dash-1"))).await;
+        let reply = send_to(
+            &app,
+            post_message("lobby", "for the dashboard", Some("dash-1")),
+        )
+        .await;
         assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
     }
     send_to(&app, get("/rooms")).await;
