@@ -508,3 +508,77 @@ async fn hostile_header_values_get_answers_not_panics() {
     assert_eq!(send(app, req).await.0, StatusCode::CREATED);
     assert_eq!(h.calls(), 1);
 }
+
+/// A memory store whose `complete` fails while `down` is set, as Redis does when it goes away
+/// between the lock and the record.
+#[derive(Clone)]
+struct FailingCompletion {
+    inner: MemoryStore,
+    down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl IdempotencyStore for FailingCompletion {
+    async fn try_begin(
+        &self,
+        key: &str,
+        token: &LockToken,
+        fingerprint: &Fingerprint,
+        lock_ttl: Duration,
+    ) -> Result<Begin, StoreError> {
+        self.inner
+            .try_begin(key, token, fingerprint, lock_ttl)
+            .await
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        token: &LockToken,
+        fingerprint: &Fingerprint,
+        response: &StoredResponse,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::new("store down under test"));
+        }
+        self.inner
+            .complete(key, token, fingerprint, response, ttl)
+            .await
+    }
+
+    async fn release(&self, key: &str, token: &LockToken) -> Result<(), StoreError> {
+        self.inner.release(key, token).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_record_the_store_missed_is_stored_when_it_is_back_so_a_retry_never_runs_twice() {
+    let h = Handler::open();
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let store = FailingCompletion {
+        inner: MemoryStore::default(),
+        down: down.clone(),
+    };
+    let layer = IdempotencyLayer::builder(store)
+        .lock_ttl(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let app = h.app(layer);
+    let (status, _, first) = send(app.clone(), req("/orders/1", Some("\"k\""), "a")).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    // The record could not be stored: the lock keeps retries out meanwhile.
+    let (status, headers, body) = send(app.clone(), req("/orders/1", Some("\"k\""), "a")).await;
+    assert_problem(status, &headers, &body, StatusCode::CONFLICT);
+
+    // The store is back: the record lands in the background, and a retry long after the lock's
+    // TTL replays it instead of running the operation again.
+    down.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let (status, headers, body) = send(app, req("/orders/1", Some("\"k\""), "a")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(body, first);
+    assert_eq!(h.calls(), 1);
+}

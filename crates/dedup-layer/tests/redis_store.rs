@@ -274,3 +274,54 @@ async fn paused_redis_times_out_then_fails_open_or_answers_503() {
     }
     assert_eq!(recovered, StatusCode::CREATED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_lands_after_redis_lost_the_lock_but_never_over_another_lock() {
+    let mut server = RedisServer::start().unwrap();
+    let store = store(&server);
+    let fp = Fingerprint::from_bytes([1; 32]);
+    let response = dedup_layer::store::StoredResponse::new(
+        StatusCode::CREATED,
+        http::HeaderMap::new(),
+        Bytes::from_static(b"done"),
+    );
+    let token = LockToken::random();
+    let begun = store
+        .try_begin("k", &token, &fp, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(begun, Begin::Started);
+    // Redis restarts empty while the operation runs: the record still lands, so a retry
+    // replays instead of running the operation again.
+    server.restart().unwrap();
+    let mut stored = Err(dedup_layer::store::StoreError::new("not tried"));
+    for _ in 0..50 {
+        stored = store
+            .complete("k", &token, &fp, &response, Duration::from_secs(60))
+            .await;
+        if stored.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stored.unwrap();
+    let replay = store
+        .try_begin("k", &LockToken::random(), &fp, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(matches!(replay, Begin::Completed(ref r) if r.body() == "done"));
+
+    // Another request's lock is never overwritten.
+    let other = LockToken::random();
+    let begun = store
+        .try_begin("k2", &other, &fp, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(begun, Begin::Started);
+    assert!(
+        store
+            .complete("k2", &token, &fp, &response, Duration::from_secs(60))
+            .await
+            .is_err()
+    );
+}

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
@@ -293,17 +294,27 @@ impl<St: IdempotencyStore> Lock<St> {
                 .complete(&self.key, &self.token, fingerprint, stored, c.ttl),
         )
         .await;
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                count(&metric::IDEM_STORE_ERROR);
-                tracing::warn!(%error, "could not store the idempotent response; the lock will expire");
-            }
-            Err(_) => {
-                count(&metric::IDEM_STORE_ERROR);
-                tracing::warn!("storing the idempotent response timed out; the lock will expire");
-            }
-        }
+        let failure = match result {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => "timed out".to_owned(),
+        };
+        count(&metric::IDEM_STORE_ERROR);
+        tracing::warn!(error = %failure, "could not store the idempotent response; retrying in the background");
+        // The operation ran and its answer is on its way: if the lock simply expired, a retry
+        // whose answer was lost would run the operation a second time. Until the lock's TTL is
+        // over the lock answers retries with 409, and the record is stored as soon as the store
+        // answers again.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(complete_later(
+            self.config.clone(),
+            std::mem::take(&mut self.key),
+            self.token,
+            *fingerprint,
+            stored.clone(),
+        ));
     }
 
     async fn release(mut self) {
@@ -315,6 +326,38 @@ impl<St: IdempotencyStore> Lock<St> {
             self.held,
         )
         .await;
+    }
+}
+
+/// Retries storing a completed record until the store takes it or the lock's TTL has passed
+/// (then the lock is gone and `complete` can only fail), backing off from 50 ms to 1 s.
+async fn complete_later<St: IdempotencyStore>(
+    config: Arc<Config<St>>,
+    key: String,
+    token: LockToken,
+    fingerprint: Fingerprint,
+    stored: StoredResponse,
+) {
+    let deadline = tokio::time::Instant::now() + config.lock_ttl;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        tokio::time::sleep(pause).await;
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!("the idempotency store stayed unavailable; the lock will expire");
+            return;
+        }
+        let attempt = tokio::time::timeout(
+            config.store_timeout,
+            config
+                .store
+                .complete(&key, &token, &fingerprint, &stored, config.ttl),
+        )
+        .await;
+        if matches!(attempt, Ok(Ok(()))) {
+            tracing::info!("stored the idempotent response after a store outage");
+            return;
+        }
+        pause = (pause * 2).min(Duration::from_secs(1));
     }
 }
 

@@ -272,6 +272,10 @@ pub trait IdempotencyStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Begin, StoreError>> + Send;
 
     /// Replaces the lock held with `token` by the completed `response`, kept for `ttl`.
+    ///
+    /// A store may also take the record when the key is gone altogether (the Redis store does,
+    /// so the record survives a lock that expired or a Redis that restarted empty); it must fail
+    /// when another token holds the key.
     fn complete(
         &self,
         key: &str,

@@ -21,9 +21,12 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return false
 ";
 
-/// Replaces our lock with the record; 0 if the lock is no longer ours.
+/// Replaces our lock with the record; 0 if another request holds the key now. A key that is
+/// gone (its lock expired, or Redis restarted empty) takes the record too: the operation did
+/// run, and the record is what keeps a retry from running it again.
 const COMPLETE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] or not v then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   return 1
 end
