@@ -409,6 +409,12 @@ impl ChatService {
         self.inner.cache.handle()
     }
 
+    /// A handle on the read coalescing of [`app`](Self::app): how many queries lead and how
+    /// many callers wait on them right now (both zero when the service is idle).
+    pub fn dedup_handle(&self) -> dedup_layer::DedupHandle {
+        self.inner.dedup.handle()
+    }
+
     /// Waits until the cache purge that follows the projection of message `id` in `room` is
     /// done on every tier, at most [`Config::projection_wait`]. Returns whether it is.
     pub async fn wait_invalidated(&self, room: &RoomName, id: i64) -> bool {
