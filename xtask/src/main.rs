@@ -12,7 +12,7 @@ use std::process::{Command, ExitCode};
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-/// Workspace automation: `cargo xtask test | bench | loadtest`.
+/// Workspace automation: `cargo xtask test | bench | loadtest | screenshots`.
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", bin_name = "cargo xtask", about, long_about = None)]
 struct Cli {
@@ -39,6 +39,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Take the README's screenshots from the current code with headless Chromium: the chat page after a post
+    /// and a reload answered by the cache, written to docs/img/chat-page.png.
+    Screenshots,
 }
 
 /// Programs the test suite runs for real, with the Debian package that provides each: Redis servers and their
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Some(Task::Test) => test(),
         Some(Task::Bench { peers }) => bench(peers),
         Some(Task::Loadtest { args }) => loadtest(&args),
+        Some(Task::Screenshots) => screenshots(),
         None => {
             // No task is not an error: print what there is, as `help` does.
             let _ = Cli::command().print_help();
@@ -182,6 +186,34 @@ fn loadtest(args: &[OsString]) -> Result<(), String> {
         .arg("--bin-dir")
         .arg(&release)
         .args(args))
+}
+
+/// Runs chat-service's ignored `readme_screenshot` browser test, which serves the current code, drives Chromium
+/// through a post and a cached reload, and writes the PNG into `docs/img/`.
+fn screenshots() -> Result<(), String> {
+    ensure_test_programs()?;
+    let root = workspace_root()?;
+    let out = root.join("docs").join("img");
+    let out = out
+        .to_str()
+        .ok_or_else(|| format!("{} is not UTF-8", out.display()))?;
+    step("chat page (cargo test -p chat-service --test browser readme_screenshot)");
+    cargo(
+        &root,
+        &[
+            "test",
+            "-p",
+            "chat-service",
+            "--test",
+            "browser",
+            "--",
+            "--ignored",
+            "--exact",
+            "readme_screenshot",
+            "--nocapture",
+        ],
+        &[("SCREENSHOT_DIR", out)],
+    )
 }
 
 /// Makes sure every program in [`TEST_PROGRAMS`] is on PATH, installing Debian's packages when running as root.
