@@ -435,6 +435,9 @@ svg{margin:0.5em 1em 0.5em 0}</style></head><body>",
         }),
         escape(&report.two_instances_note)
     );
+    if let Some(note) = report.busy_machine_note() {
+        let _ = write!(page, "<p class=\"missed\">Warning: {}.</p>", escape(&note));
+    }
     page.push_str("<h2>Verdicts</h2>");
     page.push_str(&table(&report.verdict_table()));
     page.push_str("<h2>Charts</h2>");

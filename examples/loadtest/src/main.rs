@@ -195,6 +195,9 @@ fn main() -> ExitCode {
     ));
     text.push_str("\n## Verdicts\n\n");
     text.push_str(&report.verdict_table());
+    if let Some(note) = report.busy_machine_note() {
+        text.push_str(&format!("\nWarning: {note}.\n"));
+    }
     let _ = std::io::stdout().write_all(text.as_bytes());
     match written {
         Ok(()) => {

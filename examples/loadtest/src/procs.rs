@@ -96,6 +96,17 @@ fn available_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
+/// The machine's one-minute load average (`/proc/loadavg`): above the CPU count, other work competed with the
+/// run and its figures are not those of a quiet machine.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Finds `program` in the directories of `PATH`.
 pub fn find_on_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -333,6 +344,11 @@ mod tests {
     fn this_process_has_memory() {
         let memory = Memory::of(std::process::id()).unwrap();
         assert!(memory.peak_kib >= memory.rss_kib && memory.rss_kib > 0);
+    }
+
+    #[test]
+    fn the_load_average_is_a_number() {
+        assert!(load_average().is_some_and(|l| l >= 0.0));
     }
 
     #[test]

@@ -121,6 +121,8 @@ pub struct VariantReport {
     pub timeline: Timeline,
     /// Correctness problems, empty when every check passed.
     pub problems: Vec<String>,
+    /// The machine's one-minute load average before and after the main phase.
+    pub load_average: (Option<f64>, Option<f64>),
 }
 
 impl VariantReport {
@@ -185,6 +187,7 @@ impl VariantReport {
             max_rate,
             timeline: main.timeline,
             problems: Vec::new(),
+            load_average: (None, None),
         };
         report.problems = report.find_problems();
         report
@@ -538,6 +541,24 @@ impl Report {
         verdicts
     }
 
+    /// A warning when the machine's load average went above its CPU count during a main phase: other work then
+    /// competed with the run, and latency and throughput figures are not those of a quiet machine.
+    pub fn busy_machine_note(&self) -> Option<String> {
+        let worst = self
+            .variants
+            .iter()
+            .flat_map(|v| [v.load_average.0, v.load_average.1])
+            .flatten()
+            .fold(0.0, f64::max);
+        (worst > self.cpus as f64).then(|| {
+            format!(
+                "the machine's load average reached {worst:.1} on {} CPUs during the run: other work competed \
+                 with it, so latency and throughput figures are not those of a quiet machine",
+                self.cpus
+            )
+        })
+    }
+
     /// The verdict table, markdown.
     pub fn verdict_table(&self) -> String {
         let mut out = String::from("| target | measured | verdict |\n| --- | --- | --- |\n");
@@ -692,6 +713,16 @@ impl Report {
                         })
                         .collect::<Vec<_>>()
                         .join(", ")
+                }),
+            ),
+            (
+                "machine load average before / after",
+                Box::new(|v| {
+                    format!(
+                        "{} / {}",
+                        num(v.load_average.0, 2),
+                        num(v.load_average.1, 2)
+                    )
                 }),
             ),
             (
@@ -951,6 +982,24 @@ pub(crate) mod tests {
             correct.measured.contains("2 acknowledged posts missing"),
             "{}",
             correct.measured
+        );
+    }
+
+    #[test]
+    fn a_busy_machine_is_named() {
+        let mut report = Report::new(&options(vec![Variant::Stacked]));
+        report.cpus = 2;
+        let mut stacked = variant(Variant::Stacked, 10, 9, None);
+        stacked.load_average = (Some(0.5), Some(1.9));
+        report.variants.push(stacked.clone());
+        assert_eq!(report.busy_machine_note(), None);
+        stacked.load_average.1 = Some(4.5);
+        report.variants.push(stacked);
+        assert!(
+            report
+                .busy_machine_note()
+                .unwrap()
+                .contains("reached 4.5 on 2 CPUs")
         );
     }
 

@@ -310,6 +310,7 @@ async fn measure_variant(
         load::run(env, &warmup, &pb).await;
         pb.finish_and_clear();
     }
+    let load_before = crate::procs::load_average();
     let before = snapshot(http, &env.targets).await?;
     let plan = main_plan(options, "main");
     let pb = bar(
@@ -320,6 +321,7 @@ async fn measure_variant(
     let main = load::run(env, &plan, &pb).await;
     pb.finish();
     let after = snapshot(http, &env.targets).await?;
+    let load_after = crate::procs::load_average();
     // Posts acknowledged in the last moments must have had their bound before the history is read.
     tokio::time::sleep(FRESHNESS_BOUND).await;
     let history =
@@ -357,9 +359,9 @@ async fn measure_variant(
             }
         })
         .collect();
-    Ok(VariantReport::new(
-        variant, main, history, cold, instances, max_rate,
-    ))
+    let mut report = VariantReport::new(variant, main, history, cold, instances, max_rate);
+    report.load_average = (load_before, load_after);
+    Ok(report)
 }
 
 async fn snapshot(
