@@ -344,6 +344,6 @@ async fn readme_screenshot() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("chat-page.png");
     std::fs::write(&path, png).unwrap();
-    println!("wrote {}", path.display());
+    eprintln!("wrote {}", path.display());
     browser.close().await;
 }
