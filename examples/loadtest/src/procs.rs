@@ -107,6 +107,82 @@ pub fn load_average() -> Option<f64> {
         .ok()
 }
 
+/// Measures how much CPU processes other than the load test's own used over an interval, from `/proc/stat`
+/// and `/proc/PID/stat`: the figure that says whether a run had the machine to itself.
+#[derive(Clone, Debug)]
+pub struct OtherCpu {
+    pids: Vec<u32>,
+    busy: u64,
+    total: u64,
+    ours: u64,
+}
+
+impl OtherCpu {
+    /// Starts measuring; `pids` are the run's own processes (this one, the services).
+    pub fn start(pids: Vec<u32>) -> Option<Self> {
+        let (busy, total) = machine_ticks()?;
+        let ours = pids.iter().filter_map(|&pid| process_ticks(pid)).sum();
+        Some(Self {
+            pids,
+            busy,
+            total,
+            ours,
+        })
+    }
+
+    /// CPU cores other processes kept busy on average since [`start`](Self::start).
+    pub fn cores(&self) -> Option<f64> {
+        let (busy, total) = machine_ticks()?;
+        let ours: u64 = self.pids.iter().filter_map(|&pid| process_ticks(pid)).sum();
+        let cpus = available_cpus_of_machine() as f64;
+        let elapsed = total.checked_sub(self.total).filter(|t| *t > 0)? as f64;
+        let others = busy
+            .saturating_sub(self.busy)
+            .saturating_sub(ours.saturating_sub(self.ours)) as f64;
+        Some(others / elapsed * cpus)
+    }
+}
+
+/// CPUs of the machine as `/proc/stat` counts them (`cpuN` lines), whatever this process is pinned to.
+fn available_cpus_of_machine() -> usize {
+    std::fs::read_to_string("/proc/stat")
+        .map(|stat| {
+            stat.lines()
+                .filter(|l| {
+                    l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit)
+                })
+                .count()
+        })
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// Busy and total clock ticks of all CPUs together (the `cpu` line of `/proc/stat`).
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal [guest guest_nice, already in user and nice]
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// User and system clock ticks of one process, all its threads (`/proc/PID/stat` fields 14 and 15).
+fn process_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses; the fields after its closing parenthesis do not.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
 /// Finds `program` in the directories of `PATH`.
 pub fn find_on_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -344,6 +420,24 @@ mod tests {
     fn this_process_has_memory() {
         let memory = Memory::of(std::process::id()).unwrap();
         assert!(memory.peak_kib >= memory.rss_kib && memory.rss_kib > 0);
+    }
+
+    #[test]
+    fn other_cpu_is_measured_apart_from_our_own() {
+        let meter = OtherCpu::start(vec![std::process::id()]).unwrap();
+        assert!(process_ticks(std::process::id()).is_some());
+        // Busy work in this process counts as ours, not as other work.
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(200) {
+            x = x.wrapping_mul(31).wrapping_add(1);
+        }
+        assert!(x != 1);
+        let cores = meter.cores().unwrap();
+        assert!(
+            cores >= 0.0 && cores <= available_cpus_of_machine() as f64,
+            "{cores}"
+        );
     }
 
     #[test]

@@ -123,6 +123,8 @@ pub struct VariantReport {
     pub problems: Vec<String>,
     /// The machine's one-minute load average before and after the main phase.
     pub load_average: (Option<f64>, Option<f64>),
+    /// CPU cores that processes other than the run's own kept busy during the main phase, on average.
+    pub other_cpu_cores: Option<f64>,
 }
 
 impl VariantReport {
@@ -188,6 +190,7 @@ impl VariantReport {
             timeline: main.timeline,
             problems: Vec::new(),
             load_average: (None, None),
+            other_cpu_cores: None,
         };
         report.problems = report.find_problems();
         report
@@ -541,20 +544,26 @@ impl Report {
         verdicts
     }
 
-    /// A warning when the machine's load average went above its CPU count during a main phase: other work then
-    /// competed with the run, and latency and throughput figures are not those of a quiet machine.
+    /// A warning when processes other than the run's own used more than a quarter of a core during a main
+    /// phase: other work then competed with the run, and latency and throughput figures are not those of a quiet
+    /// machine.
     pub fn busy_machine_note(&self) -> Option<String> {
         let worst = self
             .variants
             .iter()
-            .flat_map(|v| [v.load_average.0, v.load_average.1])
-            .flatten()
-            .fold(0.0, f64::max);
-        (worst > self.cpus as f64).then(|| {
+            .filter_map(|v| v.other_cpu_cores.map(|c| (c, v)))
+            .max_by(|a, b| a.0.total_cmp(&b.0))?;
+        (worst.0 > 0.25).then(|| {
             format!(
-                "the machine's load average reached {worst:.1} on {} CPUs during the run: other work competed \
-                 with it, so latency and throughput figures are not those of a quiet machine",
-                self.cpus
+                "other processes kept {:.2} of {} CPUs busy during the {} run (load average up to {}): they \
+                 competed with it, so its latency and throughput figures are not those of a quiet machine",
+                worst.0,
+                self.cpus,
+                worst.1.variant,
+                num(
+                    [worst.1.load_average.0, worst.1.load_average.1].into_iter().flatten().reduce(f64::max),
+                    1
+                )
             )
         })
     }
@@ -724,6 +733,10 @@ impl Report {
                         num(v.load_average.1, 2)
                     )
                 }),
+            ),
+            (
+                "CPU used by other processes (cores)",
+                Box::new(|v| num(v.other_cpu_cores, 2)),
             ),
             (
                 "max sustained rate (req/s)",
@@ -991,15 +1004,16 @@ pub(crate) mod tests {
         report.cpus = 2;
         let mut stacked = variant(Variant::Stacked, 10, 9, None);
         stacked.load_average = (Some(0.5), Some(1.9));
+        stacked.other_cpu_cores = Some(0.1);
         report.variants.push(stacked.clone());
         assert_eq!(report.busy_machine_note(), None);
+        stacked.other_cpu_cores = Some(1.5);
         stacked.load_average.1 = Some(4.5);
         report.variants.push(stacked);
+        let note = report.busy_machine_note().unwrap();
         assert!(
-            report
-                .busy_machine_note()
-                .unwrap()
-                .contains("reached 4.5 on 2 CPUs")
+            note.contains("kept 1.50 of 2 CPUs busy") && note.contains("up to 4.5"),
+            "{note}"
         );
     }
 

@@ -232,7 +232,10 @@ async fn run_variant(
         run_id: run_id.to_owned(),
     };
     let mut stack = stack;
-    let result = measure_variant(options, variant, &env, bars).await;
+    let mut own = vec![std::process::id(), stack.moderation().pid()];
+    own.extend(stack.instances().iter().map(|s| s.pid()));
+    own.extend(stack.redis().and_then(|r| r.pid()));
+    let result = measure_variant(options, variant, &env, &own, bars).await;
     let alive = stack.check_alive();
     let mut report = result?;
     alive?;
@@ -284,6 +287,7 @@ async fn measure_variant(
     options: &Options,
     variant: Variant,
     env: &LoadEnv,
+    own_pids: &[u32],
     bars: &MultiProgress,
 ) -> Result<VariantReport, Error> {
     let http = &env.http;
@@ -311,6 +315,7 @@ async fn measure_variant(
         pb.finish_and_clear();
     }
     let load_before = crate::procs::load_average();
+    let other_cpu = crate::procs::OtherCpu::start(own_pids.to_vec());
     let before = snapshot(http, &env.targets).await?;
     let plan = main_plan(options, "main");
     let pb = bar(
@@ -322,6 +327,7 @@ async fn measure_variant(
     pb.finish();
     let after = snapshot(http, &env.targets).await?;
     let load_after = crate::procs::load_average();
+    let other_cpu_cores = other_cpu.and_then(|m| m.cores());
     // Posts acknowledged in the last moments must have had their bound before the history is read.
     tokio::time::sleep(FRESHNESS_BOUND).await;
     let history =
@@ -361,6 +367,7 @@ async fn measure_variant(
         .collect();
     let mut report = VariantReport::new(variant, main, history, cold, instances, max_rate);
     report.load_average = (load_before, load_after);
+    report.other_cpu_cores = other_cpu_cores;
     Ok(report)
 }
 
