@@ -175,6 +175,104 @@ async fn stacked_page_posts_and_a_reload_is_a_cache_hit_with_its_trace() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_whose_answer_was_lost_is_sent_again_with_its_key_and_stored_once() {
+    let service = ChatService::open(&Config::temporary()).await.unwrap();
+    let addr = serve(service.app()).await;
+    let driver = Chromedriver::start().await;
+    let browser = driver.browser(1000, 700).await;
+    browser.goto(&format!("http://{addr}/#lobby")).await;
+    history_outcome(&browser).await;
+
+    // The first post reaches the service and is stored, but its answer never reaches the
+    // page, as when a connection drops: the page must offer a retry with the same key.
+    browser
+        .eval(
+            "const send = window.fetch;
+             window.sentKeys = [];
+             let lose = true;
+             window.fetch = async (url, init) => {
+                 if (!init || init.method !== 'POST') return send(url, init);
+                 window.sentKeys.push(init.headers['Idempotency-Key']);
+                 const response = await send(url, init);
+                 if (lose) { lose = false; throw new TypeError('connection lost (test)'); }
+                 return response;
+             };",
+            vec![],
+        )
+        .await;
+    let author = browser
+        .client
+        .find(Locator::Id("compose-author"))
+        .await
+        .unwrap();
+    author.send_keys("ada").await.unwrap();
+    let text = browser
+        .client
+        .find(Locator::Id("compose-text"))
+        .await
+        .unwrap();
+    text.send_keys("sent once, answered twice").await.unwrap();
+    let send = browser.client.find(Locator::Id("send")).await.unwrap();
+    send.click().await.unwrap();
+    let error = browser
+        .wait_for(
+            "the retry prompt",
+            "return document.getElementById('compose-error').textContent",
+            vec![],
+        )
+        .await;
+    assert!(
+        error.as_str().unwrap().contains("Send again to retry"),
+        "{error}"
+    );
+    send.click().await.unwrap();
+    browser
+        .wait_for(
+            "the retry's answer",
+            "return document.getElementById('compose-text').value === ''",
+            vec![],
+        )
+        .await;
+    wait_for_text(&browser, "sent once, answered twice").await;
+
+    let keys = browser.eval("return window.sentKeys", vec![]).await;
+    let keys = keys.as_array().unwrap();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(keys[0], keys[1], "the retry reuses the key");
+    assert!(
+        keys[0].as_str().unwrap().len() == 34,
+        "a quoted 32-hex-digit key: {keys:?}"
+    );
+    assert_eq!(
+        texts(&browser).await,
+        ["sent once, answered twice"],
+        "shown once"
+    );
+    let reply = get_json(addr, "/rooms/lobby/messages").await;
+    assert_eq!(
+        reply["messages"].as_array().unwrap().len(),
+        1,
+        "stored once: {reply}"
+    );
+    browser.assert_clean_console().await;
+    browser.close().await;
+}
+
+/// `GET path` on the service over TCP, as JSON.
+async fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8(response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    serde_json::from_str(body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bare_page_on_a_narrow_screen_pages_back_and_posts_without_a_cache() {
     let config = Config {
         bare: true,
