@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use faults_support::{
     Kind, Load, Pair, ROOMS, Record, alive_tasks, all_texts, assert_nothing_left,
-    assert_stored_once, client, drain_keyed, eventually, get, post, send,
+    assert_stored_once, client, drain_keyed, eventually, get, post, send, warm_up,
 };
 use http::StatusCode;
 use test_support::{FaultProxy, RedisServer};
@@ -58,6 +58,7 @@ async fn setup() -> Setup {
         );
     }
     let bases = vec![pair.a.url(""), pair.b.url("")];
+    warm_up(&pair, true).await;
     let baseline = (alive_tasks(), proxy.open_connections());
     Setup {
         redis,

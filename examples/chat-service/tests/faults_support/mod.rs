@@ -104,7 +104,9 @@ pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 pub(crate) fn client() -> HttpClient {
     Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
+        // No idle timer: its task would outlive the client by up to the timeout, and the
+        // tests count tasks.
+        .pool_idle_timeout(None)
         .build_http()
 }
 
@@ -541,6 +543,32 @@ pub(crate) async fn assert_nothing_left(
         connections,
         redis_connections()
     );
+}
+
+/// Sends one read of each kind (and a post with `post`) to every instance and waits until
+/// the connections are closed, so the tasks a service starts on first use (timers, client
+/// pools) are alive before a baseline is taken.
+pub(crate) async fn warm_up(pair: &Pair, with_post: bool) {
+    let http = client();
+    for instance in pair.instances() {
+        for path in [
+            "/rooms",
+            "/rooms/room-1/messages",
+            "/rooms/room-1/messages/1",
+        ] {
+            let _ = send(&http, get(&instance.url(path))).await.unwrap();
+        }
+        if with_post {
+            let url = instance.url("/rooms/warm-up/messages");
+            let reply = send(&http, post(&url, "warm-up", None)).await.unwrap();
+            assert_eq!(reply.status, StatusCode::CREATED);
+        }
+    }
+    drop(http);
+    for instance in pair.instances() {
+        let port = instance.addr.port();
+        assert!(eventually(Duration::from_secs(3), || established_to(port) == 0).await);
+    }
 }
 
 /// Tasks alive on this runtime now.
