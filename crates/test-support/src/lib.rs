@@ -46,6 +46,12 @@
 //! second service). Ports come from below the kernel's ephemeral range and are never handed
 //! out twice by one process.
 //!
+//! # Browsers
+//!
+//! With the `browser` feature, `browser::Chromedriver` starts Debian's `chromedriver` on a
+//! free loopback port and opens headless Chromium sessions (`browser::Browser`) that record
+//! the console, so a test can fail on any script error or failed request.
+//!
 //! # Requirements
 //!
 //! `redis-server` and `redis-cli` must be on `PATH`. When they are not, every constructor
@@ -59,6 +65,8 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "browser")]
+pub mod browser;
 mod cluster;
 mod error;
 mod http;

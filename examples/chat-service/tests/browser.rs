@@ -9,18 +9,16 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod driver;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use axum::Router;
 use axum::routing::post;
 use chat_service::{ChatService, Config, Database, NewMessage, RoomName, Telemetry};
-use driver::{Browser, Chromedriver};
 use fantoccini::Locator;
 use serde_json::json;
 use test_support::RedisServer;
+use test_support::browser::{Browser, Chromedriver};
 
 /// A span collector that accepts every export, so the stacked service records spans and
 /// answers with `traceresponse`, as it does with `OTEL_EXPORTER_OTLP_ENDPOINT` set.
@@ -55,7 +53,7 @@ const TEXTS: &str =
     "return [...document.querySelectorAll('#messages li .text')].map(e => e.textContent)";
 
 async fn texts(browser: &Browser) -> Vec<String> {
-    serde_json::from_value(browser.eval(TEXTS, vec![]).await).unwrap()
+    serde_json::from_value(browser.eval(TEXTS, vec![]).await.unwrap()).unwrap()
 }
 
 async fn wait_for_text(browser: &Browser, text: &str) {
@@ -66,7 +64,8 @@ async fn wait_for_text(browser: &Browser, text: &str) {
                 .some(e => e.textContent === arguments[0])",
             vec![json!(text)],
         )
-        .await;
+        .await
+        .unwrap();
 }
 
 /// Waits for the status line of the history load that follows a (re)load and returns its
@@ -74,21 +73,22 @@ async fn wait_for_text(browser: &Browser, text: &str) {
 async fn history_outcome(browser: &Browser) -> String {
     let value = browser
         .wait_for("the status line of the history load", STATUS_CACHE, vec![])
-        .await;
+        .await
+        .unwrap();
     value.as_str().unwrap().to_owned()
 }
 
 /// Types a message into the form and sends it with the keyboard (Enter).
 async fn post_with_form(browser: &Browser, author: &str, text: &str) {
     let author_field = browser
-        .client
+        .client()
         .find(Locator::Id("compose-author"))
         .await
         .unwrap();
     author_field.clear().await.unwrap();
     author_field.send_keys(author).await.unwrap();
     let text_field = browser
-        .client
+        .client()
         .find(Locator::Id("compose-text"))
         .await
         .unwrap();
@@ -106,7 +106,8 @@ async fn post_with_form(browser: &Browser, author: &str, text: &str) {
                     document.getElementById('compose-error').textContent",
             vec![],
         )
-        .await;
+        .await
+        .unwrap();
     assert_eq!(left, json!("|"), "the form is cleared and shows no error");
 }
 
@@ -121,15 +122,19 @@ async fn stacked_page_posts_and_a_reload_is_a_cache_hit_with_its_trace() {
     };
     let service = ChatService::open(&config).await.unwrap();
     let addr = serve(service.app_with(&telemetry)).await;
-    let driver = Chromedriver::start().await;
-    let browser = driver.browser(1100, 800).await;
+    let driver = Chromedriver::start().await.unwrap();
+    let browser = driver.browser(1100, 800).await.unwrap();
 
-    browser.goto(&format!("http://{addr}/#lobby")).await;
+    browser
+        .goto(&format!("http://{addr}/#lobby"))
+        .await
+        .unwrap();
     history_outcome(&browser).await;
     assert_eq!(
         browser
             .eval("return document.getElementById('mode').textContent", vec![])
-            .await,
+            .await
+            .unwrap(),
         json!("Stacked service: telemetry, cache, coalescing")
     );
     post_with_form(&browser, "ada", "hello from Chromium").await;
@@ -138,7 +143,7 @@ async fn stacked_page_posts_and_a_reload_is_a_cache_hit_with_its_trace() {
     // stale-while-revalidate) is answered by the cache.
     let mut outcomes = Vec::new();
     for _ in 0..4 {
-        browser.client.refresh().await.unwrap();
+        browser.client().refresh().await.unwrap();
         let outcome = history_outcome(&browser).await;
         assert_eq!(texts(&browser).await, ["hello from Chromium"]);
         outcomes.push(outcome);
@@ -157,7 +162,8 @@ async fn stacked_page_posts_and_a_reload_is_a_cache_hit_with_its_trace() {
              return {text: s.textContent, trace: s.dataset.trace, latency: s.dataset.latency}",
             vec![],
         )
-        .await;
+        .await
+        .unwrap();
     let text = status["text"].as_str().unwrap();
     assert!(text.contains("from cache (chat"), "{text}");
     let trace = status["trace"].as_str().unwrap();
@@ -170,17 +176,20 @@ async fn stacked_page_posts_and_a_reload_is_a_cache_hit_with_its_trace() {
     assert!(text.contains(trace), "{text}");
     let latency: f64 = status["latency"].as_str().unwrap().parse().unwrap();
     assert!(latency > 0.0, "{status}");
-    browser.assert_clean_console().await;
-    browser.close().await;
+    browser.assert_clean_console().await.unwrap();
+    browser.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_whose_answer_was_lost_is_sent_again_with_its_key_and_stored_once() {
     let service = ChatService::open(&Config::temporary()).await.unwrap();
     let addr = serve(service.app()).await;
-    let driver = Chromedriver::start().await;
-    let browser = driver.browser(1000, 700).await;
-    browser.goto(&format!("http://{addr}/#lobby")).await;
+    let driver = Chromedriver::start().await.unwrap();
+    let browser = driver.browser(1000, 700).await.unwrap();
+    browser
+        .goto(&format!("http://{addr}/#lobby"))
+        .await
+        .unwrap();
     history_outcome(&browser).await;
 
     // The first post reaches the service and is stored, but its answer never reaches the
@@ -199,20 +208,21 @@ async fn a_post_whose_answer_was_lost_is_sent_again_with_its_key_and_stored_once
              };",
             vec![],
         )
-        .await;
+        .await
+        .unwrap();
     let author = browser
-        .client
+        .client()
         .find(Locator::Id("compose-author"))
         .await
         .unwrap();
     author.send_keys("ada").await.unwrap();
     let text = browser
-        .client
+        .client()
         .find(Locator::Id("compose-text"))
         .await
         .unwrap();
     text.send_keys("sent once, answered twice").await.unwrap();
-    let send = browser.client.find(Locator::Id("send")).await.unwrap();
+    let send = browser.client().find(Locator::Id("send")).await.unwrap();
     send.click().await.unwrap();
     let error = browser
         .wait_for(
@@ -220,7 +230,8 @@ async fn a_post_whose_answer_was_lost_is_sent_again_with_its_key_and_stored_once
             "return document.getElementById('compose-error').textContent",
             vec![],
         )
-        .await;
+        .await
+        .unwrap();
     assert!(
         error.as_str().unwrap().contains("Send again to retry"),
         "{error}"
@@ -232,10 +243,14 @@ async fn a_post_whose_answer_was_lost_is_sent_again_with_its_key_and_stored_once
             "return document.getElementById('compose-text').value === ''",
             vec![],
         )
-        .await;
+        .await
+        .unwrap();
     wait_for_text(&browser, "sent once, answered twice").await;
 
-    let keys = browser.eval("return window.sentKeys", vec![]).await;
+    let keys = browser
+        .eval("return window.sentKeys", vec![])
+        .await
+        .unwrap();
     let keys = keys.as_array().unwrap();
     assert_eq!(keys.len(), 2, "{keys:?}");
     assert_eq!(keys[0], keys[1], "the retry reuses the key");
@@ -254,8 +269,8 @@ async fn a_post_whose_answer_was_lost_is_sent_again_with_its_key_and_stored_once
         1,
         "stored once: {reply}"
     );
-    browser.assert_clean_console().await;
-    browser.close().await;
+    browser.assert_clean_console().await.unwrap();
+    browser.close().await.unwrap();
 }
 
 /// `GET path` on the service over TCP, as JSON.
@@ -281,21 +296,22 @@ async fn bare_page_on_a_narrow_screen_pages_back_and_posts_without_a_cache() {
     let service = ChatService::open(&config).await.unwrap();
     service.seed(1, 60).await.unwrap();
     let addr = serve(service.app()).await;
-    let driver = Chromedriver::start().await;
+    let driver = Chromedriver::start().await.unwrap();
     // A phone-sized window.
-    let browser = driver.browser(390, 844).await;
+    let browser = driver.browser(390, 844).await.unwrap();
 
-    browser.goto(&format!("http://{addr}/")).await;
+    browser.goto(&format!("http://{addr}/")).await.unwrap();
     // Without a fragment the page opens the first room and puts it in the URL.
     assert_eq!(history_outcome(&browser).await, "none");
-    let url = browser.client.current_url().await.unwrap();
+    let url = browser.client().current_url().await.unwrap();
     assert_eq!(url.fragment(), Some("room-1"));
     let status = browser
         .eval(
             "return document.getElementById('status').textContent",
             vec![],
         )
-        .await;
+        .await
+        .unwrap();
     assert!(
         status.as_str().unwrap().contains("no cache layer"),
         "{status}"
@@ -303,7 +319,7 @@ async fn bare_page_on_a_narrow_screen_pages_back_and_posts_without_a_cache() {
     assert_eq!(texts(&browser).await.len(), 50);
 
     browser
-        .client
+        .client()
         .find(Locator::Id("older"))
         .await
         .unwrap()
@@ -316,14 +332,16 @@ async fn bare_page_on_a_narrow_screen_pages_back_and_posts_without_a_cache() {
             "return document.querySelectorAll('#messages li').length === 60",
             vec![],
         )
-        .await;
+        .await
+        .unwrap();
     let shown = texts(&browser).await;
     assert_eq!(shown.first().unwrap(), "seeded message 1");
     assert_eq!(shown.last().unwrap(), "seeded message 60");
     assert_eq!(
         browser
             .eval("return document.getElementById('older').hidden", vec![])
-            .await,
+            .await
+            .unwrap(),
         json!(true),
         "no page before the first"
     );
@@ -338,14 +356,15 @@ async fn bare_page_on_a_narrow_screen_pages_back_and_posts_without_a_cache() {
              }",
             vec![],
         )
-        .await;
+        .await
+        .unwrap();
     assert_eq!(
         layout,
         json!({"overflow": false, "unlabelled": []}),
         "fits a 390 px screen, every field labelled"
     );
-    browser.assert_clean_console().await;
-    browser.close().await;
+    browser.assert_clean_console().await.unwrap();
+    browser.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,13 +381,18 @@ async fn a_second_browser_on_a_second_instance_sees_the_message_and_reloads_from
     let telemetry = telemetry_with_spans().await;
     let first_addr = serve(first.app_with(&telemetry)).await;
     let second_addr = serve(second.app()).await;
-    let driver = Chromedriver::start().await;
-    let alice = driver.browser(1000, 700).await;
-    let bob = driver.browser(1000, 700).await;
+    let driver = Chromedriver::start().await.unwrap();
+    let alice = driver.browser(1000, 700).await.unwrap();
+    let bob = driver.browser(1000, 700).await.unwrap();
 
     // Both look at the empty room first, so the second instance has its page cached.
-    alice.goto(&format!("http://{first_addr}/#shared")).await;
-    bob.goto(&format!("http://{second_addr}/#shared")).await;
+    alice
+        .goto(&format!("http://{first_addr}/#shared"))
+        .await
+        .unwrap();
+    bob.goto(&format!("http://{second_addr}/#shared"))
+        .await
+        .unwrap();
     history_outcome(&alice).await;
     history_outcome(&bob).await;
 
@@ -380,7 +404,7 @@ async fn a_second_browser_on_a_second_instance_sees_the_message_and_reloads_from
     // (the in-process tier keeps entries 100 ms only).
     let mut outcomes = Vec::new();
     for _ in 0..4 {
-        bob.client.refresh().await.unwrap();
+        bob.client().refresh().await.unwrap();
         outcomes.push(history_outcome(&bob).await);
         assert_eq!(texts(&bob).await, ["seen on the other instance"]);
         if outcomes.last().is_some_and(|o| o == "hit") {
@@ -392,10 +416,10 @@ async fn a_second_browser_on_a_second_instance_sees_the_message_and_reloads_from
         Some("hit"),
         "{outcomes:?}"
     );
-    alice.assert_clean_console().await;
-    bob.assert_clean_console().await;
-    alice.close().await;
-    bob.close().await;
+    alice.assert_clean_console().await.unwrap();
+    bob.assert_clean_console().await.unwrap();
+    alice.close().await.unwrap();
+    bob.close().await.unwrap();
 }
 
 /// Writes `docs/img/chat-page.png` (or into `SCREENSHOT_DIR`): the stacked page after a post
@@ -434,20 +458,23 @@ async fn readme_screenshot() {
         service.post(&lobby, message).await.unwrap();
     }
     let addr = serve(service.app_with(&telemetry)).await;
-    let driver = Chromedriver::start().await;
-    let browser = driver.browser(1100, 720).await;
-    browser.goto(&format!("http://{addr}/#lobby")).await;
+    let driver = Chromedriver::start().await.unwrap();
+    let browser = driver.browser(1100, 720).await.unwrap();
+    browser
+        .goto(&format!("http://{addr}/#lobby"))
+        .await
+        .unwrap();
     history_outcome(&browser).await;
     post_with_form(&browser, "grace", "Try it: refresh this page.").await;
     for _ in 0..4 {
-        browser.client.refresh().await.unwrap();
+        browser.client().refresh().await.unwrap();
         if history_outcome(&browser).await == "hit" {
             break;
         }
     }
     assert_eq!(history_outcome(&browser).await, "hit");
-    browser.assert_clean_console().await;
-    let png = browser.client.screenshot().await.unwrap();
+    browser.assert_clean_console().await.unwrap();
+    let png = browser.client().screenshot().await.unwrap();
     let dir = std::env::var_os("SCREENSHOT_DIR").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/img"),
         PathBuf::from,
@@ -456,5 +483,5 @@ async fn readme_screenshot() {
     let path = dir.join("chat-page.png");
     std::fs::write(&path, png).unwrap();
     eprintln!("wrote {}", path.display());
-    browser.close().await;
+    browser.close().await.unwrap();
 }
