@@ -20,7 +20,7 @@ pub const BROWSER_INSTALL_HINT: &str = "install them with `apt-get update && apt
      chromium-driver` (Debian/Ubuntu), or run `cargo xtask test`, which installs them";
 
 /// Longest [`Browser::wait_for`] waits, and longest wait for `chromedriver` to listen.
-pub const PATIENCE: Duration = Duration::from_secs(10);
+pub const PATIENCE: Duration = Duration::from_secs(20);
 
 /// What can go wrong while starting or driving the browser.
 #[derive(Debug, thiserror::Error)]
