@@ -30,6 +30,8 @@
 //! | `GET /` | the chat page (see [The chat page](#the-chat-page)); `GET /assets/chat.css`, `GET /assets/chat.js` its style and script |
 //! | `GET /healthz` | `200` `{"status":"ok"}`, without touching the database |
 //! | `GET /stats` | `200` `{"db_queries", "db_duplicate_queries", "mode": "bare"\|"stacked", "breaker_state": "closed"\|"open"\|"half_open"\|null}`, `Cache-Control: no-store`, outside every layer |
+//! | `GET /me/unread` with `Authorization: Bearer {user}` | `200` `{"user", "rooms": [{"room", "unread"}], "total"}`, `Cache-Control: private, no-store`, `Vary: authorization`; `401` without a user (the per-user resource: see below) |
+//! | `POST /me/read/{room}` with `Authorization: Bearer {user}` | `204`: every message the room holds now counts as read for that user |
 //! | `GET /metrics` (stacked) | Prometheus text: `http_server_*`, `cache_*`, `dedup_*`, `breaker_*`, [`DB_QUERIES_TOTAL`], [`DB_DUPLICATE_QUERIES_TOTAL`] |
 //!
 //! Stacked, every answer except `/stats` and `/metrics` carries [`TRACERESPONSE`]
@@ -160,6 +162,34 @@
 //! are served as usual. The alternative, accepting posts as "pending moderation", would need a
 //! second state in the read model and a retry queue; it is not worth it for an example.
 //!
+//! # When Redis fails
+//!
+//! With `REDIS_URL`, Redis holds the shared cache tier, carries purges between instances and
+//! keeps the idempotency keys. Its failures (down, frozen, slow, connections reset) cost reads
+//! and unkeyed posts nothing but the cache's 50 ms call timeout until its breaker opens; an
+//! instance that lost the invalidation subscription flushes its in-process tier, and purges
+//! made meanwhile are sent again once Redis answers.
+//!
+//! **Posts with an `Idempotency-Key` answer `503` + `Retry-After: 1` while the key store is
+//! unreachable, and store nothing.** That is the layer's `OnStoreError::Reject`, kept on
+//! purpose: the promise of a key is "stored once, whichever instance the retry reaches", and
+//! without the shared store no instance can keep it. Running the post unprotected
+//! (`FailOpen`) would store a retry twice; a per-instance fallback would too, as soon as the
+//! retry reached the other instance. The retry with the same key succeeds once Redis answers.
+//! If Redis fails after the post was stored, the post still answers `201` and its record is
+//! written in the background as soon as Redis is back (until then the key answers `409`), so a
+//! retry replays it rather than storing it again. Posts without a key are never refused because
+//! of Redis. `examples/chat-service/tests/faults_redis.rs` holds this under load.
+//!
+//! # The per-user resource
+//!
+//! `GET /me/unread` is there to show that per-user data never crosses users through any tier:
+//! its answers say `private, no-store` and `Vary: authorization`, so no cache tier stores them,
+//! and the coalescing layer keys requests with credentials per user. The user is the bearer
+//! token itself (a demo, not authentication); read marks are kept in memory per instance for at
+//! most 10,000 users. The service exposes no purge or admin route: purges happen only through
+//! projections.
+//!
 //! # Query counts
 //!
 //! `/stats` and the `chat_db_*` counters count the read queries (a page, a message, the room
@@ -234,6 +264,7 @@ mod moderation;
 mod page;
 mod service;
 mod store;
+mod unread;
 
 use std::future::Future;
 

@@ -103,6 +103,8 @@ struct Inner {
     dedup: DedupLayer,
     post_keys: PostKeys,
     moderation: Option<ModerationClient>,
+    /// Per-user read marks behind `GET /me/unread`.
+    read_marks: Arc<crate::unread::ReadMarks>,
     /// Dropping this stops the projector task, which releases the writer.
     _stop_projector: oneshot::Sender<()>,
     /// Declared last so the directory outlives the connections in it.
@@ -190,6 +192,7 @@ impl ChatService {
                 dedup,
                 post_keys,
                 moderation,
+                read_marks: crate::unread::marks(),
                 _stop_projector: stop_projector,
                 _temp_dir: temp_dir,
             }),
@@ -332,7 +335,9 @@ impl ChatService {
     pub fn app(&self) -> axum::Router {
         let stats = crate::http::stats_router(self.clone());
         if self.inner.config.bare {
-            return stats.merge(self.router());
+            return stats
+                .merge(self.router())
+                .merge(crate::unread::router(self.clone()));
         }
         stats.merge(self.stacked_routes())
     }
@@ -366,7 +371,9 @@ impl ChatService {
     pub fn app_with(&self, telemetry: &Telemetry) -> axum::Router {
         let stats = crate::http::stats_router(self.clone());
         if self.inner.config.bare {
-            return stats.merge(self.router());
+            return stats
+                .merge(self.router())
+                .merge(crate::unread::router(self.clone()));
         }
         stats.merge(telemetry.instrument(self.stacked_routes()))
     }
@@ -385,8 +392,10 @@ impl ChatService {
             }
         };
         // Added last runs first: the cache answers hits, dedup coalesces the misses below it;
-        // above them, every answer (hits too) names the request's trace.
+        // above them, every answer (hits too) names the request's trace. The per-user routes
+        // sit under all of them, so their private answers pass every tier.
         routes
+            .merge(crate::unread::router(self.clone()))
             .layer(self.inner.dedup.clone())
             .layer(self.inner.cache.clone())
             .layer(axum::middleware::from_fn(crate::http::trace_response))
@@ -430,6 +439,10 @@ impl ChatService {
 
     pub(crate) fn readers(&self) -> &Readers {
         &self.inner.readers
+    }
+
+    pub(crate) fn read_marks(&self) -> &crate::unread::ReadMarks {
+        &self.inner.read_marks
     }
 
     pub(crate) fn moderation(&self) -> Option<&ModerationClient> {
