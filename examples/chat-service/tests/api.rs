@@ -272,3 +272,39 @@ async fn head_requests_get_headers_only() {
     assert_eq!(reply.header("etag"), "\"r1\"");
     assert!(reply.body.is_empty());
 }
+
+#[tokio::test]
+async fn the_chat_page_and_its_assets_are_served_with_validators() {
+    for (mode, bare) in [("stacked", false), ("bare", true)] {
+        let app = common::app_with(chat_service::Config {
+            bare,
+            ..chat_service::Config::temporary()
+        })
+        .await;
+        for (uri, content_type) in [
+            ("/", "text/html; charset=utf-8"),
+            ("/assets/chat.css", "text/css; charset=utf-8"),
+            ("/assets/chat.js", "text/javascript; charset=utf-8"),
+        ] {
+            let reply = app.get(uri).await;
+            assert_eq!(reply.status, StatusCode::OK, "{mode} {uri}");
+            assert_eq!(reply.header("content-type"), content_type, "{mode} {uri}");
+            assert_eq!(reply.header("cache-control"), "no-cache", "{mode} {uri}");
+            assert!(
+                reply
+                    .header("content-security-policy")
+                    .contains("default-src 'none'"),
+                "{mode} {uri}"
+            );
+            let etag = reply.header("etag").to_owned();
+            let again = app.send(get_if_none_match(uri, &etag)).await;
+            assert_eq!(again.status, StatusCode::NOT_MODIFIED, "{mode} {uri}");
+            assert!(again.body.is_empty());
+            assert_eq!(again.header("etag"), etag);
+        }
+        let page = app.get("/").await;
+        let html = std::str::from_utf8(&page.body).unwrap();
+        assert!(html.contains("<script src=\"/assets/chat.js\" defer></script>"));
+        assert!(html.contains("<label for=\"compose-text\">"));
+    }
+}

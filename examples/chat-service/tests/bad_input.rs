@@ -183,8 +183,8 @@ async fn unknown_message_is_404_and_bad_id_is_400() {
 async fn unknown_route_is_404_and_wrong_method_405() {
     let app = app().await;
     for uri in [
-        "/",
         "/nope",
+        "/assets/nope.js",
         "/rooms/lobby",
         "/rooms/lobby/messages/1/extra",
     ] {
