@@ -23,9 +23,11 @@ return false
 
 /// Replaces our lock with the record; 0 if another request holds the key now. A key that is
 /// gone (its lock expired, or Redis restarted empty) takes the record too: the operation did
-/// run, and the record is what keeps a retry from running it again.
+/// run, and the record is what keeps a retry from running it again. A key that already holds
+/// this very record (an earlier attempt ran, its answer was lost) counts as done.
 const COMPLETE: &str = r"
 local v = redis.call('GET', KEYS[1])
+if v == ARGV[2] then return 1 end
 if v == ARGV[1] or not v then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   return 1
