@@ -9,6 +9,25 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::prelude::*;
 
+// The allocator is the binary's choice, never the library's: under cache churn glibc's malloc
+// fragments across threads and resident memory keeps climbing (docs/performance.md).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Which global allocator this build uses, for the start-up log line.
+const ALLOCATOR: &str = if cfg!(feature = "jemalloc") {
+    "jemalloc"
+} else if cfg!(feature = "mimalloc") {
+    "mimalloc"
+} else {
+    "system"
+};
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::from_env_and_args();
@@ -35,6 +54,7 @@ async fn main() -> ExitCode {
         .and_then(|t| t.otel_layer())
         .map(|layer| layer.with_filter(LevelFilter::INFO));
     tracing_subscriber::registry().with(logs).with(spans).init();
+    tracing::info!(allocator = ALLOCATOR, "chat-service starting");
     match chat_service::run(config, telemetry).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
