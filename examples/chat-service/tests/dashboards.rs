@@ -1,5 +1,5 @@
-//! The operators' files in `docs/` query only what the stack exports: every metric the Grafana
-//! dashboard (`docs/grafana/chat-stack.json`) and the alerting rules
+//! The operators' files in `docs/` query only what the stack exports: every metric and label the
+//! Grafana dashboard (`docs/grafana/chat-stack.json`) and the alerting rules
 //! (`docs/prometheus/alerts.yml`) name exists in a stacked service's `/metrics`,
 //! `promtool check rules` accepts the rules and `promtool test rules` passes their unit tests.
 //!
@@ -58,6 +58,72 @@ fn exported(exposition: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Label names in a Prometheus text exposition.
+fn exported_labels(exposition: &str) -> BTreeSet<String> {
+    let mut labels = BTreeSet::new();
+    for line in exposition.lines().filter(|line| !line.starts_with('#')) {
+        let Some((_, mut rest)) = line.split_once('{') else {
+            continue;
+        };
+        // name="value" pairs; values may hold braces, commas and escaped quotes.
+        while let Some((name, after)) = rest.split_once("=\"") {
+            labels.insert(name.trim_start_matches(',').trim().to_owned());
+            let mut escaped = false;
+            let end = after.char_indices().find(|&(_, c)| {
+                let closing = c == '"' && !escaped;
+                escaped = c == '\\' && !escaped;
+                closing
+            });
+            let Some((end, _)) = end else { break };
+            rest = &after[end + 1..];
+            if rest.starts_with('}') {
+                break;
+            }
+        }
+    }
+    labels
+}
+
+/// Label names a query text uses: in `by (...)` / `without (...)`, in `{name="..."}` matchers
+/// and in `{{name}}` legends (annotations' `{{ $labels.x }}` are left out: they name labels of
+/// the alert's own result, checked by `promtool test rules`).
+fn used_labels(text: &str) -> BTreeSet<String> {
+    let mut labels = BTreeSet::new();
+    let word = |w: &str| {
+        let w = w.trim();
+        (!w.is_empty() && w.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+            .then(|| w.to_owned())
+    };
+    for keyword in ["by (", "by(", "without (", "without("] {
+        for (at, _) in text.match_indices(keyword) {
+            let list = &text[at + keyword.len()..];
+            let list = &list[..list.find(')').unwrap_or(0)];
+            labels.extend(list.split(',').filter_map(word));
+        }
+    }
+    for (at, _) in text.match_indices("{{") {
+        let inner = &text[at + 2..];
+        let inner = &inner[..inner.find("}}").unwrap_or(0)];
+        labels.extend(word(inner));
+    }
+    let bytes = text.as_bytes();
+    for (at, _) in text.match_indices('{') {
+        let double = bytes.get(at + 1) == Some(&b'{') || (at > 0 && bytes[at - 1] == b'{');
+        if double {
+            continue;
+        }
+        let inner = &text[at + 1..];
+        let inner = &inner[..inner.find('}').unwrap_or(0)];
+        for matcher in inner.split(',') {
+            let name = matcher.split(['=', '!', '~']).next().unwrap_or("");
+            if matcher.contains(['=', '~']) {
+                labels.extend(word(name));
+            }
+        }
+    }
+    labels
+}
+
 fn promtool(args: &[&str]) {
     let output = Command::new("promtool")
         .args(args)
@@ -100,6 +166,24 @@ async fn every_metric_the_dashboard_and_the_alerts_query_is_exported() {
         .into_iter()
         .chain(metric_names(&alerts))
         .collect();
+    let alert_queries: String = alerts
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .filter(|line| !line.contains("{{ $labels"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let wanted_labels: BTreeSet<String> = used_labels(&dashboard_text)
+        .into_iter()
+        .chain(used_labels(&alert_queries))
+        // Prometheus adds these at scrape time.
+        .filter(|label| label != "instance" && label != "job")
+        .collect();
+    for label in ["http_route", "tier", "outcome", "breaker", "le"] {
+        assert!(
+            wanted_labels.contains(label),
+            "the docs use {label}: {wanted_labels:?}"
+        );
+    }
     for family in [
         "http_server_request_duration_seconds_bucket",
         "cache_requests_total",
@@ -163,18 +247,41 @@ async fn every_metric_the_dashboard_and_the_alerts_query_is_exported() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let reply = send_to(&app, get("/metrics")).await;
-        let have = exported(std::str::from_utf8(&reply.body).unwrap());
+        let exposition = std::str::from_utf8(&reply.body).unwrap();
+        let have = exported(exposition);
+        let have_labels = exported_labels(exposition);
         let missing: Vec<&String> = wanted.difference(&have).collect();
-        if missing.is_empty() {
+        let missing_labels: Vec<&String> = wanted_labels.difference(&have_labels).collect();
+        if missing.is_empty() && missing_labels.is_empty() {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the dashboard or the alerts query metrics /metrics does not have: {missing:?}\n\
-             exported: {have:?}"
+            "the dashboard or the alerts query what /metrics does not have: metrics {missing:?}, \
+             labels {missing_labels:?}\nexported: {have:?}, labels {have_labels:?}"
         );
         // Remote purges and resubscriptions happen over Redis a moment later.
         send_to(&app, get("/rooms/after-redis/messages")).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[test]
+fn labels_are_read_from_queries_legends_and_the_exposition() {
+    let used = used_labels(
+        r#"sum by (tier, cause) (rate(x_total{tier="l1",outcome!~"a|b"}[5m])) {{http_route}} {{ $labels.x }}"#,
+    );
+    let want: BTreeSet<String> = ["cause", "http_route", "outcome", "tier"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(used, want);
+    let have = exported_labels(
+        "# HELP a_total x{y=\"z\"}\na_total{route=\"/r/{x}/m\",quote=\"q\\\"}\",le=\"+Inf\"} 1\nb 2\n",
+    );
+    let want: BTreeSet<String> = ["le", "quote", "route"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(have, want);
 }
