@@ -32,9 +32,14 @@ const MAX_TRACKED_ROOMS: usize = 10_000;
 /// tier is built, so no Redis connection or disk file is opened. Must run inside a tokio runtime.
 pub(crate) fn layer(config: &Config) -> Result<CacheLayer, ConfigError> {
     let caps = config.ttl_caps;
+    let bounds = config.memory_bounds();
     let mut builder = CacheLayer::builder()
         .cache_name("chat")
         .ttl_cap(caps.l1)
+        // Stale entries stay charged until moka reclaims them, so these bytes bound them too.
+        .max_capacity_bytes(bounds.l1_bytes)
+        .max_body_bytes(bounds.l1_max_body_bytes)
+        .max_tag_entries(bounds.l1_tag_entries)
         // Clients and CDNs in front may purge by tag too.
         .strip_tag_header(false);
     if config.bare {

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
+use crate::memory::{MemoryBounds, MemoryBudget};
+
 /// Most messages a single [`seed`](crate::ChatService::seed) call may store.
 pub const MAX_SEED_MESSAGES: u64 = 10_000_000;
 
@@ -160,6 +162,10 @@ pub struct Config {
     pub projection_wait: Duration,
     /// Largest request body accepted, in bytes; larger ones get `413`. Defaults to 64 KiB.
     pub body_limit: usize,
+    /// Longest a request body may stall (no part of it arriving); past it the request is
+    /// answered `408` and its connection closed, so slow clients cannot hold requests open.
+    /// Defaults to 10 seconds.
+    pub body_timeout: Duration,
     /// `Cache-Control` of the query responses.
     pub cache_control: CacheControl,
     /// Redis for the shared cache tier, shared idempotency keys and cross-instance invalidation
@@ -187,6 +193,10 @@ pub struct Config {
     /// tests and demos (coalescing is easier to watch when a query takes a while). Defaults to
     /// zero.
     pub read_delay: Duration,
+    /// Resident memory the service is sized for: the cache tier's bytes, the idempotency
+    /// records, coalesced reads and SQLite's page caches are derived from it
+    /// ([`MemoryBudget::bounds`]). Defaults to [`MemoryBudget::DEFAULT`] (160 MB).
+    pub memory_budget: MemoryBudget,
 }
 
 impl Default for Config {
@@ -198,6 +208,7 @@ impl Default for Config {
             readers: 4,
             projection_wait: Duration::from_secs(2),
             body_limit: 64 * 1024,
+            body_timeout: Duration::from_secs(10),
             cache_control: CacheControl::default(),
             redis_url: None,
             cache_disk: None,
@@ -208,6 +219,7 @@ impl Default for Config {
             moderation_breaker: ModerationBreaker::default(),
             require_idempotency_key: false,
             read_delay: Duration::ZERO,
+            memory_budget: MemoryBudget::DEFAULT,
         }
     }
 }
@@ -219,6 +231,12 @@ impl Config {
             database: Database::Temporary,
             ..Self::default()
         }
+    }
+
+    /// The bounds [`memory_budget`](Self::memory_budget) gives this configuration: SQLite's
+    /// share is split over the reader connections and the writer.
+    pub fn memory_bounds(&self) -> MemoryBounds {
+        self.memory_budget.bounds(self.readers.max(1) + 1)
     }
 
     /// Reads the process's arguments and environment the clap way: `--help` and `--version`
@@ -305,6 +323,11 @@ pub struct Args {
     /// Refuse posts without an Idempotency-Key header (400).
     #[arg(long, env = "IDEMPOTENCY_KEY_REQUIRED", value_parser = clap::builder::BoolishValueParser::new())]
     pub require_idempotency_key: bool,
+    /// Resident memory to stay under, such as 160MB or 1GiB (64MB to 1000GB). The in-process
+    /// cache's bytes, idempotency records, coalesced reads and SQLite page caches are sized
+    /// from it.
+    #[arg(long, env = "MEMORY_BUDGET", value_name = "SIZE", default_value = "160MB", value_parser = parse_memory_budget)]
+    pub memory_budget: MemoryBudget,
 }
 
 impl From<Args> for Config {
@@ -327,6 +350,7 @@ impl From<Args> for Config {
             moderation_url: non_empty(args.moderation_url),
             moderation_timeout: args.moderation_timeout,
             require_idempotency_key: args.require_idempotency_key,
+            memory_budget: args.memory_budget,
             ..Self::default()
         }
     }
@@ -351,6 +375,10 @@ fn parse_seed(raw: &str) -> Result<(u32, u32), String> {
         return Err(format!("at most {MAX_SEED_MESSAGES} messages in total"));
     }
     Ok((rooms, messages))
+}
+
+fn parse_memory_budget(raw: &str) -> Result<MemoryBudget, ConfigError> {
+    raw.parse()
 }
 
 fn parse_moderation_url(raw: &str) -> Result<String, String> {
@@ -440,6 +468,7 @@ mod tests {
         assert_eq!(config.moderation_url, None);
         assert!(!config.bare);
         assert!(!config.require_idempotency_key);
+        assert_eq!(config.memory_budget, MemoryBudget::DEFAULT);
     }
 
     #[test]
@@ -465,6 +494,8 @@ mod tests {
             "1s",
             "--bare",
             "--require-idempotency-key",
+            "--memory-budget",
+            "512MiB",
         ])
         .unwrap();
         assert_eq!(config.listen, "[::1]:2".parse().unwrap());
@@ -487,6 +518,7 @@ mod tests {
         assert_eq!(config.moderation_timeout, Duration::from_secs(1));
         assert!(config.bare);
         assert!(config.require_idempotency_key);
+        assert_eq!(config.memory_budget.bytes(), 512 << 20);
         assert_eq!(
             run(&["--moderation-timeout", "250"])
                 .unwrap()
@@ -514,6 +546,8 @@ mod tests {
             "[default: 1h]",
             "[env: CHAT_BARE=",
             "[env: IDEMPOTENCY_KEY_REQUIRED=",
+            "[env: MEMORY_BUDGET=",
+            "[default: 160MB]",
             "--seed <ROOMS,MESSAGES>",
         ] {
             assert!(help.contains(expected), "{expected} missing:\n{help}");
@@ -537,6 +571,10 @@ mod tests {
             (&["--l3-ttl-cap", "1y"], "--l3-ttl-cap"),
             (&["--moderation-url", "ftp://x"], "--moderation-url"),
             (&["--moderation-timeout", "0"], "--moderation-timeout"),
+            (&["--memory-budget", "lots"], "--memory-budget"),
+            (&["--memory-budget", "1.5GB"], "expected a size like 160MB"),
+            (&["--memory-budget", "16MB"], "below the smallest budget"),
+            (&["--memory-budget=2TB"], "--memory-budget"),
             (&["--verbose"], "--verbose"),
         ];
         for (args, expected) in cases {

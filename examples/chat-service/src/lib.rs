@@ -10,10 +10,17 @@
 //! chat-service --seed 10,1000                      # stacked, embedded defaults
 //! chat-service --moderation-url http://127.0.0.1:3001 --redis-url redis://127.0.0.1:6379
 //! chat-service --bare                              # same routes, every layer off
+//! chat-service --memory-budget 512MB               # a bigger in-process cache
 //! ```
 //!
+//! `--memory-budget` (default 160 MB) sizes every part that holds memory: the in-process cache
+//! tier's bytes, the in-memory idempotency records, coalesced reads and SQLite's page caches
+//! ([`MemoryBudget::bounds`]); docs/performance.md shows what it holds resident. The binary
+//! runs on jemalloc (feature `jemalloc`, on by default).
+//!
 //! Every flag also reads an environment variable (`LISTEN_ADDR`, `DATABASE_URL`, `REDIS_URL`,
-//! `CACHE_DISK_PATH`, `MODERATION_URL`, `CHAT_BARE`, `IDEMPOTENCY_KEY_REQUIRED`, ...);
+//! `CACHE_DISK_PATH`, `MODERATION_URL`, `CHAT_BARE`, `IDEMPOTENCY_KEY_REQUIRED`,
+//! `MEMORY_BUDGET`, ...);
 //! `--help` lists them with their defaults. Span export over OTLP turns on with
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` and the other standard `OTEL_*` variables. Once bound (after
 //! `--seed`), the binary prints one line on stdout, `chat-service listening on ADDR`, so
@@ -74,6 +81,7 @@
 //! | valid JSON of the wrong shape (missing field, wrong type) | `422` |
 //! | `author` empty, blank, over 64 characters or with control characters; `text` empty, blank or over 4000 characters | `422` |
 //! | body over [`Config::body_limit`] (64 KiB by default) | `413` |
+//! | body stalled for [`Config::body_timeout`] (10 s by default) | `408`, connection closed |
 //! | unknown message, unknown path | `404` |
 //! | known path, wrong method | `405` |
 //! | storage fault / service closing | `500` / `503` |
@@ -259,6 +267,7 @@ pub mod cache;
 mod config;
 mod error;
 mod http;
+mod memory;
 mod model;
 mod moderation;
 mod page;
@@ -274,6 +283,7 @@ pub use crate::config::{
 };
 pub use crate::error::Error;
 pub use crate::http::{CACHE_TAG, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT, TRACERESPONSE};
+pub use crate::memory::{MemoryBounds, MemoryBudget};
 pub use crate::model::{
     InvalidInput, MAX_AUTHOR_LEN, MAX_ROOM_LEN, MAX_TEXT_LEN, Message, MessagePage, MessagePosted,
     NewMessage, RoomList, RoomName, RoomProjected, RoomSummary, SeedSummary,

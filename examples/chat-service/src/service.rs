@@ -48,7 +48,7 @@ impl PostKeys {
                 )
             }
             _ => Self::Memory(
-                IdempotencyLayer::builder(MemoryStore::default())
+                IdempotencyLayer::builder(memory_store(config)?)
                     .required(config.require_idempotency_key)
                     .max_request_bytes(config.body_limit)
                     .build()
@@ -56,6 +56,16 @@ impl PostKeys {
             ),
         })
     }
+}
+
+/// The in-memory idempotency store, bounded by the memory budget.
+fn memory_store(config: &Config) -> Result<MemoryStore, ConfigError> {
+    let bounds = config.memory_bounds();
+    MemoryStore::builder()
+        .max_entries(bounds.idempotency_entries)
+        .max_bytes(bounds.idempotency_bytes)
+        .build()
+        .map_err(|e| ConfigError::new(format!("idempotency: {e}")))
 }
 
 /// A running chat service: storage, projector and event channels.
@@ -138,12 +148,13 @@ impl ChatService {
         let (notices, _) = broadcast::channel(EVENT_BUFFER);
         let readers_wanted = config.readers;
         let read_delay = config.read_delay;
+        let page_cache_kib = config.memory_bounds().sqlite_cache_kib;
         let opened = {
             let path = path.clone();
             let events = events.clone();
             tokio::task::spawn_blocking(move || {
-                let writer = Writer::start(&path, events)?;
-                let readers = Readers::open(&path, readers_wanted, read_delay)?;
+                let writer = Writer::start(&path, events, page_cache_kib)?;
+                let readers = Readers::open(&path, readers_wanted, read_delay, page_cache_kib)?;
                 Ok::<_, crate::store::StoreError>((writer, readers))
             })
             .await
@@ -170,7 +181,10 @@ impl ChatService {
                 projector.watch_position(),
             ));
         }
+        let bounds = config.memory_bounds();
         let dedup = DedupLayer::builder()
+            .max_inflight(bounds.dedup_inflight)
+            .max_body_bytes(bounds.dedup_body_bytes)
             .build()
             .map_err(|e| ConfigError::new(format!("dedup: {e}")))?;
         let post_keys = PostKeys::new(config)?;
@@ -335,9 +349,9 @@ impl ChatService {
     pub fn app(&self) -> axum::Router {
         let stats = crate::http::stats_router(self.clone());
         if self.inner.config.bare {
-            return stats
-                .merge(self.router())
-                .merge(crate::unread::router(self.clone()));
+            return stats.merge(
+                self.body_deadline(self.router().merge(crate::unread::router(self.clone()))),
+            );
         }
         stats.merge(self.stacked_routes())
     }
@@ -371,9 +385,9 @@ impl ChatService {
     pub fn app_with(&self, telemetry: &Telemetry) -> axum::Router {
         let stats = crate::http::stats_router(self.clone());
         if self.inner.config.bare {
-            return stats
-                .merge(self.router())
-                .merge(crate::unread::router(self.clone()));
+            return stats.merge(
+                self.body_deadline(self.router().merge(crate::unread::router(self.clone()))),
+            );
         }
         stats.merge(telemetry.instrument(self.stacked_routes()))
     }
@@ -393,12 +407,22 @@ impl ChatService {
         };
         // Added last runs first: the cache answers hits, dedup coalesces the misses below it;
         // above them, every answer (hits too) names the request's trace. The per-user routes
-        // sit under all of them, so their private answers pass every tier.
-        routes
+        // sit under all of them, so their private answers pass every tier. The body deadline
+        // is outermost, so a stalled body is cut off wherever it is being read.
+        let routes = routes
             .merge(crate::unread::router(self.clone()))
             .layer(self.inner.dedup.clone())
             .layer(self.inner.cache.clone())
-            .layer(axum::middleware::from_fn(crate::http::trace_response))
+            .layer(axum::middleware::from_fn(crate::http::trace_response));
+        self.body_deadline(routes)
+    }
+
+    /// `routes` with the request body deadline ([`Config::body_timeout`]) around them.
+    fn body_deadline(&self, routes: axum::Router) -> axum::Router {
+        routes.layer(axum::middleware::from_fn_with_state(
+            self.inner.config.body_timeout,
+            crate::limits::body_timeout,
+        ))
     }
 
     /// The breaker around the moderation client: stacked with [`Config::moderation_url`] only.

@@ -89,9 +89,16 @@ fn now_millis() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+/// Sets the connection's page cache to `kib` KiB (the memory budget's SQLite share).
+fn limit_page_cache(conn: &Connection, kib: u32) -> rusqlite::Result<()> {
+    // A negative cache_size is in KiB rather than pages.
+    conn.pragma_update(None, "cache_size", -i64::from(kib))
+}
+
+fn open_writer(path: &Path, cache_kib: u32) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    limit_page_cache(&conn, cache_kib)?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Setup(format!(
@@ -107,10 +114,11 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+fn open_reader(path: &Path, cache_kib: u32) -> rusqlite::Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    limit_page_cache(&conn, cache_kib)?;
     conn.pragma_update(None, "query_only", true)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
@@ -167,12 +175,14 @@ impl std::fmt::Debug for Job {
 }
 
 impl Writer {
-    /// Opens the database (creating the schema) and starts the writer thread.
+    /// Opens the database (creating the schema) with a page cache of `cache_kib` KiB and starts
+    /// the writer thread.
     pub(crate) fn start(
         path: &Path,
         events: broadcast::Sender<MessagePosted>,
+        cache_kib: u32,
     ) -> Result<Self, StoreError> {
-        let conn = open_writer(path)?;
+        let conn = open_writer(path, cache_kib)?;
         let (jobs, rx) = mpsc::channel(WRITER_QUEUE);
         std::thread::Builder::new()
             .name("chat-sqlite-writer".into())
@@ -667,15 +677,22 @@ struct ReadersInner {
     permits: Arc<Semaphore>,
     stats: Arc<ReadStats>,
     delay: Duration,
+    cache_kib: u32,
 }
 
 impl Readers {
-    /// Opens `size` reader connections. `delay` is added to every query while it holds its
-    /// connection (see [`Config::read_delay`](crate::Config::read_delay)).
-    pub(crate) fn open(path: &Path, size: usize, delay: Duration) -> Result<Self, StoreError> {
+    /// Opens `size` reader connections with a page cache of `cache_kib` KiB each. `delay` is
+    /// added to every query while it holds its connection (see
+    /// [`Config::read_delay`](crate::Config::read_delay)).
+    pub(crate) fn open(
+        path: &Path,
+        size: usize,
+        delay: Duration,
+        cache_kib: u32,
+    ) -> Result<Self, StoreError> {
         let size = size.max(1);
         let idle = (0..size)
-            .map(|_| open_reader(path))
+            .map(|_| open_reader(path, cache_kib))
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(Self {
             inner: Arc::new(ReadersInner {
@@ -684,6 +701,7 @@ impl Readers {
                 permits: Arc::new(Semaphore::new(size)),
                 stats: Arc::new(ReadStats::new()),
                 delay,
+                cache_kib,
             }),
         })
     }
@@ -718,7 +736,7 @@ impl Readers {
             // A connection is missing only if a read panicked while holding it: replace it.
             let mut conn = match pooled {
                 Some(conn) => conn,
-                None => open_reader(&inner.path)?,
+                None => open_reader(&inner.path, inner.cache_kib)?,
             };
             let result = read(&mut conn);
             inner
