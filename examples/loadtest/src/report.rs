@@ -436,21 +436,26 @@ impl Report {
             .iter()
             .filter_map(|v| v.cold_burst.as_ref())
             .collect();
-        let bare_dups = bare.map(|b| b.db_duplicate_queries);
+        let per_variant = |v: &VariantReport| {
+            format!(
+                "{}: {} duplicate queries under load, cold burst of {}",
+                v.variant,
+                v.db_duplicate_queries,
+                v.cold_burst.as_ref().map_or_else(
+                    || "n/a".to_owned(),
+                    |b| format!("{} GETs -> {} queries", b.requests, b.burst_queries)
+                )
+            )
+        };
         verdicts.push(Verdict::new(
             "0 duplicate origin queries for identical concurrent requests",
-            format!(
-                "stacked: {duplicates} duplicate queries under load; cold burst: {}; bare: {} duplicates{}",
-                bursts
-                    .iter()
-                    .map(|b| format!("{} GETs -> {} queries", b.requests, b.burst_queries))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                bare_dups.map_or_else(|| "n/a".to_owned(), |d| d.to_string()),
-                bare.and_then(|b| b.cold_burst.as_ref())
-                    .map_or_else(String::new, |b| format!(", its burst {} queries", b.burst_queries)),
-            ),
-            (!stacked_variants.is_empty()).then(|| duplicates == 0 && bursts.iter().all(|b| b.coalesced())),
+            self.variants
+                .iter()
+                .map(per_variant)
+                .collect::<Vec<_>>()
+                .join("; "),
+            (!stacked_variants.is_empty())
+                .then(|| duplicates == 0 && bursts.iter().all(|b| b.coalesced())),
         ));
 
         let rss: Vec<String> = self
