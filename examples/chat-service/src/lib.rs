@@ -267,6 +267,7 @@ pub mod cache;
 mod config;
 mod error;
 mod http;
+mod limits;
 mod memory;
 mod model;
 mod moderation;
