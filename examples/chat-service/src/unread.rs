@@ -93,7 +93,9 @@ fn user(headers: &HeaderMap) -> Option<String> {
         return None;
     }
     // The room-name rules are the user-name rules too.
-    RoomName::parse(token.trim()).ok().map(|name| name.to_string())
+    RoomName::parse(token.trim())
+        .ok()
+        .map(|name| name.to_string())
 }
 
 /// A private answer: every one of these routes' answers, errors included, carries it.

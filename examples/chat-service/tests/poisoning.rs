@@ -84,7 +84,10 @@ async fn forwarding_headers_cannot_poison_another_clients_answer() {
         for instance in pair.instances() {
             let poisoned = fetch(&http, &instance.url(path), attacks).await;
             assert_eq!(poisoned.status, StatusCode::OK);
-            assert!(!mentions(&poisoned, "evil"), "{path}: reflected {poisoned:?}");
+            assert!(
+                !mentions(&poisoned, "evil"),
+                "{path}: reflected {poisoned:?}"
+            );
         }
         for instance in pair.instances() {
             let clean = fetch(&http, &instance.url(path), &[]).await;
@@ -95,11 +98,8 @@ async fn forwarding_headers_cannot_poison_another_clients_answer() {
     }
     // A post's Location never takes the attacker's host either.
     let posted = send(&http, {
-        let mut request = faults_support::post(
-            &pair.a.url("/rooms/room-1/messages"),
-            "hello",
-            None,
-        );
+        let mut request =
+            faults_support::post(&pair.a.url("/rooms/room-1/messages"), "hello", None);
         request
             .headers_mut()
             .insert("x-forwarded-host", "evil.example".parse().unwrap());
@@ -108,7 +108,12 @@ async fn forwarding_headers_cannot_poison_another_clients_answer() {
     .await
     .unwrap();
     assert_eq!(posted.status, StatusCode::CREATED);
-    assert!(posted.headers["location"].to_str().unwrap().starts_with("/rooms/"));
+    assert!(
+        posted.headers["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/rooms/")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,7 +177,12 @@ async fn one_users_unread_counts_never_reach_another() {
     let anonymous = fetch(&http, &pair.a.url("/me/unread"), &[]).await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
     assert!(!mentions(&anonymous, "alice") && !mentions(&anonymous, "bob"));
-    let cookie_only = fetch(&http, &pair.a.url("/me/unread"), &[("cookie", "user=alice")]).await;
+    let cookie_only = fetch(
+        &http,
+        &pair.a.url("/me/unread"),
+        &[("cookie", "user=alice")],
+    )
+    .await;
     assert_eq!(cookie_only.status, StatusCode::UNAUTHORIZED);
 
     // Nothing per-user is in the shared tier.
@@ -209,7 +219,10 @@ async fn credentials_share_only_public_answers_and_no_cookie_is_ever_set() {
             let answer = fetch(
                 &http,
                 &instance.url(path),
-                &[("cookie", "session=alice"), ("authorization", "Bearer alice")],
+                &[
+                    ("cookie", "session=alice"),
+                    ("authorization", "Bearer alice"),
+                ],
             )
             .await;
             assert!(answer.headers.get("set-cookie").is_none(), "{path}");
@@ -243,7 +256,11 @@ async fn purge_and_admin_requests_are_refused_and_change_nothing() {
         ),
         ("POST", pair.a.url("/purge"), vec![]),
         ("PURGE", page.clone(), vec![]),
-        ("PURGE", page.clone(), vec![("authorization", "Bearer s3cret")]),
+        (
+            "PURGE",
+            page.clone(),
+            vec![("authorization", "Bearer s3cret")],
+        ),
         ("DELETE", page.clone(), vec![]),
         ("BAN", page.clone(), vec![]),
     ];
