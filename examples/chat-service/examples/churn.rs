@@ -4,7 +4,7 @@
 //! Each variant is one binary (and optional environment), started seeded (`--seed 5,2000`) on a
 //! free loopback port. Every round drives each variant in turn for `--round` with `--connections`
 //! keep-alive connections cycling through `--urls` distinct history pages
-//! (`/rooms/room-R/messages?limit=50&before=B&x=N`, about 6 KB each), so with the default 100,000
+//! (`/rooms/room-R/messages?limit=50&before=B&x=N`, about 5 KB each), so with the default 100,000
 //! URLs nearly every request misses, stores an entry and evicts an older one. A small `--urls`
 //! (say 64) measures the hit path instead. After each round the tool reads `VmRSS` and `VmHWM`
 //! from `/proc/PID/status`. The order of the variants rotates every round, so a busy machine
@@ -53,6 +53,9 @@ struct Args {
     /// Distinct URLs cycled through (100000 for churn, a few dozen for the hit path).
     #[arg(long, default_value_t = 100_000)]
     urls: u64,
+    /// Messages per page (`limit`): 50 makes pages of about 5 KB, 10 about 1 KB.
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
     /// Concurrent keep-alive connections.
     #[arg(long, default_value_t = 32)]
     connections: usize,
@@ -179,11 +182,11 @@ async fn gauge(client: &Client<HttpConnector, Empty<Bytes>>, base: &str, series:
         .unwrap_or(0.0)
 }
 
-/// The path of URL number `n`: a 50-message history page, distinct per `n`.
-fn url(base: &str, n: u64) -> String {
+/// The path of URL number `n`: a `limit`-message history page, distinct per `n`.
+fn url(base: &str, limit: u32, n: u64) -> String {
     let room = n % 5 + 1;
     let before = 51 + (n / 5) % 1950;
-    format!("{base}/rooms/room-{room}/messages?limit=50&before={before}&x={n}")
+    format!("{base}/rooms/room-{room}/messages?limit={limit}&before={before}&x={n}")
 }
 
 struct Round {
@@ -214,11 +217,11 @@ async fn drive(instance: &Instance, args: &Args, next: &Arc<AtomicU64>) -> Round
                 next.clone(),
             );
             let base = instance.base.clone();
-            let urls = args.urls;
+            let (urls, limit) = (args.urls, args.limit);
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let n = next.fetch_add(1, Ordering::Relaxed) % urls;
-                    let Ok(uri) = url(&base, n).parse::<http::Uri>() else {
+                    let Ok(uri) = url(&base, limit, n).parse::<http::Uri>() else {
                         errors.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
@@ -317,7 +320,7 @@ async fn main() {
         "\n| variant | req/s (median round) | errors | RSS round 1 | RSS last round | peak RSS (VmHWM) |\n\
          |---|---|---|---|---|---|\n",
     );
-    for instance in &mut instances {
+    for instance in &instances {
         let rounds = &table[&instance.variant.name];
         let mut rates: Vec<f64> = rounds
             .iter()
@@ -337,10 +340,19 @@ async fn main() {
             mb(last),
             mb(hwm)
         );
-        let _ = instance.child.start_kill();
     }
     println!("{summary}");
     for mut instance in instances {
-        let _ = instance.child.wait().await;
+        // SIGTERM first: a service stopped that way removes its temporary database.
+        let _ = tokio::process::Command::new("kill")
+            .args(["-TERM", &instance.pid.to_string()])
+            .status()
+            .await;
+        if tokio::time::timeout(Duration::from_secs(10), instance.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = instance.child.kill().await;
+        }
     }
 }
