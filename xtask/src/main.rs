@@ -12,7 +12,7 @@ use std::process::{Command, ExitCode};
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-/// Workspace automation: `cargo xtask test | bench | loadtest | screenshots`.
+/// Workspace automation: `cargo xtask test | bench | loadtest | fuzz | screenshots`.
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", bin_name = "cargo xtask", about, long_about = None)]
 struct Cli {
@@ -39,6 +39,18 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Run every cargo-fuzz target in fuzz/ for a bounded time each, one after the other (needs the nightly
+    /// toolchain and cargo-fuzz: `rustup toolchain install nightly`, `cargo install cargo-fuzz`).
+    Fuzz {
+        /// Seconds each target runs.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Build the targets in the dev profile (quicker to build, slower to run).
+        #[arg(long)]
+        dev: bool,
+        /// Only these targets [default: every target in fuzz/Cargo.toml].
+        targets: Vec<String>,
+    },
     /// Take the README's screenshots from the current code with headless Chromium: the chat page after a post
     /// and a reload answered by the cache, written to docs/img/chat-page.png.
     Screenshots,
@@ -62,6 +74,11 @@ fn main() -> ExitCode {
         Some(Task::Bench { peers }) => bench(peers),
         Some(Task::Loadtest { args }) => loadtest(&args),
         Some(Task::Screenshots) => screenshots(),
+        Some(Task::Fuzz {
+            seconds,
+            dev,
+            targets,
+        }) => fuzz(seconds, dev, &targets),
         None => {
             // No task is not an error: print what there is, as `help` does.
             let _ = Cli::command().print_help();
@@ -143,6 +160,60 @@ fn test() -> Result<(), String> {
             &[],
         )
     }
+}
+
+/// Runs the fuzz targets with `cargo +nightly fuzz run TARGET -- -max_total_time=SECONDS`; a crash stops the
+/// run with the failing target named (its input is under fuzz/artifacts/TARGET).
+fn fuzz(seconds: u64, dev: bool, targets: &[String]) -> Result<(), String> {
+    let dir = workspace_root()?.join("fuzz");
+    let targets = if targets.is_empty() {
+        fuzz_targets(&dir)?
+    } else {
+        targets.to_vec()
+    };
+    let max_time = format!("-max_total_time={seconds}");
+    for target in &targets {
+        step(&format!("cargo fuzz run {target} ({seconds} s)"));
+        let mut command = Command::new("rustup");
+        command
+            .current_dir(&dir)
+            .args(["run", "nightly", "cargo", "fuzz", "run"]);
+        if dev {
+            command.arg("--dev");
+        }
+        run(command.arg(target).arg("--").arg(&max_time))
+            .map_err(|e| format!("fuzz target {target}: {e}"))?;
+    }
+    eprintln!(
+        "\n{} fuzz targets ran {seconds} s each without a crash",
+        targets.len()
+    );
+    Ok(())
+}
+
+/// The `[[bin]]` names of fuzz/Cargo.toml, in order.
+fn fuzz_targets(dir: &Path) -> Result<Vec<String>, String> {
+    let manifest = dir.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest)
+        .map_err(|e| format!("reading {}: {e}", manifest.display()))?;
+    let mut in_bin = false;
+    let mut names = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_bin = line == "[[bin]]";
+        } else if in_bin && let Some(value) = line.strip_prefix("name") {
+            let name = value
+                .trim_start()
+                .trim_start_matches('=')
+                .trim()
+                .trim_matches('"');
+            names.push(name.to_owned());
+        }
+    }
+    if names.is_empty() {
+        return Err(format!("no [[bin]] targets in {}", manifest.display()));
+    }
+    Ok(names)
 }
 
 fn bench(peers: bool) -> Result<(), String> {

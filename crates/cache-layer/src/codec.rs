@@ -91,6 +91,25 @@ fn fnv1a(data: &[u8]) -> u64 {
     h
 }
 
+/// `payload` framed as an uncompressed entry with a valid checksum, so the fuzz target reaches
+/// the payload parser past the integrity check.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn frame_for_fuzzing(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + HEADER_LEN + CHECKSUM_LEN);
+    out.extend_from_slice(MAGIC);
+    out.push(VERSION);
+    out.push(0);
+    out.extend_from_slice(
+        &u32::try_from(payload.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    out.extend_from_slice(payload);
+    let sum = fnv1a(&out);
+    out.extend_from_slice(&sum.to_le_bytes());
+    out
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

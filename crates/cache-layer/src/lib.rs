@@ -34,6 +34,9 @@ pub mod directives;
 mod disk_tier;
 mod fields;
 mod future;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handle;
 mod key;
 mod layer;

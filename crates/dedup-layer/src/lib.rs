@@ -39,6 +39,9 @@
 mod body;
 mod error;
 mod future;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod idempotency;
 mod inflight;
 mod key;

@@ -2,7 +2,7 @@
 //!
 //! A retried `POST` with the same key gets the first attempt's stored response instead of running twice.
 
-mod header;
+pub(crate) mod header;
 mod layer;
 mod service;
 
