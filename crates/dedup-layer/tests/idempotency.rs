@@ -582,3 +582,80 @@ async fn a_record_the_store_missed_is_stored_when_it_is_back_so_a_retry_never_ru
     assert_eq!(body, first);
     assert_eq!(h.calls(), 1);
 }
+
+/// A memory store whose `try_begin` takes the lock only after a delay, as a frozen Redis runs a
+/// queued begin after the release that followed its timeout.
+#[derive(Clone)]
+struct LateBegin {
+    inner: MemoryStore,
+    delay: Duration,
+}
+
+impl IdempotencyStore for LateBegin {
+    async fn try_begin(
+        &self,
+        key: &str,
+        token: &LockToken,
+        fingerprint: &Fingerprint,
+        lock_ttl: Duration,
+    ) -> Result<Begin, StoreError> {
+        let (inner, key, token, fingerprint, delay) =
+            (self.inner.clone(), key.to_owned(), *token, *fingerprint, self.delay);
+        // The store runs the begin later whether or not anyone still waits for its answer.
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = inner.try_begin(&key, &token, &fingerprint, lock_ttl).await;
+        });
+        std::future::pending().await
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        token: &LockToken,
+        fingerprint: &Fingerprint,
+        response: &StoredResponse,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .complete(key, token, fingerprint, response, ttl)
+            .await
+    }
+
+    async fn release(&self, key: &str, token: &LockToken) -> Result<(), StoreError> {
+        self.inner.release(key, token).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lock_taken_after_its_release_is_released_again() {
+    let h = Handler::open();
+    let store = LateBegin {
+        inner: MemoryStore::default(),
+        delay: Duration::from_millis(1500),
+    };
+    let layer = IdempotencyLayer::builder(store.clone())
+        .store_timeout(Duration::from_secs(1))
+        .lock_ttl(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let app = h.app(layer);
+    let (status, headers, body) = send(app, req("/orders/1", Some("\"k\""), "a")).await;
+    assert_problem(status, &headers, &body, StatusCode::SERVICE_UNAVAILABLE);
+    // The release ran at 1 s and found nothing; the begin took the lock at 1.5 s. The second
+    // release, a second after the first, frees it, long before the lock's 60 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Keys are stored under the SHA-256 of the client scope (empty here) and the key.
+    let stored_key = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855:k";
+    let begun = store
+        .inner
+        .try_begin(
+            stored_key,
+            &LockToken::random(),
+            &Fingerprint::from_bytes([0; 32]),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(begun, Begin::Started, "the late lock was released");
+}

@@ -361,17 +361,44 @@ async fn complete_later<St: IdempotencyStore>(
     }
 }
 
+/// Releases our lock. When the store does not answer, tries again with a backoff (250 ms up to
+/// 2 s) until the lock's TTL, which bounds it anyway.
+///
+/// A lock whose `try_begin` went unanswered (`held` false) may still be taken after this
+/// release ran: a store that was frozen runs the queued begin and release in any order once it
+/// is back. So such a release is made once more a second after the first answered one, by which
+/// time whatever was queued has run. Only our token's lock is ever deleted, so repeating is safe.
 async fn release<St: IdempotencyStore>(
     config: Arc<Config<St>>,
     key: String,
     token: LockToken,
     held: bool,
 ) {
-    let result =
-        tokio::time::timeout(config.store_timeout, config.store.release(&key, &token)).await;
-    if held && !matches!(result, Ok(Ok(()))) {
-        count(&metric::IDEM_STORE_ERROR);
-        tracing::warn!("could not release an idempotency lock; it will expire");
+    let deadline = tokio::time::Instant::now() + config.lock_ttl;
+    let mut answered_once = false;
+    let mut pause = Duration::from_millis(250);
+    loop {
+        let result =
+            tokio::time::timeout(config.store_timeout, config.store.release(&key, &token)).await;
+        let wait = if matches!(result, Ok(Ok(()))) {
+            if held || answered_once {
+                return;
+            }
+            answered_once = true;
+            Duration::from_secs(1)
+        } else {
+            let wait = pause;
+            pause = (pause * 2).min(Duration::from_secs(2));
+            wait
+        };
+        if tokio::time::Instant::now() + wait >= deadline {
+            if held {
+                count(&metric::IDEM_STORE_ERROR);
+                tracing::warn!("could not release an idempotency lock; it will expire");
+            }
+            return;
+        }
+        tokio::time::sleep(wait).await;
     }
 }
 
