@@ -599,8 +599,13 @@ impl IdempotencyStore for LateBegin {
         fingerprint: &Fingerprint,
         lock_ttl: Duration,
     ) -> Result<Begin, StoreError> {
-        let (inner, key, token, fingerprint, delay) =
-            (self.inner.clone(), key.to_owned(), *token, *fingerprint, self.delay);
+        let (inner, key, token, fingerprint, delay) = (
+            self.inner.clone(),
+            key.to_owned(),
+            *token,
+            *fingerprint,
+            self.delay,
+        );
         // The store runs the begin later whether or not anyone still waits for its answer.
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
