@@ -247,7 +247,9 @@ async fn purge_and_admin_requests_are_refused_and_change_nothing() {
         false
     };
     assert!(cached().await);
-    let attempts: Vec<(&str, String, Vec<(&str, &str)>)> = vec![
+    // (method, URL, headers)
+    type Attempt<'a> = (&'a str, String, Vec<(&'a str, &'a str)>);
+    let attempts: Vec<Attempt<'_>> = vec![
         ("POST", pair.a.url("/admin/purge"), vec![]),
         (
             "POST",
