@@ -226,6 +226,18 @@ fn whole_seconds(series: &[u64]) -> &[u64] {
     }
 }
 
+/// Ticks every 1, 2, 5, 10, 20, ... seconds, about six of them.
+fn second_ticks(max: f64) -> Vec<(f64, String)> {
+    let step = nice_ceiling(max / 6.0);
+    let mut ticks = Vec::new();
+    let mut t = 0.0;
+    while t <= max + 1e-9 {
+        ticks.push((t, format!("{}s", trim_number(t))));
+        t += step;
+    }
+    ticks
+}
+
 fn linear_ticks(max: f64, count: u32, unit: &str) -> Vec<(f64, String)> {
     (0..=count)
         .map(|i| {
@@ -329,7 +341,7 @@ pub fn throughput_chart(report: &Report) -> String {
             max: seconds,
         },
         title: "seconds".into(),
-        ticks: linear_ticks(seconds, 6, "s"),
+        ticks: second_ticks(seconds),
     };
     let y = Axis {
         scale: Scale::Linear { min: 0.0, max },
@@ -371,7 +383,7 @@ pub fn hit_rate_chart(report: &Report) -> String {
             max: seconds,
         },
         title: "seconds".into(),
-        ticks: linear_ticks(seconds, 6, "s"),
+        ticks: second_ticks(seconds),
     };
     let y = Axis {
         scale: Scale::Linear {
@@ -595,6 +607,13 @@ mod tests {
         assert_eq!(nice_ceiling(430.0), 500.0);
         assert_eq!(nice_ceiling(0.2), 1.0);
         assert_eq!(nice_ceiling(f64::NAN), 1.0);
+    }
+
+    #[test]
+    fn second_ticks_are_round() {
+        let ticks: Vec<String> = second_ticks(29.0).into_iter().map(|t| t.1).collect();
+        assert_eq!(ticks, vec!["0s", "5s", "10s", "15s", "20s", "25s"]);
+        assert_eq!(second_ticks(1.0).len(), 2, "0s and 1s");
     }
 
     #[test]

@@ -345,6 +345,15 @@ fn pct(value: Option<f64>) -> String {
     value.map_or_else(|| "n/a".to_owned(), |v| format!("{:.1}%", v * 100.0))
 }
 
+/// `12.5% lower` for 0.125, `3.0% higher` for -0.03 (with `lower`/`higher` as `better`/`worse`).
+fn change(value: Option<f64>, better: &str, worse: &str) -> String {
+    match value {
+        Some(v) if v >= 0.0 => format!("{:.1}% {better}", v * 100.0),
+        Some(v) => format!("{:.1}% {worse}", -v * 100.0),
+        None => "n/a".to_owned(),
+    }
+}
+
 fn num(value: Option<f64>, digits: usize) -> String {
     value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.digits$}"))
 }
@@ -497,16 +506,16 @@ impl Report {
         verdicts.push(Verdict::new(
             ">= 50% better latency than bare (history p99, same rate)",
             format!(
-                "at {:.0} req/s: bare {} ms, {name} {} ms: {} lower{}",
+                "at {:.0} req/s: bare {} ms, {name} {} ms: {}{}",
                 stacked.map_or(0.0, |s| s.rate),
                 num(bare_p99, 2),
                 num(stacked_p99, 2),
-                pct(latency_gain),
+                change(latency_gain, "lower", "higher"),
                 bare.zip(stacked)
                     .and_then(|(b, s)| same_rate_steps(b, s).pop())
                     .map_or_else(String::new, |(rate, b, s)| format!(
-                        "; at {rate:.0} req/s (highest rate of both searches): bare {b:.2} ms, {name} {s:.2} ms, {} lower",
-                        pct(reduction(b, s))
+                        "; at {rate:.0} req/s (highest rate of both searches): bare {b:.2} ms, {name} {s:.2} ms, {}",
+                        change(reduction(b, s), "lower", "higher")
                     )),
             ),
             latency_gain.map(|g| g >= LATENCY_REDUCTION),
@@ -517,10 +526,10 @@ impl Report {
         verdicts.push(Verdict::new(
             ">= 50% better max throughput than bare",
             format!(
-                "bare {} req/s, {name} {} req/s: {} higher",
+                "bare {} req/s, {name} {} req/s: {}",
                 num(bare_max, 0),
                 num(sustained, 0),
-                pct(throughput_gain)
+                change(throughput_gain, "higher", "lower")
             ),
             throughput_gain.map(|g| g >= THROUGHPUT_GAIN),
         ));
@@ -1001,6 +1010,13 @@ pub(crate) mod tests {
             "{}",
             correct.measured
         );
+    }
+
+    #[test]
+    fn changes_read_in_the_right_direction() {
+        assert_eq!(change(Some(0.75), "lower", "higher"), "75.0% lower");
+        assert_eq!(change(Some(-5.116), "lower", "higher"), "511.6% higher");
+        assert_eq!(change(None, "lower", "higher"), "n/a");
     }
 
     #[test]
