@@ -117,7 +117,9 @@ where
 }
 
 /// Request fields that ask for a part of the answer or a conditional one (`206`, `304`, `412`):
-/// a request carrying any of them is never coalesced, since its answer fits only itself.
+/// a request carrying any of them shares only with requests carrying the same values, since its
+/// answer fits those alone. A cache above revalidating one entry sends identical conditional
+/// requests, and they still coalesce.
 const PER_REQUEST: [HeaderName; 6] = [
     header::RANGE,
     header::IF_RANGE,
@@ -250,9 +252,6 @@ impl MakeKey for DefaultKey {
             Some(p) => p.per_request,
             None => PER_REQUEST.iter().any(|n| headers.contains_key(n)),
         };
-        if per_request {
-            return None;
-        }
         let mut key = RequestKey(Vec::with_capacity(128), false);
         key.push(parts.method.as_str().as_bytes());
         let authority = match (parts.uri.authority(), &presence) {
@@ -273,6 +272,14 @@ impl MakeKey for DefaultKey {
         for (i, name) in self.vary.iter().enumerate() {
             let present = presence.as_ref().is_none_or(|p| p.vary(i));
             push_header_values(&mut key, headers, name, present);
+        }
+        if per_request {
+            key.0.push(1);
+            for name in &PER_REQUEST {
+                push_header_values(&mut key, headers, name, true);
+            }
+        } else {
+            key.0.push(0);
         }
         if !self.share_across_credentials {
             // Each present credential header's position and values, length-prefixed, into one digest.
@@ -302,6 +309,7 @@ impl MakeKey for DefaultKey {
 
     fn covers(&self, field: &HeaderName) -> bool {
         self.vary.contains(field)
+            || PER_REQUEST.contains(field)
             || (!self.share_across_credentials && self.credentials.contains(field))
     }
 }
@@ -455,6 +463,14 @@ mod tests {
         for name in key.vary.iter() {
             push_header_values(&mut out, &parts.headers, name, true);
         }
+        if PER_REQUEST.iter().any(|n| parts.headers.contains_key(n)) {
+            out.0.push(1);
+            for name in &PER_REQUEST {
+                push_header_values(&mut out, &parts.headers, name, true);
+            }
+        } else {
+            out.0.push(0);
+        }
         let mut digest: Option<Sha256> = None;
         for (j, name) in key.credentials.iter().enumerate() {
             for value in parts.headers.get_all(name) {
@@ -490,11 +506,7 @@ mod tests {
             }
             let parts = req.body(()).unwrap().into_parts().0;
             let key = DefaultKey::new(DefaultKey::default_vary(), DefaultKey::default_credentials(), false);
-            if parts.headers.contains_key("range") {
-                proptest::prop_assert!(key.make_key(&parts).is_none(), "ranged requests are never coalesced");
-            } else {
-                proptest::prop_assert_eq!(key.make_key(&parts).unwrap(), reference_key(&key, &parts));
-            }
+            proptest::prop_assert_eq!(key.make_key(&parts).unwrap(), reference_key(&key, &parts));
         }
     }
 }

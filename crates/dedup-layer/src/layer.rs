@@ -53,7 +53,8 @@ pub(crate) struct Shared {
 ///   `Cache-Control: private` and the key does not identify one user, or when its `Vary` names a request
 ///   field the key does not cover (or `*`), waiters run their own request instead. Requests carrying `Range`,
 ///   `If-Range` or a conditional field (`If-None-Match`, `If-Modified-Since`, `If-Match`,
-///   `If-Unmodified-Since`) are never coalesced by the default key: their answer fits only themselves.
+///   `If-Unmodified-Since`) share only with requests carrying the same values: the default key includes
+///   them, since a `206`, `304` or `412` fits only the request it answers.
 /// - Readiness is forwarded: the leader calls the service `poll_ready` readied; a waiter leaves that readiness
 ///   with its caller and, if it ends up running its own request, drives a clone to readiness first.
 /// - A panic in the inner service answers the leader's caller and every waiter with `500` problem+json; an

@@ -941,31 +941,50 @@ async fn answers_varying_beyond_the_key_are_not_shared() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ranged_and_conditional_requests_are_not_coalesced() {
-    for (name, value) in [
-        ("range", "bytes=0-1"),
-        ("if-range", "\"a\""),
-        ("if-none-match", "\"a\""),
-        ("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT"),
-        ("if-match", "\"a\""),
-        ("if-unmodified-since", "Sun, 06 Nov 1994 08:49:37 GMT"),
+async fn ranged_and_conditional_requests_share_only_with_the_same_values() {
+    for (name, value, other) in [
+        ("range", "bytes=0-1", "bytes=2-3"),
+        ("if-range", "\"a\"", "\"b\""),
+        ("if-none-match", "\"a\"", "\"b\""),
+        (
+            "if-modified-since",
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Mon, 07 Nov 1994 08:49:37 GMT",
+        ),
+        ("if-match", "\"a\"", "\"b\""),
+        (
+            "if-unmodified-since",
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Mon, 07 Nov 1994 08:49:37 GMT",
+        ),
     ] {
         let layer = DedupLayer::new();
         let handle = layer.handle();
         let gate = Gate::new();
         let app = counting_app(&layer, &gate);
-        let req = || {
-            Request::get("/r")
-                .header(name, value)
-                .body(Body::empty())
-                .unwrap()
+        let req = |value: Option<&str>| {
+            let mut builder = Request::get("/r");
+            if let Some(value) = value {
+                builder = builder.header(name, value);
+            }
+            builder.body(Body::empty()).unwrap()
         };
-        let a = tokio::spawn(send(app.clone(), req()));
-        let b = tokio::spawn(send(app.clone(), req()));
-        until("both in the handler", || gate.calls() == 2).await;
-        assert_eq!(handle.inflight(), 0, "{name}");
-        gate.open(2);
-        a.await.unwrap();
-        b.await.unwrap();
+        // Two identical conditional requests, one with another value, one plain: three answers.
+        let first = tokio::spawn(send(app.clone(), req(Some(value))));
+        until("the first in the handler", || gate.calls() == 1).await;
+        let same = tokio::spawn(send(app.clone(), req(Some(value))));
+        until("the same request waiting", || handle.waiters() == 1).await;
+        let different = tokio::spawn(send(app.clone(), req(Some(other))));
+        let plain = tokio::spawn(send(app.clone(), req(None)));
+        until("three leaders in the handler", || gate.calls() == 3).await;
+        assert_eq!(handle.inflight(), 3, "{name}");
+        assert_eq!(handle.waiters(), 1, "{name}");
+        gate.open(3);
+        let first = first.await.unwrap();
+        assert_eq!(same.await.unwrap().2, first.2, "{name}: the same request shares");
+        assert_ne!(different.await.unwrap().2, first.2, "{name}");
+        assert_ne!(plain.await.unwrap().2, first.2, "{name}");
+        assert_eq!(gate.calls(), 3, "{name}");
+        assert_empty(&handle);
     }
 }
