@@ -24,6 +24,9 @@ pub const L2_TTL_CAP: Duration = Duration::from_secs(300);
 /// Default longest time a response stays in the persistent tier.
 pub const L3_TTL_CAP: Duration = Duration::from_secs(3600);
 
+/// Longest a request waits for an identical miss in flight before it is answered `504`.
+const COLLAPSE_WAIT: Duration = Duration::from_secs(5);
+
 /// Rooms whose purge progress is remembered; past it the memory starts over.
 const MAX_TRACKED_ROOMS: usize = 10_000;
 
@@ -45,6 +48,11 @@ pub(crate) fn layer(config: &Config) -> Result<CacheLayer, ConfigError> {
     if config.bare {
         return builder.build().map_err(|e| ConfigError::new(e.to_string()));
     }
+    // A page refresh is a burst of identical GETs: the first misses and fills the entry, the rest
+    // wait for it and are answered from the store as hits. DedupLayer below still makes sure
+    // that whatever reaches the routes concurrently (an answer the cache did not store, a
+    // waiter released by a failed leader) runs one query.
+    builder = builder.collapse_misses(Some(COLLAPSE_WAIT));
     if let Some(url) = &config.redis_url {
         let l2 = cache_layer::RedisTier::builder(url.as_str())
             .prefix("chat")

@@ -137,8 +137,9 @@
 //! Router
 //!   /stats                      outside every layer: never cached, not instrumented
 //!   telemetry (outermost)       HTTP metrics and spans for every request, /metrics
-//!     cache                     answers hits (Cache-Status, name "chat"); stores misses
-//!       dedup                   identical misses in flight run one query
+//!     cache                     answers hits (Cache-Status, name "chat"); stores misses;
+//!                               identical misses wait for the first and are answered as hits
+//!       dedup                   whatever still reaches the routes concurrently runs one query
 //!         POST .../messages:    IdempotencyLayer (memory, or Redis with REDIS_URL)
 //!           handler ──► moderation client: TraceClientLayer ► BreakerLayer (+ timeout) ► hyper
 //! ```

@@ -85,6 +85,17 @@ async fn stacked_an_identical_burst_reaches_sqlite_once() {
         bodies.windows(2).all(|w| w[0] == w[1]),
         "every client got the same page"
     );
+    // The cache collapses the burst: one miss fills the entry, the others are answered from it.
+    let hits = replies
+        .iter()
+        .filter(|r| {
+            r.headers
+                .get("cache-status")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("; hit"))
+        })
+        .count();
+    assert_eq!(hits, BURST - 1, "every request but the first is a hit");
     let after = counts(&stats(&app).await);
     assert_eq!(
         after.0 - before.0,
