@@ -145,3 +145,71 @@ async fn hits_and_tag_purges_work_on_a_cluster() {
     assert_eq!(fetch(&b, "/items/4").await, "item 4 v0");
     assert_eq!(origin.calls.load(Ordering::SeqCst), 7);
 }
+
+/// A cluster master killed under load: two instances must keep answering every request, each
+/// within the tier's bounds, from their in-process tier, the surviving nodes or the origin.
+///
+/// Ignored because it fails today: see the `ignore` reason. Run it with `--ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails: after a master is killed a request waits 64 s on 2 runtime threads (2 s on 6), past the \
+            50 ms call timeout; something on the node-loss path blocks runtime threads (docs/reliability.md)"]
+async fn a_killed_node_fails_no_request() {
+    let mut cluster = RedisCluster::start(3).unwrap();
+    let origin = Origin::default();
+    let build = |cluster: &RedisCluster| {
+        // The defaults: 50 ms per call; the in-process tier capped short so reads reach Redis.
+        let l2 = RedisTier::cluster_builder(cluster.urls())
+            .prefix("cl")
+            .heartbeat(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let cache = CacheLayer::builder()
+            .ttl_cap(Duration::from_millis(50))
+            .redis(l2)
+            .build()
+            .unwrap();
+        let handle = cache.handle();
+        let app = Router::new()
+            .route("/items/{id}", get(item))
+            .with_state(origin.clone())
+            .layer(cache);
+        (app, handle)
+    };
+    let (a, _ha) = build(&cluster);
+    let (b, _hb) = build(&cluster);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let app = if w % 2 == 0 { a.clone() } else { b.clone() };
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut answered, mut slowest, mut n) = (0u64, Duration::ZERO, 0u32);
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let id = (n * 7 + w) % 30;
+                    let started = std::time::Instant::now();
+                    let body = fetch(&app, &format!("/items/{id}")).await;
+                    slowest = slowest.max(started.elapsed());
+                    assert_eq!(body, format!("item {id} v0"));
+                    answered += 1;
+                }
+                (answered, slowest)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.nodes_mut()[0].stop().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for worker in workers {
+        let (answered, slowest) = worker.await.unwrap();
+        total += answered;
+        // 50 ms per Redis call, a lookup, a lease and its polls: well under a second.
+        assert!(
+            slowest < Duration::from_secs(1),
+            "a request took {slowest:?}"
+        );
+    }
+    assert!(total > 100, "the load barely ran: {total}");
+}
