@@ -12,12 +12,15 @@
 //!    [`load::FRESHNESS_BOUND`], stored exactly once, no `5xx` the outage does not explain, identical
 //!    concurrent requests reaching SQLite once;
 //! 4. finds the highest rate each variant sustains within a p99 bound ([`runner::find_max_rate`]);
-//! 5. prints a verdict per target and writes `report.json` and a self-contained `report.html` ([`report`],
+//! 5. stacked, churns the cache with distinct URLs as fast as the instances answer ([`churn`]) and samples
+//!    each instance's resident memory: peak, final, and whether it levelled off;
+//! 6. prints a verdict per target and writes `report.json` and a self-contained `report.html` ([`report`],
 //!    [`html`]).
 //!
 //! Every request goes to a loopback address; the client refuses anything else ([`client::is_loopback`]).
 
 pub mod check;
+pub mod churn;
 pub mod client;
 pub mod html;
 pub mod load;

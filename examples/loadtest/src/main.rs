@@ -6,10 +6,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use chat_loadtest::churn::ChurnPlan;
 use chat_loadtest::procs::{CpuPlan, find_on_path};
 use chat_loadtest::runner::{self, Options, RateSearch, parse_duration};
 use chat_loadtest::{Error, Variant};
 use clap::{Parser, ValueEnum};
+
+// The allocator is the binary's choice, never the library's (docs/performance.md).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Load test of the chat service: bare against stacked, same seeded data, same open-loop load.
 ///
@@ -85,6 +91,13 @@ struct Cli {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// Length of the churn phase of the stacked variants: distinct history URLs as fast as each instance
+    /// answers, with resident memory sampled; the memory verdict comes from it (0s: none).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    churn: Duration,
+    /// Concurrent requests per instance in the churn phase.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    churn_connections: u16,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -144,6 +157,13 @@ impl Cli {
             timeout: self.timeout,
             cpus,
             progress: !self.quiet,
+            churn: (self.churn > Duration::ZERO).then(|| ChurnPlan {
+                duration: self.churn,
+                connections: usize::from(self.churn_connections),
+                max_requests: self.max_requests,
+                limit: 50,
+                run_id: String::new(),
+            }),
         }
     }
 }

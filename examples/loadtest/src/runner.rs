@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::Error;
 use crate::check;
+use crate::churn::{self, ChurnPlan};
 use crate::client::Http;
 use crate::load::{self, FRESHNESS_BOUND, LoadEnv, LoadPlan, LoadResult, Outage, Target};
 use crate::observe::{MetricCounters, Stats};
@@ -57,6 +58,8 @@ pub struct Options {
     pub cpus: CpuPlan,
     /// Show progress bars.
     pub progress: bool,
+    /// The churn phase of the stacked variants, if any.
+    pub churn: Option<ChurnPlan>,
 }
 
 /// How the highest sustainable rate is searched: step up by `factor` from `start` until a step fails (or
@@ -244,6 +247,20 @@ async fn run_variant(
             instance.peak_rss_mib = instance.peak_rss_mib.max(memory.peak_mib());
         }
     }
+    if let Some(plan) = options.churn.as_ref().filter(|_| variant.is_stacked()) {
+        let plan = ChurnPlan {
+            run_id: format!("{run_id}c"),
+            ..plan.clone()
+        };
+        let pb = bar(bars, &format!("{variant} churn"), plan.duration);
+        pb.enable_steady_tick(Duration::from_millis(200));
+        let churned = churn::run(&env.http, &env.targets, env.seeded, &plan).await;
+        pb.finish_and_clear();
+        stack.check_alive()?;
+        for (instance, churned) in report.instances.iter_mut().zip(churned) {
+            instance.churn = Some(churned);
+        }
+    }
     Ok(report)
 }
 
@@ -362,6 +379,7 @@ async fn measure_variant(
                 breaker_transitions_metrics: metrics.map(|m| m.breaker_transitions),
                 leases_waited_gave_up: metrics.map(|m| (m.leases_waited, m.leases_gave_up)),
                 peak_rss_mib: Memory::peak_mib(&memory),
+                churn: None,
             }
         })
         .collect();
