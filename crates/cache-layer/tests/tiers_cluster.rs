@@ -148,11 +148,7 @@ async fn hits_and_tag_purges_work_on_a_cluster() {
 
 /// A cluster master killed under load: two instances must keep answering every request, each
 /// within the tier's bounds, from their in-process tier, the surviving nodes or the origin.
-///
-/// Ignored because it fails today: see the `ignore` reason. Run it with `--ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: after a master is killed a request waits 64 s on 2 runtime threads (2 s on 6), past the \
-            50 ms call timeout; something on the node-loss path blocks runtime threads (docs/reliability.md)"]
 async fn a_killed_node_fails_no_request() {
     let mut cluster = RedisCluster::start(3).unwrap();
     let origin = Origin::default();
@@ -192,6 +188,10 @@ async fn a_killed_node_fails_no_request() {
                     slowest = slowest.max(started.elapsed());
                     assert_eq!(body, format!("item {id} v0"));
                     answered += 1;
+                    // Hits complete without ever waiting: a client over a network would give
+                    // the runtime back between requests, and without this the loop starves
+                    // every other task (that looked like a 64 s stall of the tier).
+                    tokio::task::yield_now().await;
                 }
                 (answered, slowest)
             })
@@ -201,10 +201,11 @@ async fn a_killed_node_fails_no_request() {
     cluster.nodes_mut()[0].stop().unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut total = 0;
+    let (mut total, mut worst) = (0, Duration::ZERO);
     for worker in workers {
         let (answered, slowest) = worker.await.unwrap();
         total += answered;
+        worst = worst.max(slowest);
         // 50 ms per Redis call, a lookup, a lease and its polls: well under a second.
         assert!(
             slowest < Duration::from_secs(1),
@@ -212,4 +213,5 @@ async fn a_killed_node_fails_no_request() {
         );
     }
     assert!(total > 100, "the load barely ran: {total}");
+    eprintln!("answered {total} requests, slowest {worst:?}");
 }
