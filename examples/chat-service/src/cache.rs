@@ -57,6 +57,11 @@ pub(crate) fn layer(config: &Config) -> Result<CacheLayer, ConfigError> {
         let l2 = cache_layer::RedisTier::builder(url.as_str())
             .prefix("chat")
             .ttl_cap(caps.l2)
+            // No cross-instance fill leases: every instance reads the same SQLite file, where a
+            // page costs about a millisecond, while an instance that loses a lease polls Redis
+            // for the leader's entry and, when a post purges that entry meanwhile, gives up only
+            // after the whole wait. Identical misses within an instance still collapse.
+            .lease_wait(0, Duration::from_millis(10))
             .build()
             .map_err(|e| ConfigError::new(format!("REDIS_URL: {e}")))?;
         builder = builder.redis(l2);
