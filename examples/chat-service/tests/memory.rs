@@ -161,7 +161,17 @@ async fn rss_levels_off_under_cache_churn() {
         worker.await.unwrap();
     }
     let requests = next.load(Ordering::Relaxed);
-    child.kill().await.unwrap();
+    // SIGTERM, so the service removes its temporary database; killed if it does not stop.
+    let _ = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await;
+    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
+        child.kill().await.unwrap();
+    }
 
     let mb: Vec<u64> = samples.iter().map(|bytes| bytes / 1_000_000).collect();
     eprintln!("{requests} requests, RSS MB every 200 ms: {mb:?}");
