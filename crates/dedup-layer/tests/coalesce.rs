@@ -981,7 +981,11 @@ async fn ranged_and_conditional_requests_share_only_with_the_same_values() {
         assert_eq!(handle.waiters(), 1, "{name}");
         gate.open(3);
         let first = first.await.unwrap();
-        assert_eq!(same.await.unwrap().2, first.2, "{name}: the same request shares");
+        assert_eq!(
+            same.await.unwrap().2,
+            first.2,
+            "{name}: the same request shares"
+        );
         assert_ne!(different.await.unwrap().2, first.2, "{name}");
         assert_ne!(plain.await.unwrap().2, first.2, "{name}");
         assert_eq!(gate.calls(), 3, "{name}");
