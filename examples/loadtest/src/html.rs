@@ -2,7 +2,9 @@
 //! anywhere else, so the file opens the same offline and can be attached as it is.
 
 use std::fmt::Write as _;
+use std::path::Path;
 
+use crate::Error;
 use crate::report::Report;
 use crate::stack::Variant;
 
@@ -503,6 +505,63 @@ svg{margin:0.5em 1em 0.5em 0}</style></head><body>",
     page
 }
 
+/// Debian's Chromium, which `--screenshot` runs headless (`cargo xtask test` installs it).
+pub const CHROMIUM: &str = "chromium";
+/// Window of [`screenshot`], in CSS pixels: wide enough for the tables, tall enough for the
+/// verdicts and the three charts.
+pub const SCREENSHOT_SIZE: (u32, u32) = (1280, 1400);
+
+/// Writes a PNG of the report page `html` (a file) to `png` with headless Chromium, in a
+/// window of [`SCREENSHOT_SIZE`] and a throwaway profile.
+pub fn screenshot(html: &Path, png: &Path) -> Result<(), Error> {
+    let page = std::fs::canonicalize(html).map_err(|e| Error::Io(html.display().to_string(), e))?;
+    if let Some(dir) = png.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Io(dir.display().to_string(), e))?;
+    }
+    let profile = tempfile::Builder::new()
+        .prefix("chat-loadtest-chromium-")
+        .tempdir()
+        .map_err(|e| Error::Io("profile directory".to_owned(), e))?;
+    let _ = std::fs::remove_file(png);
+    let (width, height) = SCREENSHOT_SIZE;
+    let output = std::process::Command::new(CHROMIUM)
+        // The page is the report this process just wrote, so Chromium's sandbox (which refuses
+        // to start as root) adds nothing here.
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+            "--no-first-run",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--window-size={width},{height}"))
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .map_err(|e| {
+            Error::Io(
+                format!(
+                    "{CHROMIUM} (apt-get install -y chromium, or `cargo xtask test`, installs it)"
+                ),
+                e,
+            )
+        })?;
+    if output.status.success() && png.is_file() {
+        Ok(())
+    } else {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+        Err(Error::Setup(format!(
+            "{CHROMIUM} did not write {} ({}): {}",
+            png.display(),
+            output.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -622,8 +681,8 @@ mod tests {
         assert_eq!(ticks, vec!["0.5", "1", "2", "5", "10", "20"]);
     }
 
-    #[test]
-    fn the_page_is_self_contained_and_charts_every_variant() {
+    /// Bare and stacked, the stacked one with a three-second timeline.
+    fn two_variants() -> Report {
         use crate::report::tests::{options, variant};
         let mut report = Report::new(&options(vec![Variant::Bare, Variant::Stacked]));
         report
@@ -635,6 +694,82 @@ mod tests {
         stacked.timeline.history_hits = vec![9, 0, 5, 0];
         report.variants.push(stacked);
         report.finish();
+        report
+    }
+
+    /// The report in headless Chromium, as a reader opens it: no console error or failed load,
+    /// and every chart draws points (a polyline of at least two, inside the plot area).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_report_opens_in_chromium_and_every_chart_has_points() {
+        use test_support::browser::Chromedriver;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("report.html");
+        std::fs::write(&path, render(&two_variants())).unwrap();
+        let driver = Chromedriver::start().await.unwrap();
+        let browser = driver.browser(1280, 1000).await.unwrap();
+        browser
+            .goto(&format!("file://{}", path.display()))
+            .await
+            .unwrap();
+        let charts = browser
+            .eval(
+                "return [...document.querySelectorAll('svg')].map(svg => {
+                     const plot = svg.querySelector('rect').getBBox();
+                     const lines = [...svg.querySelectorAll('polyline')];
+                     const inside = lines.every(line => [...line.points].every(p =>
+                         p.x >= plot.x - 0.5 && p.x <= plot.x + plot.width + 0.5 &&
+                         p.y >= plot.y - 0.5 && p.y <= plot.y + plot.height + 0.5));
+                     return {
+                         title: svg.getAttribute('aria-label'),
+                         points: lines.map(line => line.points.numberOfItems),
+                         inside,
+                         shown: svg.getBoundingClientRect().width > 0,
+                     };
+                 })",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let charts = charts.as_array().unwrap();
+        assert_eq!(charts.len(), 3, "{charts:?}");
+        for chart in charts {
+            let points: Vec<u64> = chart["points"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_u64().unwrap())
+                .collect();
+            assert!(
+                !points.is_empty() && points.iter().all(|&n| n >= 2),
+                "every drawn series has points: {chart}"
+            );
+            assert_eq!(chart["inside"], true, "{chart}");
+            assert_eq!(chart["shown"], true, "{chart}");
+        }
+        browser.assert_clean_console().await.unwrap();
+        browser.close().await.unwrap();
+    }
+
+    #[test]
+    fn a_screenshot_is_a_png_of_the_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let html = dir.path().join("report.html");
+        std::fs::write(&html, render(&two_variants())).unwrap();
+        let png = dir.path().join("shots/report.png");
+        screenshot(&html, &png).unwrap();
+        let bytes = std::fs::read(&png).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG file");
+        assert!(
+            bytes.len() > 10_000,
+            "more than a blank page: {} bytes",
+            bytes.len()
+        );
+        assert!(screenshot(&dir.path().join("missing.html"), &png).is_err());
+    }
+
+    #[test]
+    fn the_page_is_self_contained_and_charts_every_variant() {
+        let report = two_variants();
         let page = render(&report);
         for banned in ["<script", "<link", "@import", "url(", "src="] {
             assert!(

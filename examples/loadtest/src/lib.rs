@@ -15,7 +15,8 @@
 //! 5. stacked, churns the cache with distinct URLs as fast as the instances answer ([`churn`]) and samples
 //!    each instance's resident memory: peak, final, and whether it levelled off;
 //! 6. prints a verdict per target and writes `report.json` and a self-contained `report.html` ([`report`],
-//!    [`html`]).
+//!    [`html`]); `--open` prints the report's `file://` URL, `--screenshot PNG` writes a picture of it taken
+//!    with headless Chromium ([`html::screenshot`]).
 //!
 //! Every request goes to a loopback address; the client refuses anything else ([`client::is_loopback`]).
 

@@ -98,6 +98,12 @@ struct Cli {
     /// Concurrent requests per instance in the churn phase.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
     churn_connections: u16,
+    /// Print the HTML report's location (a file:// URL) on stdout once written, to open in a browser.
+    #[arg(long)]
+    open: bool,
+    /// Also write a PNG of the HTML report to this path, taken with headless Chromium (1280 x 1400).
+    #[arg(long, value_name = "PNG")]
+    screenshot: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -180,6 +186,8 @@ fn main() -> ExitCode {
         eprintln!("chat-loadtest: not pinning CPUs: {error}");
         cpus = CpuPlan::none();
     }
+    let open = cli.open;
+    let screenshot = cli.screenshot.clone();
     let options = cli.options(cpus);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -221,11 +229,25 @@ fn main() -> ExitCode {
     let _ = std::io::stdout().write_all(text.as_bytes());
     match written {
         Ok(()) => {
+            let html = options.out_dir.join("report.html");
             eprintln!(
                 "\nreports: {} and {}",
                 options.out_dir.join("report.json").display(),
-                options.out_dir.join("report.html").display()
+                html.display()
             );
+            if let Some(png) = &screenshot {
+                match chat_loadtest::html::screenshot(&html, png) {
+                    Ok(()) => eprintln!("screenshot: {}", png.display()),
+                    Err(error) => {
+                        eprintln!("chat-loadtest: screenshot: {error}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            if open {
+                let shown = std::fs::canonicalize(&html).unwrap_or(html);
+                let _ = writeln!(std::io::stdout(), "file://{}", shown.display());
+            }
             ExitCode::SUCCESS
         }
         Err(error) => {
