@@ -52,8 +52,13 @@ enum Task {
         targets: Vec<String>,
     },
     /// Take the README's screenshots from the current code with headless Chromium: the chat page after a post
-    /// and a reload answered by the cache, written to docs/img/chat-page.png.
-    Screenshots,
+    /// and a reload answered by the cache (docs/img/chat-page.png), and the report of a short load test built
+    /// in release like `cargo xtask loadtest` (docs/img/loadtest-report.png).
+    Screenshots {
+        /// Only the chat page: no release build, no load test.
+        #[arg(long)]
+        page_only: bool,
+    },
 }
 
 /// Programs the test suite runs for real, with the Debian package that provides each: Redis servers and their
@@ -73,7 +78,7 @@ fn main() -> ExitCode {
         Some(Task::Test) => test(),
         Some(Task::Bench { peers }) => bench(peers),
         Some(Task::Loadtest { args }) => loadtest(&args),
-        Some(Task::Screenshots) => screenshots(),
+        Some(Task::Screenshots { page_only }) => screenshots(page_only),
         Some(Task::Fuzz {
             seconds,
             dev,
@@ -260,8 +265,9 @@ fn loadtest(args: &[OsString]) -> Result<(), String> {
 }
 
 /// Runs chat-service's ignored `readme_screenshot` browser test, which serves the current code, drives Chromium
-/// through a post and a cached reload, and writes the PNG into `docs/img/`.
-fn screenshots() -> Result<(), String> {
+/// through a post and a cached reload, and writes the PNG into `docs/img/`; then, unless `page_only`, a short
+/// release load test whose report `chat-loadtest --screenshot` photographs into `docs/img/` too.
+fn screenshots(page_only: bool) -> Result<(), String> {
     ensure_test_programs()?;
     let root = workspace_root()?;
     let out = root.join("docs").join("img");
@@ -284,7 +290,29 @@ fn screenshots() -> Result<(), String> {
             "--nocapture",
         ],
         &[("SCREENSHOT_DIR", out)],
-    )
+    )?;
+    if page_only {
+        return Ok(());
+    }
+    let report = root.join("docs").join("img").join("loadtest-report.png");
+    let args: Vec<OsString> = [
+        "--duration",
+        "10s",
+        "--warmup",
+        "2s",
+        "--no-max-rate",
+        "--churn",
+        "5s",
+        "--quiet",
+        "--out-dir",
+        "target/loadtest-screenshot",
+        "--screenshot",
+    ]
+    .into_iter()
+    .map(OsString::from)
+    .chain([report.into_os_string()])
+    .collect();
+    loadtest(&args)
 }
 
 /// Makes sure every program in [`TEST_PROGRAMS`] is on PATH, installing Debian's packages when running as root.
