@@ -104,7 +104,7 @@ async fn stack_coalesces_misses_serves_hits_and_exports_every_layers_metrics() {
             .unwrap()
             .starts_with("text/plain")
     );
-    promtool_accepts(&exposition);
+    test_support::assert_promtool_accepts(&exposition);
     let samples: Vec<(&str, f64)> = exposition
         .lines()
         .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
@@ -136,31 +136,3 @@ async fn stack_coalesces_misses_serves_hits_and_exports_every_layers_metrics() {
     assert_eq!(total("breaker_calls_total", "outcome=\"success\""), 1.0);
 }
 
-/// Checks the exposition with Prometheus' own parser and linter, `promtool check metrics` (Debian's `prometheus`
-/// package; `cargo xtask test` installs it).
-#[allow(clippy::expect_used)] // test helper: each failure names what is missing
-fn promtool_accepts(exposition: &str) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool on PATH: `apt-get install prometheus`, or run `cargo xtask test`, which installs it");
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(exposition.as_bytes())
-        .expect("exposition written to promtool");
-    let output = child.wait_with_output().expect("promtool finished");
-    assert!(
-        output.status.success(),
-        "promtool check metrics rejected the exposition:\n{}{}\n--- exposition ---\n{exposition}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-    );
-}

@@ -72,6 +72,7 @@ mod error;
 mod http;
 mod port;
 mod process;
+mod promtool;
 mod proxy;
 mod resp;
 mod server;
@@ -80,6 +81,7 @@ pub use cluster::RedisCluster;
 pub use error::{Error, INSTALL_HINT};
 pub use http::serve;
 pub use port::{free_port, try_free_port};
+pub use promtool::assert_promtool_accepts;
 pub use proxy::FaultProxy;
 pub use server::{RedisServer, RedisServerBuilder};
 

@@ -73,7 +73,7 @@ async fn metrics_show_every_layer_and_pass_promtool() {
     };
     assert_eq!(value(DB_QUERIES_TOTAL), 1.0, "one list query, then a hit");
     assert!(value("breaker_calls_total{") >= 1.0);
-    promtool_accepts(&exposition);
+    test_support::assert_promtool_accepts(&exposition);
 
     // /stats stays outside the layers: not cached, not counted as an HTTP server request.
     let before = value("http_server_request_duration_seconds_count");
@@ -96,31 +96,3 @@ async fn metrics_show_every_layer_and_pass_promtool() {
         .unwrap();
 }
 
-/// Checks the exposition with Prometheus' own parser and linter, `promtool check metrics` (Debian's `prometheus`
-/// package; `cargo xtask test` installs it).
-#[allow(clippy::expect_used)] // test helper: each failure names what is missing
-fn promtool_accepts(exposition: &str) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool on PATH: `apt-get install prometheus`, or run `cargo xtask test`, which installs it");
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(exposition.as_bytes())
-        .expect("exposition written to promtool");
-    let output = child.wait_with_output().expect("promtool finished");
-    assert!(
-        output.status.success(),
-        "promtool check metrics rejected the exposition:\n{}{}\n--- exposition ---\n{exposition}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-    );
-}
