@@ -135,4 +135,3 @@ async fn stack_coalesces_misses_serves_hits_and_exports_every_layers_metrics() {
     assert!(total("cache_requests_total", "outcome=\"hit\"") >= 1.0);
     assert_eq!(total("breaker_calls_total", "outcome=\"success\""), 1.0);
 }
-

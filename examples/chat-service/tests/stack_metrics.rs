@@ -95,4 +95,3 @@ async fn metrics_show_every_layer_and_pass_promtool() {
         .unwrap()
         .unwrap();
 }
-
