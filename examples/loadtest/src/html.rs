@@ -323,13 +323,7 @@ pub fn throughput_chart(report: &Report) -> String {
                 .collect(),
         })
         .collect();
-    let seconds = series
-        .iter()
-        .map(|s| s.points.len())
-        .max()
-        .unwrap_or(1)
-        .max(2) as f64
-        - 1.0;
+    let x = seconds_axis(series.iter().map(|s| s.points.len()));
     let max = nice_ceiling(
         series
             .iter()
@@ -337,20 +331,26 @@ pub fn throughput_chart(report: &Report) -> String {
             .fold(10.0, f64::max)
             * 1.05,
     );
-    let x = Axis {
-        scale: Scale::Linear {
-            min: 0.0,
-            max: seconds,
-        },
-        title: "seconds".into(),
-        ticks: second_ticks(seconds),
-    };
     let y = Axis {
         scale: Scale::Linear { min: 0.0, max },
         title: "answers per second".into(),
         ticks: linear_ticks(max, 5, ""),
     };
     line_chart("Throughput over time", &x, &y, &series)
+}
+
+/// The time axis of the over-time charts: whole seconds from 0 to the longest series' last
+/// second (at least one second wide).
+fn seconds_axis(series_lengths: impl Iterator<Item = usize>) -> Axis {
+    let seconds = series_lengths.max().unwrap_or(1).max(2) as f64 - 1.0;
+    Axis {
+        scale: Scale::Linear {
+            min: 0.0,
+            max: seconds,
+        },
+        title: "seconds".into(),
+        ticks: second_ticks(seconds),
+    }
 }
 
 /// History hit rate per second, every variant; seconds without history answers are left out.
@@ -371,22 +371,12 @@ pub fn hit_rate_chart(report: &Report) -> String {
                 .collect(),
         })
         .collect();
-    let seconds = report
-        .variants
-        .iter()
-        .map(|v| whole_seconds(&v.timeline.history).len())
-        .max()
-        .unwrap_or(1)
-        .max(2) as f64
-        - 1.0;
-    let x = Axis {
-        scale: Scale::Linear {
-            min: 0.0,
-            max: seconds,
-        },
-        title: "seconds".into(),
-        ticks: second_ticks(seconds),
-    };
+    let x = seconds_axis(
+        report
+            .variants
+            .iter()
+            .map(|v| whole_seconds(&v.timeline.history).len()),
+    );
     let y = Axis {
         scale: Scale::Linear {
             min: 0.0,
