@@ -46,6 +46,11 @@ pub struct TelemetryLayer {
 }
 
 impl TelemetryLayer {
+    /// Appends the histograms the layer keeps itself to a Prometheus exposition.
+    pub(crate) fn render_histograms(&self, out: &mut String) {
+        self.shared.metrics.render(out);
+    }
+
     /// A builder with the defaults documented on each method.
     pub fn builder() -> TelemetryLayerBuilder {
         TelemetryLayerBuilder::default()
@@ -76,6 +81,7 @@ pub struct TelemetryLayerBuilder {
     body_size_metrics: bool,
     max_cached_series: usize,
     pub(crate) recorder: Option<SharedRecorder>,
+    pub(crate) native: Option<crate::metrics::NativeBuckets>,
     pub(crate) tracer: Option<Arc<crate::direct::DirectTracer>>,
     log_request_span: bool,
 }
@@ -108,6 +114,7 @@ impl Default for TelemetryLayerBuilder {
             body_size_metrics: true,
             max_cached_series: 4096,
             recorder: None,
+            native: None,
             tracer: None,
             log_request_span: false,
         }
@@ -216,6 +223,7 @@ impl TelemetryLayerBuilder {
         let shared = Shared {
             metrics: HttpMetrics::new(
                 self.recorder,
+                self.native,
                 self.max_cached_series,
                 self.body_size_metrics,
             ),

@@ -75,6 +75,7 @@ mod client;
 mod direct;
 mod error;
 mod export;
+mod histogram;
 mod layer;
 mod metrics;
 pub mod names;

@@ -6,14 +6,17 @@
 //! same registry.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
 
 use axum::extract::MatchedPath;
 use http::StatusCode;
 use metrics::{Gauge, Histogram, Key, Label, Metadata, Recorder, SharedString, Unit};
 
 use crate::attributes::{MethodLabel, Scheme};
+use crate::histogram::{Bounds, BucketHistogram, SumUnit, push_label};
 use crate::names::{
     ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE,
     HTTP_SERVER_ACTIVE_REQUESTS, HTTP_SERVER_REQUEST_BODY_SIZE, HTTP_SERVER_REQUEST_DURATION,
@@ -125,26 +128,79 @@ impl Hasher for SeriesHasher {
     }
 }
 
-/// The histogram handles of one series.
+/// Where the three histograms of one series are recorded.
 #[derive(Debug)]
-pub(crate) struct SeriesHandles {
-    pub(crate) duration: Histogram,
-    pub(crate) request_size: Histogram,
-    pub(crate) response_size: Histogram,
+pub(crate) enum SeriesHandles {
+    /// Handles of the `metrics` recorder (the layer built alone, or past the series bound of a recorder
+    /// without native histograms).
+    Facade {
+        duration: Histogram,
+        request_size: Histogram,
+        response_size: Histogram,
+    },
+    /// The layer's own bucket counters, rendered by [`HttpMetrics::render`].
+    Native(NativeSeries),
 }
+
+/// A series of the layer's own histograms, with its label list rendered once.
+#[derive(Debug)]
+pub(crate) struct NativeSeries {
+    labels: String,
+    duration: BucketHistogram,
+    request_size: BucketHistogram,
+    response_size: BucketHistogram,
+}
+
+/// Bucket bounds of the layer's own histograms; [`crate::Telemetry`] sets them from its builder.
+#[derive(Clone, Debug)]
+pub(crate) struct NativeBuckets {
+    pub(crate) duration: Bounds,
+    pub(crate) size: Bounds,
+}
+
+/// The overflow series' only label once `max_cached_series` is reached, as OpenTelemetry SDKs name it
+/// (`otel.metric.overflow`), so totals stay right while the label sets stop growing.
+const OVERFLOW_LABEL: (&str, &str) = ("otel_metric_overflow", "true");
 
 pub(crate) struct HttpMetrics {
     recorder: Option<SharedRecorder>,
+    native: Option<NativeBuckets>,
+    overflow: OnceLock<Arc<SeriesHandles>>,
     active: [[OnceLock<Gauge>; 2]; MethodLabel::COUNT],
     series: RwLock<HashMap<SeriesKey, Arc<SeriesHandles>, BuildHasherDefault<SeriesHasher>>>,
     max_cached_series: usize,
     pub(crate) body_sizes: bool,
 }
 
+impl NativeSeries {
+    fn new(buckets: &NativeBuckets, labels: &[(&str, SharedString)]) -> Self {
+        let mut rendered = String::new();
+        for (name, value) in labels {
+            push_label(&mut rendered, name, value);
+        }
+        Self {
+            labels: rendered,
+            duration: BucketHistogram::new(&buckets.duration),
+            request_size: BucketHistogram::new(&buckets.size),
+            response_size: BucketHistogram::new(&buckets.size),
+        }
+    }
+}
+
+const DURATION_HELP: &str =
+    "Duration of HTTP server requests, from the request head to the end of the response body.";
+const REQUEST_SIZE_HELP: &str = "Size of HTTP server request bodies.";
+const RESPONSE_SIZE_HELP: &str = "Size of HTTP server response bodies.";
+/// The Prometheus names the exporter gives the three histograms (dots to underscores, unit suffix).
+const DURATION_FAMILY: &str = "http_server_request_duration_seconds";
+const REQUEST_SIZE_FAMILY: &str = "http_server_request_body_size_bytes";
+const RESPONSE_SIZE_FAMILY: &str = "http_server_response_body_size_bytes";
+
 impl std::fmt::Debug for HttpMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpMetrics")
             .field("explicit_recorder", &self.recorder.is_some())
+            .field("native_histograms", &self.native.is_some())
             .field("max_cached_series", &self.max_cached_series)
             .field("body_sizes", &self.body_sizes)
             .finish_non_exhaustive()
@@ -154,11 +210,14 @@ impl std::fmt::Debug for HttpMetrics {
 impl HttpMetrics {
     pub(crate) fn new(
         recorder: Option<SharedRecorder>,
+        native: Option<NativeBuckets>,
         max_cached_series: usize,
         body_sizes: bool,
     ) -> Self {
         let metrics = Self {
             recorder,
+            native,
+            overflow: OnceLock::new(),
             active: Default::default(),
             series: RwLock::new(HashMap::default()),
             max_cached_series,
@@ -178,27 +237,29 @@ impl HttpMetrics {
     /// Units and help texts; the Prometheus exporter turns the units into name suffixes.
     fn describe(&self) {
         self.with_recorder(|r| {
-            r.describe_histogram(
-                HTTP_SERVER_REQUEST_DURATION.into(),
-                Some(Unit::Seconds),
-                "Duration of HTTP server requests, from the request head to the end of the response body."
-                    .into(),
-            );
             r.describe_gauge(
                 HTTP_SERVER_ACTIVE_REQUESTS.into(),
                 Some(Unit::Count),
                 "Number of HTTP server requests in flight.".into(),
             );
+            if self.native.is_some() {
+                return;
+            }
+            r.describe_histogram(
+                HTTP_SERVER_REQUEST_DURATION.into(),
+                Some(Unit::Seconds),
+                DURATION_HELP.into(),
+            );
             if self.body_sizes {
                 r.describe_histogram(
                     HTTP_SERVER_REQUEST_BODY_SIZE.into(),
                     Some(Unit::Bytes),
-                    "Size of HTTP server request bodies.".into(),
+                    REQUEST_SIZE_HELP.into(),
                 );
                 r.describe_histogram(
                     HTTP_SERVER_RESPONSE_BODY_SIZE.into(),
                     Some(Unit::Bytes),
-                    "Size of HTTP server response bodies.".into(),
+                    RESPONSE_SIZE_HELP.into(),
                 );
             }
         });
@@ -228,6 +289,23 @@ impl HttpMetrics {
         {
             return Arc::clone(handles);
         }
+        if let Some(native) = &self.native {
+            let Ok(mut map) = self.series.write() else {
+                return self.overflow_series(native);
+            };
+            if let Some(handles) = map.get(key) {
+                return Arc::clone(handles);
+            }
+            if map.len() >= self.max_cached_series {
+                return self.overflow_series(native);
+            }
+            let handles = Arc::new(SeriesHandles::Native(NativeSeries::new(
+                native,
+                &self.label_pairs(key),
+            )));
+            map.insert(key.clone(), Arc::clone(&handles));
+            return handles;
+        }
         let handles = Arc::new(self.register(key));
         if let Ok(mut map) = self.series.write()
             && map.len() < self.max_cached_series
@@ -238,7 +316,158 @@ impl HttpMetrics {
         handles
     }
 
+    fn overflow_series(&self, native: &NativeBuckets) -> Arc<SeriesHandles> {
+        Arc::clone(self.overflow.get_or_init(|| {
+            let label = [(OVERFLOW_LABEL.0, SharedString::const_str(OVERFLOW_LABEL.1))];
+            Arc::new(SeriesHandles::Native(NativeSeries::new(native, &label)))
+        }))
+    }
+
+    /// Records one request in its series: its duration, and its body sizes where known and enabled.
+    pub(crate) fn record(
+        &self,
+        handles: &SeriesHandles,
+        elapsed: Duration,
+        request_bytes: Option<u64>,
+        response_bytes: Option<u64>,
+    ) {
+        let request_bytes = request_bytes.filter(|_| self.body_sizes);
+        let response_bytes = response_bytes.filter(|_| self.body_sizes);
+        match (handles, &self.native) {
+            (SeriesHandles::Native(series), Some(native)) => {
+                let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+                series
+                    .duration
+                    .record(&native.duration, elapsed.as_secs_f64(), nanos);
+                if let Some(bytes) = request_bytes {
+                    series
+                        .request_size
+                        .record(&native.size, bytes as f64, bytes);
+                }
+                if let Some(bytes) = response_bytes {
+                    series
+                        .response_size
+                        .record(&native.size, bytes as f64, bytes);
+                }
+            }
+            (
+                SeriesHandles::Facade {
+                    duration,
+                    request_size,
+                    response_size,
+                },
+                _,
+            ) => {
+                duration.record(elapsed.as_secs_f64());
+                if let Some(bytes) = request_bytes {
+                    request_size.record(bytes as f64);
+                }
+                if let Some(bytes) = response_bytes {
+                    response_size.record(bytes as f64);
+                }
+            }
+            (SeriesHandles::Native(_), None) => {}
+        }
+    }
+
+    /// The Prometheus text of the layer's own histograms (nothing when it records through a recorder).
+    pub(crate) fn render(&self, out: &mut String) {
+        let Some(native) = &self.native else {
+            return;
+        };
+        let mut series: Vec<Arc<SeriesHandles>> = self
+            .series
+            .read()
+            .map(|map| map.values().cloned().collect())
+            .unwrap_or_default();
+        series.extend(self.overflow.get().cloned());
+        let native_series: Vec<&NativeSeries> = series
+            .iter()
+            .filter_map(|handles| match handles.as_ref() {
+                SeriesHandles::Native(series) => Some(series),
+                SeriesHandles::Facade { .. } => None,
+            })
+            .collect();
+        if native_series.is_empty() {
+            return;
+        }
+        let mut families = vec![(
+            DURATION_FAMILY,
+            DURATION_HELP,
+            &native.duration,
+            SumUnit::Nanoseconds,
+            (|s: &NativeSeries| &s.duration) as fn(&NativeSeries) -> &BucketHistogram,
+        )];
+        if self.body_sizes {
+            families.push((
+                REQUEST_SIZE_FAMILY,
+                REQUEST_SIZE_HELP,
+                &native.size,
+                SumUnit::Bytes,
+                |s: &NativeSeries| &s.request_size,
+            ));
+            families.push((
+                RESPONSE_SIZE_FAMILY,
+                RESPONSE_SIZE_HELP,
+                &native.size,
+                SumUnit::Bytes,
+                |s: &NativeSeries| &s.response_size,
+            ));
+        }
+        for (name, help, bounds, unit, histogram) in families {
+            if !out.is_empty() && !out.ends_with("\n\n") {
+                out.push('\n');
+            }
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} histogram");
+            for series in &native_series {
+                histogram(series).render(out, name, &series.labels, bounds, unit);
+            }
+        }
+    }
+
+    /// The labels of a series, by their Prometheus names.
+    fn label_pairs(&self, key: &SeriesKey) -> Vec<(&'static str, SharedString)> {
+        self.labels(key)
+            .into_iter()
+            .map(|label| {
+                let (name, value) = label.into_parts();
+                let name = match name.as_ref() {
+                    HTTP_REQUEST_METHOD => "http_request_method",
+                    URL_SCHEME => "url_scheme",
+                    NETWORK_PROTOCOL_VERSION => "network_protocol_version",
+                    HTTP_ROUTE => "http_route",
+                    HTTP_RESPONSE_STATUS_CODE => "http_response_status_code",
+                    _ => "error_type",
+                };
+                (name, value)
+            })
+            .collect()
+    }
+
     fn register(&self, key: &SeriesKey) -> SeriesHandles {
+        let labels = self.labels(key);
+        self.with_recorder(|r| {
+            let histogram = |name: &'static str| {
+                r.register_histogram(&Key::from_parts(name, labels.clone()), &METADATA)
+            };
+            SeriesHandles::Facade {
+                duration: histogram(HTTP_SERVER_REQUEST_DURATION),
+                request_size: if self.body_sizes {
+                    histogram(HTTP_SERVER_REQUEST_BODY_SIZE)
+                } else {
+                    Histogram::noop()
+                },
+                response_size: if self.body_sizes {
+                    histogram(HTTP_SERVER_RESPONSE_BODY_SIZE)
+                } else {
+                    Histogram::noop()
+                },
+            }
+        })
+    }
+
+    fn labels(&self, key: &SeriesKey) -> Vec<Label> {
         let mut labels = Vec::with_capacity(6);
         labels.push(Label::from_static_parts(
             HTTP_REQUEST_METHOD,
@@ -271,24 +500,7 @@ impl HttpMetrics {
             }
             _ => {}
         }
-        self.with_recorder(|r| {
-            let histogram = |name: &'static str| {
-                r.register_histogram(&Key::from_parts(name, labels.clone()), &METADATA)
-            };
-            SeriesHandles {
-                duration: histogram(HTTP_SERVER_REQUEST_DURATION),
-                request_size: if self.body_sizes {
-                    histogram(HTTP_SERVER_REQUEST_BODY_SIZE)
-                } else {
-                    Histogram::noop()
-                },
-                response_size: if self.body_sizes {
-                    histogram(HTTP_SERVER_RESPONSE_BODY_SIZE)
-                } else {
-                    Histogram::noop()
-                },
-            }
-        })
+        labels
     }
 
     #[cfg(test)]
@@ -314,7 +526,7 @@ mod tests {
 
     #[test]
     fn handle_cache_is_bounded() {
-        let metrics = HttpMetrics::new(None, 3, true);
+        let metrics = HttpMetrics::new(None, None, 3, true);
         for status in 200..260 {
             metrics.series(&key(status));
         }
@@ -357,7 +569,7 @@ mod tests {
 
     #[test]
     fn cached_handles_are_reused() {
-        let metrics = HttpMetrics::new(None, 16, false);
+        let metrics = HttpMetrics::new(None, None, 16, false);
         let first = metrics.series(&key(200));
         let second = metrics.series(&key(200));
         assert!(Arc::ptr_eq(&first, &second));

@@ -458,17 +458,14 @@ impl Drop for InFlight {
             error: self.error,
         };
         let handles = self.shared.metrics.series(&key);
-        handles.duration.record(elapsed.as_secs_f64());
-        if self.shared.metrics.body_sizes {
-            let request_bytes = match &self.request_size {
-                RequestSize::Known(n) => *n,
-                RequestSize::Counted(counter) => counter.load(Ordering::Relaxed),
-            };
-            handles.request_size.record(request_bytes as f64);
-            if self.status.is_some() {
-                handles.response_size.record(self.response_bytes as f64);
-            }
-        }
+        let request_bytes = match &self.request_size {
+            RequestSize::Known(n) => *n,
+            RequestSize::Counted(counter) => counter.load(Ordering::Relaxed),
+        };
+        let response_bytes = self.status.is_some().then_some(self.response_bytes);
+        self.shared
+            .metrics
+            .record(&handles, elapsed, Some(request_bytes), response_bytes);
         if let RequestSpan::Otel(cx, _) = &self.span {
             let end = self
                 .wall_start

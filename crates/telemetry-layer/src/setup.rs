@@ -28,8 +28,9 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use crate::direct::{BatchSettings, DirectTracer, SpanQueue};
 use crate::error::TelemetryError;
 use crate::export::ExportClient;
+use crate::histogram::Bounds;
 use crate::layer::{TelemetryLayer, TelemetryLayerBuilder};
-use crate::metrics::SharedRecorder;
+use crate::metrics::{NativeBuckets, SharedRecorder};
 use crate::names::{
     DEFAULT_DURATION_BUCKETS, DEFAULT_SIZE_BUCKETS, HTTP_SERVER_REQUEST_BODY_SIZE,
     HTTP_SERVER_REQUEST_DURATION, HTTP_SERVER_RESPONSE_BODY_SIZE,
@@ -104,17 +105,51 @@ impl Telemetry {
     where
         S: Clone + Send + Sync + 'static,
     {
-        let handle = self.handle.clone();
+        let exposition = self.exposition();
         Router::new().route(
             "/metrics",
             get(move || {
-                let handle = handle.clone();
-                async move { ([(CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)], handle.render()) }
+                let exposition = exposition.clone();
+                async move {
+                    (
+                        [(CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)],
+                        exposition.render(),
+                    )
+                }
             }),
         )
     }
 
-    /// The Prometheus handle, to render the exposition elsewhere.
+    /// The whole Prometheus exposition, as `/metrics` of [`metrics_router`](Self::metrics_router) serves it:
+    /// every metric recorded through the `metrics` facade, and the HTTP server histograms.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), telemetry_layer::TelemetryError> {
+    /// let telemetry = telemetry_layer::Telemetry::builder()
+    ///     .install_recorder(false)
+    ///     .install_subscriber(false)
+    ///     .from_env(false)
+    ///     .build()?;
+    /// // For example, written to a file or pushed to a gateway instead of served.
+    /// let exposition: String = telemetry.render();
+    /// # drop(exposition);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn render(&self) -> String {
+        self.exposition().render()
+    }
+
+    fn exposition(&self) -> Exposition {
+        Exposition {
+            handle: self.handle.clone(),
+            layer: self.layer.clone(),
+        }
+    }
+
+    /// The Prometheus handle of the `metrics` recorder. Its `render` has every metric recorded through the
+    /// facade but not the HTTP server histograms, which the layer counts into buckets itself so that their
+    /// memory does not grow with the request rate; [`render`](Self::render) has both.
     pub fn prometheus_handle(&self) -> &PrometheusHandle {
         &self.handle
     }
@@ -166,6 +201,21 @@ impl Telemetry {
     /// Keeps only the guard, for applications that moved the layer and router out.
     pub fn into_guard(self) -> TelemetryGuard {
         self.guard
+    }
+}
+
+/// What `/metrics` renders: the recorder's exposition followed by the layer's own histograms.
+#[derive(Clone)]
+struct Exposition {
+    handle: PrometheusHandle,
+    layer: TelemetryLayer,
+}
+
+impl Exposition {
+    fn render(&self) -> String {
+        let mut text = self.handle.render();
+        self.layer.render_histograms(&mut text);
+        text
     }
 }
 
@@ -408,6 +458,7 @@ impl TelemetryBuilder {
 
         let mut layer = self.layer.clone();
         layer.recorder = Some(Arc::clone(&recorder) as SharedRecorder);
+        layer.native = Some(self.native_buckets());
         if self.install_subscriber && self.log_to_stdout {
             layer = layer.log_request_span(true);
         }
@@ -475,6 +526,25 @@ impl TelemetryBuilder {
                 _upkeep: upkeep,
             },
         })
+    }
+
+    /// Bounds of the HTTP server histograms the layer keeps itself: the duration and size buckets, or a
+    /// `buckets_for_metric` override of their name (the last one given wins, as with the exporter's).
+    /// Called after `prometheus_recorder`, which checked every list.
+    fn native_buckets(&self) -> NativeBuckets {
+        let chosen = |name: &str, default: &[f64]| {
+            let buckets = self
+                .extra_buckets
+                .iter()
+                .rev()
+                .find(|(metric, _)| metric == name)
+                .map_or(default, |(_, buckets)| buckets.as_slice());
+            Bounds::new(buckets)
+        };
+        NativeBuckets {
+            duration: chosen(HTTP_SERVER_REQUEST_DURATION, &self.duration_buckets),
+            size: chosen(HTTP_SERVER_REQUEST_BODY_SIZE, &self.size_buckets),
+        }
     }
 
     fn prometheus_recorder(&self) -> Result<PrometheusRecorder, TelemetryError> {

@@ -93,7 +93,7 @@ async fn default_setup_installs_global_recorder_and_subscriber() {
         response.into_body().collect().await.unwrap();
     }
 
-    let text = telemetry.prometheus_handle().render();
+    let text = telemetry.render();
     let m = common::parse(&text);
     assert_eq!(
         m.value(

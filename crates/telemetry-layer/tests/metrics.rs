@@ -525,3 +525,112 @@ fn exposition_parser_handles_braces_and_escapes() {
 fn exposition_parser_rejects_bad_names() {
     common::parse("# TYPE x.y counter\nx.y 1\n");
 }
+
+/// Past `max_cached_series` label sets, requests land in one overflow series marked
+/// `otel_metric_overflow="true"`: the totals stay exact, the number of series stops growing, and the
+/// exposition stays valid (each histogram family once, by promtool).
+#[tokio::test]
+async fn series_past_the_bound_go_to_one_overflow_series() {
+    let telemetry = Telemetry::builder()
+        .install_recorder(false)
+        .install_subscriber(false)
+        .from_env(false)
+        .layer_config(TelemetryLayer::builder().max_cached_series(3))
+        .build()
+        .unwrap();
+    let routes = Router::new().route(
+        "/status/{code}",
+        get(
+            |axum::extract::Path(code): axum::extract::Path<u16>| async move {
+                StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT)
+            },
+        ),
+    );
+    let app = telemetry.instrument(routes);
+    let codes = [200u16, 201, 202, 203, 204, 205, 206, 207];
+    for round in 0..5 {
+        for code in codes {
+            let status = get_path(&app, &format!("/status/{code}")).await;
+            assert_eq!(status.as_u16(), code, "round {round}");
+        }
+    }
+    let text = telemetry.render();
+    test_support::assert_promtool_accepts(&text);
+    let m = common::parse(&text);
+    let counts = m.all(&format!("{DURATION}_count"));
+    assert_eq!(
+        counts.len(),
+        4,
+        "three series and the overflow one: {counts:?}"
+    );
+    let total: f64 = counts.iter().map(|s| s.value).sum();
+    assert_eq!(total, 40.0, "every request counted once");
+    assert_eq!(
+        m.value(
+            &format!("{DURATION}_count"),
+            &[("otel_metric_overflow", "true")]
+        ),
+        Some(25.0),
+        "five of the eight statuses overflowed, five rounds each"
+    );
+    let sizes = m.all("http_server_response_body_size_bytes_count");
+    assert_eq!(sizes.len(), 4);
+    assert_eq!(
+        text.matches(&format!("# TYPE {DURATION} histogram"))
+            .count(),
+        1,
+        "one family"
+    );
+}
+
+/// The histograms are counted into buckets when recorded: the `+Inf` bucket, `_count` and `_sum` agree
+/// with what was sent, with no upkeep or scrape in between, and `/metrics` shows the same as `render`.
+#[tokio::test]
+async fn histograms_are_bucketed_when_recorded() {
+    let telemetry = Telemetry::builder()
+        .install_recorder(false)
+        .install_subscriber(false)
+        .from_env(false)
+        .upkeep_interval(Duration::from_secs(3600))
+        .size_buckets(&[0.0, 10.0, 100.0])
+        .build()
+        .unwrap();
+    let app = app(&telemetry);
+    for len in [0usize, 5, 50, 500] {
+        let (status, _) = send(
+            &app,
+            Request::post("/items")
+                .body(Body::from("x".repeat(len)))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let m = common::parse(&telemetry.render());
+    let labels = [
+        ("http_request_method", "POST"),
+        ("http_route", "/items"),
+        ("http_response_status_code", "201"),
+        ("network_protocol_version", "1.1"),
+        ("url_scheme", "http"),
+    ];
+    let bucket = |le: &str| {
+        let mut with_le = labels.to_vec();
+        with_le.push(("le", le));
+        m.value("http_server_request_body_size_bytes_bucket", &with_le)
+    };
+    assert_eq!(bucket("0"), Some(1.0));
+    assert_eq!(bucket("10"), Some(2.0));
+    assert_eq!(bucket("100"), Some(3.0));
+    assert_eq!(bucket("+Inf"), Some(4.0));
+    assert_eq!(
+        m.value("http_server_request_body_size_bytes_sum", &labels),
+        Some(555.0)
+    );
+    assert_eq!(m.value(&format!("{DURATION}_count"), &labels), Some(4.0));
+    let served = scrape(&app).await;
+    assert_eq!(
+        served.value("http_server_request_body_size_bytes_sum", &labels),
+        Some(555.0)
+    );
+}
