@@ -353,7 +353,7 @@ impl ChatService {
                 self.body_deadline(self.router().merge(crate::unread::router(self.clone()))),
             );
         }
-        stats.merge(self.stacked_routes())
+        stats.merge(self.stacked_routes(None))
     }
 
     /// [`app`](Self::app) with `telemetry` outermost: HTTP server metrics and spans for every
@@ -389,10 +389,10 @@ impl ChatService {
                 self.body_deadline(self.router().merge(crate::unread::router(self.clone()))),
             );
         }
-        stats.merge(telemetry.instrument(self.stacked_routes()))
+        stats.merge(self.stacked_routes(Some(telemetry)))
     }
 
-    fn stacked_routes(&self) -> axum::Router {
+    fn stacked_routes(&self, telemetry: Option<&Telemetry>) -> axum::Router {
         let routes = match self.inner.post_keys.clone() {
             PostKeys::Memory(keys) => {
                 crate::http::router_with_post_layer(self.clone(), move |post| {
@@ -405,16 +405,31 @@ impl ChatService {
                 })
             }
         };
-        // Added last runs first: the cache answers hits, dedup coalesces the misses below it;
-        // above them, every answer (hits too) names the request's trace. The per-user routes
-        // sit under all of them, so their private answers pass every tier. The body deadline
-        // is outermost, so a stalled body is cut off wherever it is being read.
-        let routes = routes
-            .merge(crate::unread::router(self.clone()))
-            .layer(self.inner.dedup.clone())
+        let routes = routes.merge(crate::unread::router(self.clone()));
+        // Outermost first. Telemetry (when given) sees every request; the body deadline cuts off a
+        // stalled body wherever it is being read; every answer (hits too) names the request's trace;
+        // the cache answers hits and dedup coalesces the misses below it. The per-user routes sit
+        // under all of them, so their private answers pass every tier. One `Router::layer` for the
+        // whole stack: each call boxes every route's service and future once more, which on the hit
+        // path costs about as much as a layer's own work.
+        let stack = tower::ServiceBuilder::new()
+            .layer(axum::middleware::from_fn_with_state(
+                self.inner.config.body_timeout,
+                crate::limits::body_timeout,
+            ))
+            .layer(axum::middleware::from_fn(crate::http::trace_response))
             .layer(self.inner.cache.clone())
-            .layer(axum::middleware::from_fn(crate::http::trace_response));
-        self.body_deadline(routes)
+            .layer(self.inner.dedup.clone());
+        let Some(telemetry) = telemetry else {
+            return routes.layer(stack);
+        };
+        let stack = tower::ServiceBuilder::new()
+            .layer(telemetry.layer())
+            // The middleware below takes axum's body type; telemetry hands on its counting wrapper.
+            .map_request(|req: axum::http::Request<_>| req.map(axum::body::Body::new))
+            .layer(stack);
+        // `merge` keeps the argument's fallback: the instrumented one, not `/metrics`' default.
+        telemetry.metrics_router().merge(routes.layer(stack))
     }
 
     /// `routes` with the request body deadline ([`Config::body_timeout`]) around them.
