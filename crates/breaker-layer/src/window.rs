@@ -85,7 +85,12 @@ pub(crate) enum Window {
     Time {
         buckets: Box<[Totals]>,
         width_nanos: u64,
+        /// Number of the current bucket since the clock's base (`now / width_nanos`).
         current: u64,
+        /// Its slot in `buckets` (`current % len`) and the end of its span, kept so that a call in the
+        /// current bucket, nearly every call, costs no division.
+        slot: usize,
+        current_end: u64,
         totals: Totals,
     },
     Consecutive {
@@ -108,10 +113,10 @@ impl Window {
                 bucket_width,
             } => Window::Time {
                 buckets: vec![Totals::default(); buckets as usize].into_boxed_slice(),
-                width_nanos: u64::try_from(bucket_width.as_nanos())
-                    .unwrap_or(u64::MAX)
-                    .max(1),
+                width_nanos: Self::width(bucket_width),
                 current: 0,
+                slot: 0,
+                current_end: Self::width(bucket_width),
                 totals: Totals::default(),
             },
             SlidingWindow::Consecutive { failures } => Window::Consecutive {
@@ -120,6 +125,12 @@ impl Window {
                 totals: Totals::default(),
             },
         }
+    }
+
+    fn width(bucket_width: std::time::Duration) -> u64 {
+        u64::try_from(bucket_width.as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1)
     }
 
     /// Whether recording needs the time of the call's end.
@@ -137,12 +148,16 @@ impl Window {
             }
             Window::Time {
                 buckets,
+                width_nanos,
                 current,
+                slot,
+                current_end,
                 totals,
-                ..
             } => {
                 buckets.fill(Totals::default());
                 *current = 0;
+                *slot = 0;
+                *current_end = *width_nanos;
                 *totals = Totals::default();
             }
             Window::Consecutive { run, totals, .. } => {
@@ -173,14 +188,12 @@ impl Window {
                 self.advance(now_nanos);
                 if let Window::Time {
                     buckets,
-                    current,
+                    slot,
                     totals,
                     ..
                 } = self
                 {
-                    let len = buckets.len() as u64;
-                    let bucket = &mut buckets[(*current % len) as usize];
-                    bucket.add(sample);
+                    buckets[*slot].add(sample);
                     totals.add(sample);
                 }
             }
@@ -203,9 +216,14 @@ impl Window {
             buckets,
             width_nanos,
             current,
+            slot,
+            current_end,
             totals,
         } = self
         {
+            if now_nanos < *current_end {
+                return;
+            }
             let number = now_nanos / *width_nanos;
             if number <= *current {
                 return;
@@ -224,6 +242,8 @@ impl Window {
                 }
             }
             *current = number;
+            *slot = (number % len) as usize;
+            *current_end = number.saturating_add(1).saturating_mul(*width_nanos);
         }
     }
 
