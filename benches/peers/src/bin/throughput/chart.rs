@@ -96,8 +96,11 @@ pub fn render(report: &Report) -> String {
     );
     let _ = writeln!(
         svg,
-        r##"<text x="10" y="42" fill="#555">median of {} rounds of {} s, wrk -c{}; whiskers: min–max of the rounds' ratios; commit {}, {}</text>"##,
-        report.settings.rounds,
+        r##"<text x="10" y="42" fill="#555">median of {} of {} s, wrk -c{}; whiskers: min–max of the rounds' ratios; commit {}, {}</text>"##,
+        match report.settings.rounds {
+            1 => "1 round".to_owned(),
+            n => format!("{n} rounds"),
+        },
         report.settings.seconds,
         report.settings.connections,
         escape(&report.source),

@@ -377,6 +377,10 @@ fn run(raw: &[String]) -> Result<()> {
         report.throughput_table(),
         report.cost_table()
     );
+    let notes = report.notes();
+    if !notes.is_empty() {
+        println!("{notes}");
+    }
     if !report.targets.is_empty() {
         println!("Targets:\n\n{}", report.targets_table());
     }

@@ -11,6 +11,11 @@ use serde::Serialize;
 use crate::Result;
 use crate::variants::{P99_MAX_RATIO, TARGETS, TELEMETRY_EXTRA_RSS_MB, Urls, Variant};
 
+/// wrk's CPU time per wall second from which it, not the server, is taken to have limited a window.
+const CLIENT_BOUND_BUSY: f64 = 0.9;
+/// Other processes' CPU use, in cores, from which a variant's windows are reported as disturbed.
+const DISTURBED_CORES: f64 = 0.5;
+
 /// The markers around the section of docs/performance.md the harness rewrites.
 pub const DOC_START: &str = "<!-- served-benchmark:start -->";
 pub const DOC_END: &str = "<!-- served-benchmark:end -->";
@@ -361,9 +366,39 @@ impl Report {
         out
     }
 
-    /// Lines about span export, for the variants that export spans.
-    fn span_notes(&self) -> String {
+    /// Lines about span export, for the variants that export spans, and about windows whose limit was wrk
+    /// or other processes rather than the server.
+    pub fn notes(&self) -> String {
         let mut out = String::new();
+        let client_bound: Vec<&str> = self
+            .variants
+            .iter()
+            .filter(|v| v.generator_busy >= CLIENT_BOUND_BUSY)
+            .map(|v| v.name)
+            .collect();
+        if self.settings.pinning == "split" && !client_bound.is_empty() {
+            let _ = writeln!(
+                out,
+                "- wrk was busy {:.0} % of the time or more with {}: the client, not the server, limited \
+                 req/s there, so their ratios understate the differences; the CPU table still holds.",
+                CLIENT_BOUND_BUSY * 100.0,
+                client_bound.join(", ")
+            );
+        }
+        let disturbed: Vec<&str> = self
+            .variants
+            .iter()
+            .filter(|v| v.others_cores >= DISTURBED_CORES)
+            .map(|v| v.name)
+            .collect();
+        if !disturbed.is_empty() {
+            let _ = writeln!(
+                out,
+                "- other processes used {DISTURBED_CORES} core or more during the windows of {}: compare their \
+                 req/s with care, and their CPU per request first.",
+                disturbed.join(", ")
+            );
+        }
         for v in &self.variants {
             if let Some(share) = v.spans_exported {
                 let _ = writeln!(
@@ -381,6 +416,10 @@ impl Report {
 
     fn how(&self) -> String {
         let s = &self.settings;
+        let warmup = match s.warmup_seconds {
+            0 => String::new(),
+            n => format!(" after an unmeasured {n} s run"),
+        };
         let placement = match s.pinning {
             "split" => {
                 "pinned to CPU 1; `wrk`, the OTLP sink the span variants export to and the harness run on \
@@ -394,7 +433,7 @@ impl Report {
         };
         format!(
             "Each variant's server is a process of its own (the harness re-executed in a `serve` mode) with one \
-             Tokio worker thread, {placement}. `wrk -t{} -c{}` drives it for {} s after an unmeasured {} s run, \
+             Tokio worker thread, {placement}. `wrk -t{} -c{}` drives it for {} s{warmup}, \
              over {} rotating URLs (`/rooms/room-N/messages`), or with a query string no other request carries \
              where the variant says so. Every round visits every variant once, in a shuffled order; the tables \
              give medians over {} rounds with min and max. Ratios are against bare axum in the same run \
@@ -408,7 +447,6 @@ impl Report {
             crate::wrk::THREADS,
             s.connections,
             s.seconds,
-            s.warmup_seconds,
             s.rotating_urls,
             s.rounds,
         )
@@ -480,7 +518,7 @@ impl Report {
             self.throughput_table(),
             self.cost_table()
         );
-        let notes = self.span_notes();
+        let notes = self.notes();
         if !notes.is_empty() {
             let _ = writeln!(out, "{notes}");
         }
