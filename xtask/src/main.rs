@@ -308,8 +308,27 @@ fn bench_served(peers: bool, doc: bool, harness_args: &[OsString]) -> Result<(),
     step("cargo build --release --bin throughput (benches/peers)");
     cargo(&dir, &["build", "--release", "--bin", "throughput"], &[])?;
     step("throughput (served comparison)");
+    // The report records the command a reader would run again, not the harness's own arguments.
+    let mut shown = String::from("cargo xtask bench");
+    if !peers {
+        shown.push_str(" --no-peers");
+    }
+    if !doc {
+        shown.push_str(" --no-doc");
+    }
+    if !harness_args.is_empty() {
+        shown.push_str(" --");
+        for arg in harness_args {
+            shown.push(' ');
+            shown.push_str(&arg.to_string_lossy());
+        }
+    }
     let mut command = Command::new(dir.join("target").join("release").join("throughput"));
-    command.current_dir(&dir).args(SERVED_DEFAULTS);
+    command
+        .current_dir(&dir)
+        .args(SERVED_DEFAULTS)
+        .arg("--command")
+        .arg(&shown);
     if !peers {
         command.arg("--no-peers");
     }

@@ -74,7 +74,7 @@ pub fn render(report: &Report) -> String {
     let x =
         |ratio: f64| PLOT_LEFT + (PLOT_RIGHT - PLOT_LEFT) * ratio.clamp(0.0, axis_max) / axis_max;
     let plot_bottom = TOP + ROW * bars.len() as f64;
-    let height = plot_bottom + 70.0;
+    let height = plot_bottom + 58.0;
 
     let mut svg = String::new();
     let _ = writeln!(

@@ -16,7 +16,7 @@
 //! ```text
 //! cargo run --release --bin throughput -- [--variants a,b,c] [--no-peers] [--rounds N] [--seconds S]
 //!     [--warmup S] [--connections C] [--seed N] [--pin split|shared|off] [--quiet-wait S] [--out DIR]
-//!     [--doc PATH]
+//!     [--doc PATH] [--command TEXT]
 //! ```
 
 mod chart;
@@ -79,11 +79,13 @@ struct Args {
     quiet_wait: f64,
     out: PathBuf,
     doc: Option<PathBuf>,
+    /// The command line the report records.
+    command: Option<String>,
 }
 
 const USAGE: &str = "usage: throughput [--variants a,b,c] [--no-peers] [--rounds N] [--seconds S] [--warmup S] \
                      [--connections C] [--seed N] [--pin split|shared|off] [--quiet-wait S] [--out DIR] \
-                     [--doc PATH]
+                     [--doc PATH] [--command TEXT]
 
   --variants a,b,c   variants to measure (default: all); bare is always added, and origin-2ms with stack-miss
   --no-peers         leave out the other projects' middleware
@@ -96,7 +98,8 @@ const USAGE: &str = "usage: throughput [--variants a,b,c] [--no-peers] [--rounds
   --quiet-wait S     before each window, wait up to S s for other processes to leave the CPUs (default 3)
   --out DIR          throughput.json, throughput.md and throughput.svg go here (default benches/peers/results)
   --doc PATH         also rewrite the served-benchmark section of PATH (docs/performance.md) and write the
-                     chart to img/throughput.svg beside it";
+                     chart to img/throughput.svg beside it
+  --command TEXT     the command line the report records (default: this harness's own, through cargo run)";
 
 impl Args {
     fn parse(raw: &[String]) -> Result<Self> {
@@ -114,6 +117,7 @@ impl Args {
             quiet_wait: 3.0,
             out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"),
             doc: None,
+            command: None,
         };
         let mut peers = true;
         let mut it = raw.iter();
@@ -160,6 +164,7 @@ impl Args {
                 }
                 "--out" => args.out = value.into(),
                 "--doc" => args.doc = Some(value.into()),
+                "--command" => args.command = Some(value.clone()),
                 _ => return Err(format!("unknown option {flag}\n{USAGE}").into()),
             }
         }
@@ -238,10 +243,12 @@ fn run(raw: &[String]) -> Result<()> {
     if args.pinning != Pinning::Off && system::find_on_path("taskset").is_none() {
         return Err("taskset not found on PATH: install util-linux, or run with --pin off".into());
     }
-    let command = format!(
-        "cargo run --release --bin throughput --{}",
-        raw.iter().map(|a| format!(" {a}")).collect::<String>()
-    );
+    let command = args.command.clone().unwrap_or_else(|| {
+        format!(
+            "cargo run --release --bin throughput --{}",
+            raw.iter().map(|a| format!(" {a}")).collect::<String>()
+        )
+    });
     let (load, waiting) = args.bounds();
     eprintln!(
         "{} variants × {} rounds: about {:.0} s of load, at most {:.0} s more waiting for other processes to \

@@ -463,13 +463,14 @@ impl Report {
             m.cpus, m.cpu_model, m.kernel, m.load_before, m.load_after
         );
         let _ = writeln!(out, "- commit: {}", self.source);
-        let _ = writeln!(out, "- command (in benches/peers): `{}`", self.command);
+        let _ = writeln!(out, "- command: `{}`", self.command);
         let _ = writeln!(
             out,
-            "- settings: {} rounds × {} variants, {} s windows after {} s warm-up, {} connections, seed {}, \
+            "- settings: {} round{} × {} variants, {} s windows after {} s warm-up, {} connections, seed {}, \
              pinning {}; before each window up to {} s waiting for other processes to use less than {:.1} \
              core (waited {:.0} s in all); {:.0} s in all",
             s.rounds,
+            if s.rounds == 1 { "" } else { "s" },
             self.variants.len(),
             s.seconds,
             s.warmup_seconds,
