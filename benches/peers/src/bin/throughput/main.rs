@@ -251,10 +251,11 @@ fn run(raw: &[String]) -> Result<()> {
     });
     let (load, waiting) = args.bounds();
     eprintln!(
-        "{} variants × {} rounds: about {:.0} s of load, at most {:.0} s more waiting for other processes to \
+        "{} variants × {} round{}: about {:.0} s of load, at most {:.0} s more waiting for other processes to \
          leave the CPUs alone (plus start-up and validation); seed {}",
         args.variants.len(),
         args.rounds,
+        if args.rounds == 1 { "" } else { "s" },
         load,
         waiting,
         args.seed
