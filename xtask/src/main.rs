@@ -1,9 +1,10 @@
 //! Workspace automation, run through the `cargo xtask` alias.
 //!
 //! `cargo xtask test` is the one command that proves the workspace: it installs what a fresh machine lacks
-//! (`redis-server`, `promtool`, `chromium` and `chromedriver`), then runs formatting, lints, docs and the whole test
-//! suite. `cargo xtask loadtest` builds the chat service, its moderation dependency and the load test in release and
-//! runs the load test.
+//! (`redis-server`, `promtool`, `chromium` and `chromedriver`), then runs formatting, lints, docs, the whole test
+//! suite and a build of the criterion benches. `cargo xtask bench` measures served throughput of every layer and
+//! its peers against bare axum and rewrites docs/performance.md's section with it. `cargo xtask loadtest` builds
+//! the chat service, its moderation dependency and the load test in release and runs the load test.
 
 use std::env;
 use std::ffi::{OsStr, OsString};
@@ -23,13 +24,28 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Task {
     /// Install missing test programs (redis-server, promtool, chromium, chromedriver), then run cargo fmt --check,
-    /// clippy -D warnings, cargo doc (warnings denied), doc tests and the whole test suite (nextest when installed).
+    /// clippy -D warnings, cargo doc (warnings denied), doc tests, a build of the criterion benches, fmt and clippy
+    /// of benches/peers, and the whole test suite (nextest when installed).
     Test,
-    /// Run every criterion benchmark of the workspace (release profile).
+    /// Served throughput of every layer, the full stack and the peer crates against bare axum, each server on
+    /// a core of its own and wrk on the other (benches/peers `throughput`, release build; about 10 minutes on 2
+    /// cores): writes benches/peers/results/throughput.{json,md,svg}, docs/img/throughput.svg and the served
+    /// section of docs/performance.md. Installs wrk when missing.
     Bench {
-        /// Also run the peer comparison benchmarks in benches/peers.
+        /// Run the criterion benches instead (the per-call view): the workspace's, then benches/peers'.
         #[arg(long)]
-        peers: bool,
+        criterion: bool,
+        /// Leave the other projects' middleware out (of the served comparison, or with --criterion of the
+        /// benches/peers criterion benches).
+        #[arg(long)]
+        no_peers: bool,
+        /// Write only benches/peers/results; leave docs/ as it is (for a short trial run).
+        #[arg(long)]
+        no_doc: bool,
+        /// Arguments for the `throughput` harness after the defaults (later ones win), for example
+        /// `-- --rounds 1 --seconds 2` or `-- --variants cache-hit,stack-hit`; `-- --help` lists them.
+        #[arg(last = true)]
+        harness_args: Vec<OsString>,
     },
     /// Build the chat service, the moderation service and the load test in release, then run the load test
     /// (bare against stacked); the arguments go to `chat-loadtest` (see `cargo xtask loadtest --help`).
@@ -76,7 +92,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Some(Task::Test) => test(),
-        Some(Task::Bench { peers }) => bench(peers),
+        Some(Task::Bench {
+            criterion,
+            no_peers,
+            no_doc,
+            harness_args,
+        }) => {
+            if criterion {
+                bench_criterion(!no_peers)
+            } else {
+                bench_served(!no_peers, !no_doc, &harness_args)
+            }
+        }
         Some(Task::Loadtest { args }) => loadtest(&args),
         Some(Task::Screenshots { page_only }) => screenshots(page_only),
         Some(Task::Fuzz {
@@ -132,6 +159,29 @@ fn test() -> Result<(), String> {
     cargo(
         &root,
         &["test", "--workspace", "--all-features", "--doc"],
+        &[],
+    )?;
+
+    // The criterion benches are only compiled here; `cargo xtask bench --criterion` runs them. The dev profile
+    // reuses the dependencies the tests build: `cargo bench --no-run` would build every one of them a second
+    // time with optimizations, for the same check that the benches compile and link.
+    step("cargo build --benches");
+    cargo(
+        &root,
+        &["build", "--workspace", "--all-features", "--benches"],
+        &[],
+    )?;
+
+    // benches/peers is a workspace of its own so that CI never builds the peer crates. Type-checking it costs
+    // about a minute and a half from nothing (99 s on the shared 2-core machine) and catches a change to a
+    // layer's API that would break the served comparison before `cargo xtask bench` does; a release build
+    // (`cargo bench --no-run`) would cost several times that.
+    let peers = peers_dir(&root)?;
+    step("benches/peers: cargo fmt --check, cargo clippy");
+    cargo(&peers, &["fmt", "--", "--check"], &[])?;
+    cargo(
+        &peers,
+        &["clippy", "--all-targets", "--", "-D", "warnings"],
         &[],
     )?;
 
@@ -221,17 +271,83 @@ fn fuzz_targets(dir: &Path) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
-fn bench(peers: bool) -> Result<(), String> {
+/// Settings of the default served comparison: 3 rounds of a 5 s window after a 1 s warm-up, for the 17
+/// variants about 5.5 minutes of load, at most 2.5 minutes of waiting for other processes to leave the CPUs
+/// (3 s a window), and a few seconds of start-up and validation: about 10 minutes on 2 cores when the
+/// release build is up to date. Three rounds give a median and a spread; the issue's measurement used the
+/// same.
+const SERVED_DEFAULTS: [&str; 8] = [
+    "--rounds",
+    "3",
+    "--seconds",
+    "5",
+    "--warmup",
+    "1",
+    "--quiet-wait",
+    "3",
+];
+
+/// The load generator of the served comparison and `taskset`, which pins it and the servers to their cores.
+const BENCH_PROGRAMS: [(&str, &str); 2] = [("wrk", "wrk"), ("taskset", "util-linux")];
+
+fn peers_dir(root: &Path) -> Result<PathBuf, String> {
+    let dir = root.join("benches").join("peers");
+    if dir.join("Cargo.toml").is_file() {
+        Ok(dir)
+    } else {
+        Err(format!("no peer benchmarks at {}", dir.display()))
+    }
+}
+
+/// Builds benches/peers' `throughput` harness in release and runs the served comparison with
+/// [`SERVED_DEFAULTS`], then `harness_args`.
+fn bench_served(peers: bool, doc: bool, harness_args: &[OsString]) -> Result<(), String> {
+    ensure_programs(&BENCH_PROGRAMS, "cargo xtask bench")?;
+    let root = workspace_root()?;
+    let dir = peers_dir(&root)?;
+    step("cargo build --release --bin throughput (benches/peers)");
+    cargo(&dir, &["build", "--release", "--bin", "throughput"], &[])?;
+    step("throughput (served comparison)");
+    // The report records the command a reader would run again, not the harness's own arguments.
+    let mut shown = String::from("cargo xtask bench");
+    if !peers {
+        shown.push_str(" --no-peers");
+    }
+    if !doc {
+        shown.push_str(" --no-doc");
+    }
+    if !harness_args.is_empty() {
+        shown.push_str(" --");
+        for arg in harness_args {
+            shown.push(' ');
+            shown.push_str(&arg.to_string_lossy());
+        }
+    }
+    let mut command = Command::new(dir.join("target").join("release").join("throughput"));
+    command
+        .current_dir(&dir)
+        .args(SERVED_DEFAULTS)
+        .arg("--command")
+        .arg(&shown);
+    if !peers {
+        command.arg("--no-peers");
+    }
+    if doc {
+        command
+            .arg("--doc")
+            .arg(root.join("docs").join("performance.md"));
+    }
+    run(command.args(harness_args))
+}
+
+/// The criterion benches, the per-call view: the workspace's, then (with `peers`) benches/peers'.
+fn bench_criterion(peers: bool) -> Result<(), String> {
     let root = workspace_root()?;
     step("cargo bench --workspace");
     cargo(&root, &["bench", "--workspace", "--all-features"], &[])?;
     if peers {
-        let peers_dir = root.join("benches").join("peers");
-        if !peers_dir.join("Cargo.toml").is_file() {
-            return Err(format!("no peer benchmarks at {}", peers_dir.display()));
-        }
-        step("cargo bench (peers)");
-        cargo(&peers_dir, &["bench"], &[])?;
+        step("cargo bench (benches/peers)");
+        cargo(&peers_dir(&root)?, &["bench"], &[])?;
     }
     Ok(())
 }
@@ -315,9 +431,14 @@ fn screenshots(page_only: bool) -> Result<(), String> {
     loadtest(&args)
 }
 
-/// Makes sure every program in [`TEST_PROGRAMS`] is on PATH, installing Debian's packages when running as root.
 fn ensure_test_programs() -> Result<(), String> {
-    let missing: Vec<(&str, &str)> = TEST_PROGRAMS
+    ensure_programs(&TEST_PROGRAMS, "cargo xtask test")
+}
+
+/// Makes sure every program of `programs` (program, Debian package) is on PATH, installing the packages when
+/// running as root; `task` is the command to run again after a manual install.
+fn ensure_programs(programs: &[(&str, &str)], task: &str) -> Result<(), String> {
+    let missing: Vec<(&str, &str)> = programs
         .iter()
         .copied()
         .filter(|(program, _)| find_on_path(program).is_none())
@@ -325,18 +446,18 @@ fn ensure_test_programs() -> Result<(), String> {
     if missing.is_empty() {
         return Ok(());
     }
-    let programs: Vec<&str> = missing.iter().map(|(program, _)| *program).collect();
+    let names: Vec<&str> = missing.iter().map(|(program, _)| *program).collect();
     let mut packages: Vec<&str> = missing.iter().map(|(_, package)| *package).collect();
     packages.dedup();
     let how = format!(
         "install with `apt-get update && apt-get install -y {}` (Debian/Ubuntu) or your system's package \
-         manager, then run `cargo xtask test` again",
+         manager, then run `{task}` again",
         packages.join(" ")
     );
     if !is_root() || find_on_path("apt-get").is_none() {
         return Err(format!(
-            "{} not found on PATH; the tests run them for real: {how}",
-            programs.join(", ")
+            "{} not found on PATH; `{task}` runs them for real: {how}",
+            names.join(", ")
         ));
     }
     step(&format!("installing {} (apt-get)", packages.join(" ")));
@@ -347,7 +468,7 @@ fn ensure_test_programs() -> Result<(), String> {
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
     // Debian's packages may start system services (Redis on 6379, Prometheus on 9090); the tests never use them:
     // they start their own servers on free ports.
-    match TEST_PROGRAMS
+    match programs
         .iter()
         .find(|(program, _)| find_on_path(program).is_none())
     {

@@ -127,15 +127,15 @@ fn axum_group(c: &mut Criterion) {
     g.finish();
 }
 
+/// Every variant of the ratio report as one type, so they can be driven in turn.
+type BoxedApp = tower::util::BoxCloneService<Request<Body>, http::Response<Body>, Infallible>;
+
 /// Interleaved rounds; the median per-request time of each variant gives the ratios.
 fn ratio_report() {
     const ROUNDS: usize = 15;
     const REQUESTS: usize = 20_000;
     let rt = runtime();
-    let mut variants: Vec<(
-        &str,
-        tower::util::BoxCloneService<Request<Body>, http::Response<Body>, Infallible>,
-    )> = vec![
+    let mut variants: Vec<(&str, BoxedApp)> = vec![
         ("bare axum", tower::util::BoxCloneService::new(app())),
         (
             "Router::layer(Identity)",
