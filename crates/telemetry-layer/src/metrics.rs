@@ -283,6 +283,25 @@ impl HttpMetrics {
 
     /// The handles of a series, registered on first use. Past `max_cached_series` distinct series the
     /// handles are registered per call instead of cached, which is slower but keeps this map bounded.
+    /// Records one request in the series of `key`: its duration, and its body sizes where known and
+    /// enabled. A known series is recorded under the read lock, without touching its reference count.
+    pub(crate) fn record_request(
+        &self,
+        key: &SeriesKey,
+        elapsed: Duration,
+        request_bytes: Option<u64>,
+        response_bytes: Option<u64>,
+    ) {
+        if let Ok(map) = self.series.read()
+            && let Some(handles) = map.get(key)
+        {
+            self.record(handles, elapsed, request_bytes, response_bytes);
+            return;
+        }
+        let handles = self.series(key);
+        self.record(&handles, elapsed, request_bytes, response_bytes);
+    }
+
     pub(crate) fn series(&self, key: &SeriesKey) -> Arc<SeriesHandles> {
         if let Ok(map) = self.series.read()
             && let Some(handles) = map.get(key)
@@ -323,8 +342,7 @@ impl HttpMetrics {
         }))
     }
 
-    /// Records one request in its series: its duration, and its body sizes where known and enabled.
-    pub(crate) fn record(
+    fn record(
         &self,
         handles: &SeriesHandles,
         elapsed: Duration,

@@ -222,6 +222,12 @@ fn make_span<B>(
     route: Option<&Route>,
     bridged: bool,
 ) -> Span {
+    // No subscriber wants `INFO` spans (none is set, or all filter them out): build nothing. The span macro
+    // would still format every field for the `log` crate when `tracing`'s `log` feature is on and no
+    // subscriber was ever set, a few hundred instructions a request for records nobody reads as spans.
+    if !tracing::level_enabled!(tracing::Level::INFO) {
+        return Span::none();
+    }
     let route_str = route.map(|r| r.0.as_str());
     // One callsite per target: a span's target is static.
     macro_rules! request_span {
@@ -457,7 +463,6 @@ impl Drop for InFlight {
             status: self.status,
             error: self.error,
         };
-        let handles = self.shared.metrics.series(&key);
         let request_bytes = match &self.request_size {
             RequestSize::Known(n) => *n,
             RequestSize::Counted(counter) => counter.load(Ordering::Relaxed),
@@ -465,7 +470,7 @@ impl Drop for InFlight {
         let response_bytes = self.status.is_some().then_some(self.response_bytes);
         self.shared
             .metrics
-            .record(&handles, elapsed, Some(request_bytes), response_bytes);
+            .record_request(&key, elapsed, Some(request_bytes), response_bytes);
         if let RequestSpan::Otel(cx, _) = &self.span {
             let end = self
                 .wall_start

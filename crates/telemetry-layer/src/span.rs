@@ -28,6 +28,8 @@ pub(crate) enum RequestSpan {
 
 /// Keeps the request span current while held.
 pub(crate) enum Entered<'a> {
+    /// The request has no span (no subscriber wants one): nothing to enter.
+    Nothing,
     Tracing {
         _entered: tracing::span::Entered<'a>,
     },
@@ -40,6 +42,7 @@ pub(crate) enum Entered<'a> {
 impl RequestSpan {
     pub(crate) fn enter(&self) -> Entered<'_> {
         match self {
+            Self::Tracing(span) if span.is_none() => Entered::Nothing,
             Self::Tracing(span) => Entered::Tracing {
                 _entered: span.enter(),
             },

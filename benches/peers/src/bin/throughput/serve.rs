@@ -255,12 +255,13 @@ impl Server {
                 let dedup = dedup_layer::DedupLayer::new();
                 probe.breaker = Some(breaker.clone());
                 probe.dedup = Some(dedup.handle());
-                // The README's order: in axum the layer added last runs first.
-                let routes = routes
-                    .layer(BreakerLayer::new(breaker))
+                // The README's composition: the whole stack, outermost first, in one `Router::layer`.
+                let stack = ServiceBuilder::new()
+                    .layer(telemetry.layer())
+                    .layer(cache_layer::CacheLayer::new())
                     .layer(dedup)
-                    .layer(cache_layer::CacheLayer::new());
-                let app = telemetry.instrument(routes);
+                    .layer(BreakerLayer::new(breaker));
+                let app = telemetry.metrics_router().merge(routes.layer(stack));
                 probe.telemetry = Some(Box::new(telemetry));
                 app
             }
@@ -364,7 +365,6 @@ impl Server {
         }
         if let Some(telemetry) = &probe.telemetry
             && !telemetry
-                .prometheus_handle()
                 .render()
                 .contains("http_server_request_duration_seconds_count")
         {

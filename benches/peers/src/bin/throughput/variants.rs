@@ -144,7 +144,8 @@ impl Variant {
             }
             Self::StackHit => {
                 "the full stack on the hit path: telemetry (metrics) outermost, then `CacheLayer`, `DedupLayer`, \
-                 `BreakerLayer`, handler; 100 rotating URLs, so every request after the first 100 is an L1 hit"
+                 `BreakerLayer`, handler, in one `Router::layer` (a `ServiceBuilder`, as the README composes it); 100 rotating \
+                 URLs, so every request after the first 100 is an L1 hit"
             }
             Self::StackHitSpans => "`stack-hit` with every request's span exported over OTLP",
             Self::Origin2ms => {
