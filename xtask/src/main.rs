@@ -51,7 +51,7 @@ enum Task {
     /// (bare against stacked); the arguments go to `chat-loadtest` (see `cargo xtask loadtest --help`).
     #[command(disable_help_flag = true)]
     Loadtest {
-        /// Arguments for `chat-loadtest`, for example `--max-rate` or `--duration 60s`.
+        /// Arguments for `chat-loadtest`, for example `--max-rate`, `--duration 60s` or `--chaos`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },

@@ -169,8 +169,9 @@ impl CacheHandle {
 
     /// Applies a purge here at once, then to the shared and persistent tiers and every other
     /// instance, and returns when Redis has been told (or could not be: the purge is then
-    /// retried when it is back). Returns how many keys went from this instance's in-process
-    /// tier. Without lower tiers it is the same as the matching synchronous method.
+    /// tried again until Redis takes it, and meanwhile this instance does not trust what it finds
+    /// in Redis). Returns how many keys went from this instance's in-process tier. Without lower
+    /// tiers it is the same as the matching synchronous method.
     ///
     /// ```
     /// use cache_layer::{CacheLayer, Purge};

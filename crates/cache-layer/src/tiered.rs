@@ -12,16 +12,15 @@
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::fmt;
-#[cfg(feature = "redis")]
 use std::sync::Weak;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use tokio::sync::{Semaphore, broadcast};
+use tokio::sync::{Notify, Semaphore, broadcast};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower_service::Service;
@@ -47,8 +46,11 @@ pub(crate) struct LowerChecked;
 const MAX_WRITES: usize = 256;
 /// Purges propagating at once; more wait in the retry queue.
 const MAX_PURGES: usize = 256;
-/// Purges kept for a retry after Redis was unreachable.
+/// Purges kept for a retry after Redis was unreachable; past it they are replaced by one purge of
+/// everything.
 const MAX_PENDING_PURGES: usize = 1024;
+/// How often purges that could not reach the lower tiers are tried again while any are left.
+const PENDING_RETRY_INTERVAL: Duration = Duration::from_millis(100);
 /// Leases held at once by one instance.
 const MAX_LEASES: usize = 10_000;
 /// Sequence observations kept.
@@ -257,6 +259,12 @@ pub(crate) struct Lower {
     #[cfg(feature = "redis")]
     leases: Mutex<HashMap<Arc<str>, LeaseToken>>,
     pending: Mutex<VecDeque<(Target, bool)>>,
+    /// Length of `pending`, readable without its lock.
+    pending_len: AtomicUsize,
+    /// Retries of pending purges running now (their purges are off the queue meanwhile).
+    retrying: AtomicUsize,
+    /// Wakes the task that retries pending purges.
+    retry_wake: Arc<Notify>,
     events: broadcast::Sender<TierEvent>,
     instance: String,
     compress_above: Option<usize>,
@@ -337,6 +345,9 @@ impl Lower {
             #[cfg(feature = "redis")]
             leases: Mutex::new(HashMap::new()),
             pending: Mutex::new(VecDeque::new()),
+            pending_len: AtomicUsize::new(0),
+            retrying: AtomicUsize::new(0),
+            retry_wake: Arc::new(Notify::new()),
             events,
             instance: format!("{:016x}", fastrand::u64(..)),
             compress_above: config.compress_above,
@@ -360,7 +371,20 @@ impl Lower {
                 .unwrap_or_else(|e| e.into_inner())
                 .push(task);
         }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let task = rt.spawn(retry_loop(Arc::downgrade(&lower), lower.retry_wake.clone()));
+            lower
+                .tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(task);
+        }
         lower
+    }
+
+    /// True while a purge made here has not reached the lower tiers: queued, or being retried.
+    fn purges_unapplied(&self) -> bool {
+        self.pending_len.load(Ordering::SeqCst) > 0 || self.retrying.load(Ordering::SeqCst) > 0
     }
 
     pub(crate) fn stats(&self) -> TierStats {
@@ -413,6 +437,12 @@ impl Lower {
 
     #[cfg(feature = "redis")]
     async fn l2_lookup(&self, l2: &RedisTier, key: &str) -> Found {
+        // An entry in Redis may be one that a purge made here, and not yet delivered, removes:
+        // none is trusted until every such purge has reached Redis.
+        if self.purges_unapplied() {
+            self.retry_wake.notify_one();
+            return Found::Unavailable;
+        }
         let (bytes, seq) = match l2.inner.get(key).await {
             Ok(r) => r,
             Err(f) => {
@@ -748,12 +778,19 @@ impl Lower {
     }
 
     fn queue_pending(&self, target: Target, soft: bool) {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if p.len() >= MAX_PENDING_PURGES {
-            // Whatever is dropped here is covered by the flush that follows a reconnect.
-            p.pop_front();
+        {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if p.len() >= MAX_PENDING_PURGES {
+                // Too many to keep: one purge of everything covers them all, in every tier and
+                // on every instance.
+                p.clear();
+                p.push_back((Target::All, false));
+            } else {
+                p.push_back((target, soft));
+            }
+            self.pending_len.store(p.len(), Ordering::SeqCst);
         }
-        p.push_back((target, soft));
+        self.retry_wake.notify_one();
     }
 
     /// Purges L3 and L2 and publishes the purge; returns false when Redis could not be told.
@@ -854,17 +891,44 @@ impl Lower {
         let _ = self.events.send(TierEvent::Flushed);
     }
 
+    /// Tries the pending purges again, in order; at the first that fails (and is queued again by
+    /// [`purge_lower`](Self::purge_lower)) the rest go back to the queue behind it.
     async fn retry_pending(&self) {
-        let pending: Vec<(Target, bool)> = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-            .collect();
-        for (target, soft) in pending {
+        // Counted before the queue is emptied, so the purges are never unaccounted for.
+        self.retrying.fetch_add(1, Ordering::SeqCst);
+        let pending: Vec<(Target, bool)> = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let drained = p.drain(..).collect();
+            self.pending_len.store(0, Ordering::SeqCst);
+            drained
+        };
+        let mut rest = pending.into_iter();
+        while let Some((target, soft)) = rest.next() {
             if !self.purge_lower(target, soft).await {
+                for (target, soft) in rest {
+                    self.queue_pending(target, soft);
+                }
                 break;
             }
+        }
+        self.retrying.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Tries pending purges again as soon as they are queued and then every
+/// [`PENDING_RETRY_INTERVAL`] until none is left, whatever the invalidation subscription does.
+async fn retry_loop(lower: Weak<Lower>, wake: Arc<Notify>) {
+    loop {
+        wake.notified().await;
+        loop {
+            let Some(me) = lower.upgrade() else { return };
+            me.retry_pending().await;
+            let done = me.pending_len.load(Ordering::SeqCst) == 0;
+            drop(me);
+            if done {
+                break;
+            }
+            tokio::time::sleep(PENDING_RETRY_INTERVAL).await;
         }
     }
 }
@@ -1106,6 +1170,31 @@ mod tests {
         assert!(decode_message("1 x y t 0 a").is_none());
         assert!(decode_message("1 x 1 q 0 a").is_none());
         assert!(decode_message("").is_none());
+    }
+
+    #[test]
+    fn too_many_pending_purges_become_one_purge_of_everything() {
+        let clock = Clock::new();
+        let l1 = MemoryTier::new(
+            crate::store::MemoryConfig {
+                max_bytes: 1 << 20,
+                ttl_cap: Duration::from_secs(1),
+                max_tag_pairs: 1000,
+                stale_on_error: Duration::ZERO,
+            },
+            clock,
+        );
+        // Outside a runtime: no task retries them, so the queue is what is left.
+        let lower = Lower::start(LowerConfig::default(), l1, clock);
+        assert!(!lower.purges_unapplied());
+        for n in 0..MAX_PENDING_PURGES {
+            lower.queue_pending(Target::Tag(format!("t{n}")), false);
+        }
+        assert!(lower.purges_unapplied());
+        lower.queue_pending(Target::Tag("one too many".into()), true);
+        let pending: Vec<(Target, bool)> = lower.pending.lock().unwrap().iter().cloned().collect();
+        assert_eq!(pending, vec![(Target::All, false)]);
+        assert_eq!(lower.pending_len.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -276,6 +276,47 @@ async fn generations_catch_an_instance_that_missed_the_message() {
     .await;
 }
 
+/// A purge made while this instance's Redis calls were refused (its breaker open) reaches Redis
+/// as soon as calls go through again, although the invalidation subscription never dropped; until
+/// then this instance does not trust the shared tier, and no instance serves the purged entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_redis_refused_is_applied_once_calls_go_through_again() {
+    let server = RedisServer::start().unwrap();
+    let origin = Origin::default();
+    // Tiny L1 caps: every read after the first asks Redis.
+    let mut a = instance(&server.url(), "t12", &origin, Duration::from_millis(1));
+    let mut b = instance(&server.url(), "t12", &origin, Duration::from_millis(1));
+    subscribed(&mut a).await;
+    subscribed(&mut b).await;
+    assert_eq!(fetch(&a.app, "/items/1").await.body, "item 1 v0");
+    eventually("the L2 write", || exists(&server, &format!("t12:e:{KEY}"))).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(fetch(&b.app, "/items/1").await.body, "item 1 v0");
+    assert_eq!(b.handle.tier_stats().l2_hits, 1);
+
+    // A's calls are refused while the item changes: its purge cannot reach Redis.
+    a.breaker.force_open();
+    origin.version.store(1, Ordering::SeqCst);
+    a.handle.purge(Purge::tag("item:1")).await;
+    a.breaker.reset();
+    assert!(a.handle.tier_stats().subscribed, "the subscription held");
+
+    // A does not trust the shared tier while its purge is pending...
+    assert_eq!(fetch(&a.app, "/items/1").await.body, "item 1 v1");
+    // ...and the purge reaches Redis without waiting for a new subscription: B never
+    // serves the old entry once it has.
+    eventually("the generation bump in Redis", || {
+        server
+            .cli(&["EXISTS", "{t12:gen}:h:item:1"])
+            .unwrap()
+            .trim()
+            == "1"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(fetch(&b.app, "/items/1").await.body, "item 1 v1");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_entry_is_a_miss_and_is_replaced() {
     let server = RedisServer::start().unwrap();

@@ -316,6 +316,10 @@ pub struct Args {
     /// the post answers 503.
     #[arg(long, env = "MODERATION_TIMEOUT", value_name = "MS", default_value = "500", value_parser = parse_timeout)]
     pub moderation_timeout: Duration,
+    /// How long the breaker around the moderation client stays open before it lets probe checks
+    /// through; meanwhile posts answer 503 at once with this wait in Retry-After.
+    #[arg(long, env = "MODERATION_BREAKER_WAIT", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub moderation_breaker_wait: Duration,
     /// Serve the same routes with every layer off (telemetry, cache, coalescing, idempotency,
     /// breaker), for comparison.
     #[arg(long, env = "CHAT_BARE", value_parser = clap::builder::BoolishValueParser::new())]
@@ -349,6 +353,10 @@ impl From<Args> for Config {
             bare: args.bare,
             moderation_url: non_empty(args.moderation_url),
             moderation_timeout: args.moderation_timeout,
+            moderation_breaker: ModerationBreaker {
+                wait_in_open: args.moderation_breaker_wait,
+                ..ModerationBreaker::default()
+            },
             require_idempotency_key: args.require_idempotency_key,
             memory_budget: args.memory_budget,
             ..Self::default()
@@ -465,6 +473,7 @@ mod tests {
         assert_eq!(config.readers, 4);
         assert_eq!(config.ttl_caps, TtlCaps::default());
         assert_eq!(config.moderation_timeout, Duration::from_millis(500));
+        assert_eq!(config.moderation_breaker, ModerationBreaker::default());
         assert_eq!(config.moderation_url, None);
         assert!(!config.bare);
         assert!(!config.require_idempotency_key);
@@ -492,6 +501,8 @@ mod tests {
             "http://127.0.0.1:3001/",
             "--moderation-timeout",
             "1s",
+            "--moderation-breaker-wait",
+            "750ms",
             "--bare",
             "--require-idempotency-key",
             "--memory-budget",
@@ -516,6 +527,10 @@ mod tests {
             Some("http://127.0.0.1:3001")
         );
         assert_eq!(config.moderation_timeout, Duration::from_secs(1));
+        assert_eq!(
+            config.moderation_breaker.wait_in_open,
+            Duration::from_millis(750)
+        );
         assert!(config.bare);
         assert!(config.require_idempotency_key);
         assert_eq!(config.memory_budget.bytes(), 512 << 20);
@@ -548,6 +563,7 @@ mod tests {
             "[env: IDEMPOTENCY_KEY_REQUIRED=",
             "[env: MEMORY_BUDGET=",
             "[default: 160MB]",
+            "[env: MODERATION_BREAKER_WAIT=",
             "--seed <ROOMS,MESSAGES>",
         ] {
             assert!(help.contains(expected), "{expected} missing:\n{help}");
@@ -571,6 +587,10 @@ mod tests {
             (&["--l3-ttl-cap", "1y"], "--l3-ttl-cap"),
             (&["--moderation-url", "ftp://x"], "--moderation-url"),
             (&["--moderation-timeout", "0"], "--moderation-timeout"),
+            (
+                &["--moderation-breaker-wait", "0s"],
+                "--moderation-breaker-wait",
+            ),
             (&["--memory-budget", "lots"], "--memory-budget"),
             (&["--memory-budget", "1.5GB"], "expected a size like 160MB"),
             (&["--memory-budget", "16MB"], "below the smallest budget"),

@@ -24,6 +24,10 @@ pub enum Error {
         /// What SQLite reported.
         source: rusqlite::Error,
     },
+    /// The post's idempotency key was stored with another message (another room, author or
+    /// text): the key was reused for a different post.
+    #[error("the idempotency key was already used for another message")]
+    KeyReused,
     /// The writer has stopped ([`ChatService::close`](crate::ChatService::close) was called).
     #[error("the service is closed")]
     Closed,

@@ -9,14 +9,17 @@ use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH, LOCATION, RETRY_AFTER};
+use dedup_layer::idempotency::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
+use http::header::{
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH, LOCATION, RETRY_AFTER,
+};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::model::{MessagePage, NewMessage, RoomList, RoomName};
 use crate::moderation::Judgement;
-use crate::service::ChatService;
+use crate::service::{ChatService, Posted};
 use crate::store::{Listing, RoomsListing};
 
 /// Messages per page when `limit` is not given.
@@ -288,6 +291,12 @@ impl Problem {
                 "Service unavailable",
                 "the service is shutting down",
             ),
+            Error::KeyReused => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "/problems/idempotency-key-reused",
+                "Idempotency-Key reused",
+                "this Idempotency-Key was already used with a different message",
+            ),
             other => {
                 tracing::error!(error = %other, "request failed");
                 Self::internal()
@@ -406,10 +415,35 @@ async fn method_not_allowed() -> Problem {
     )
 }
 
+/// The post's `Idempotency-Key` scoped to its client as the idempotency layer scopes it (by a
+/// hash of the `Authorization` value), kept with the message by [`ChatService::post_once`];
+/// `None` without a key, and in bare mode, which has no idempotency.
+fn post_key(service: &ChatService, headers: &HeaderMap) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write as _;
+
+    if service.config().bare {
+        return None;
+    }
+    // The idempotency layer in front has refused malformed keys already.
+    let key = headers.get(IDEMPOTENCY_KEY)?.to_str().ok()?;
+    let client = headers
+        .get(AUTHORIZATION)
+        .map_or(&b""[..], HeaderValue::as_bytes);
+    let mut scoped = String::with_capacity(65 + key.len());
+    for byte in Sha256::digest(client) {
+        let _ = write!(scoped, "{byte:02x}");
+    }
+    scoped.push(':');
+    scoped.push_str(key);
+    Some(scoped)
+}
+
 async fn post_message(
     State(service): State<ChatService>,
     trace: Option<Extension<TraceContext>>,
     room: Result<Path<String>, PathRejection>,
+    request_headers: HeaderMap,
     body: Result<Json<NewMessage>, JsonRejection>,
 ) -> Handled {
     use opentelemetry::context::FutureExt;
@@ -432,18 +466,29 @@ async fn post_message(
             }
         }
     }
-    let stored = service.post(&room, message).await?;
+    // With a key, a post whose idempotency record was lost (Redis restarted empty) finds the
+    // message stored with its key instead of storing it again.
+    let (stored, replayed) = match post_key(&service, &request_headers) {
+        Some(key) => match service.post_once(&room, message, &key).await? {
+            Posted::New(stored) => (stored, false),
+            Posted::Existing(stored) => (stored, true),
+        },
+        None => (service.post(&room, message).await?, false),
+    };
     // Read-your-writes: answer once a GET would see the message. Past the bound the message is
     // still stored, so the answer is still 201.
     service.wait_projected(stored.id).await;
     // ... and once no cache tier of any instance still holds the page without it.
     service.wait_invalidated(&room, stored.id).await;
-    let mut headers = HeaderMap::with_capacity(3);
+    let mut headers = HeaderMap::with_capacity(4);
     let location = format!("/rooms/{}/messages/{}", room, stored.id);
     if let Ok(location) = HeaderValue::try_from(location) {
         headers.insert(LOCATION, location);
     }
     headers.insert(CACHE_CONTROL, NO_STORE);
+    if replayed {
+        headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
     json_response(StatusCode::CREATED, &stored, headers)
 }
 

@@ -89,6 +89,7 @@
 //! | moderation down, too slow, or its breaker open | `503` + `Retry-After` (`/problems/moderation-unavailable`); nothing stored |
 //! | stacked: `Idempotency-Key` malformed, or missing with [`Config::require_idempotency_key`] | `400` |
 //! | stacked: a key reused with another body / while its first request runs | `422` / `409` + `Retry-After` |
+//! | stacked: a key whose record the idempotency store lost, reused with another message | `422` (`/problems/idempotency-key-reused`) |
 //!
 //! # Design
 //!
@@ -190,6 +191,12 @@
 //! retry replays it rather than storing it again. Posts without a key are never refused because
 //! of Redis. `examples/chat-service/tests/faults_redis.rs` holds this under load.
 //!
+//! **A key is also stored with its message in SQLite** ([`ChatService::post_once`]), scoped per
+//! client as the layer scopes it. A retry whose record the store no longer has (Redis restarted
+//! empty, the record expired, the in-memory store lost with its process) runs the handler again,
+//! which finds the message stored with the key and answers it again (`201`,
+//! `Idempotent-Replayed: true`) instead of storing it twice.
+//!
 //! # The per-user resource
 //!
 //! `GET /me/unread` is there to show that per-user data never crosses users through any tier:
@@ -290,7 +297,7 @@ pub use crate::model::{
     InvalidInput, MAX_AUTHOR_LEN, MAX_ROOM_LEN, MAX_TEXT_LEN, Message, MessagePage, MessagePosted,
     NewMessage, RoomList, RoomName, RoomProjected, RoomSummary, SeedSummary,
 };
-pub use crate::service::ChatService;
+pub use crate::service::{ChatService, Posted};
 pub use crate::store::{DB_DUPLICATE_QUERIES_TOTAL, DB_QUERIES_TOTAL, MAX_ROOMS_LISTED};
 pub use telemetry_layer::Telemetry;
 

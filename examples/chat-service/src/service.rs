@@ -15,7 +15,7 @@ use crate::config::{Config, Database, MAX_SEED_MESSAGES};
 use crate::error::Error;
 use crate::model::{Message, MessagePosted, NewMessage, RoomName, RoomProjected, SeedSummary};
 use crate::moderation::ModerationClient;
-use crate::store::{Projector, Readers, Writer};
+use crate::store::{Projector, Readers, Stored, Writer};
 
 /// Events buffered per subscriber before a slow one starts losing the oldest.
 const EVENT_BUFFER: usize = 4096;
@@ -66,6 +66,24 @@ fn memory_store(config: &Config) -> Result<MemoryStore, ConfigError> {
         .max_bytes(bounds.idempotency_bytes)
         .build()
         .map_err(|e| ConfigError::new(format!("idempotency: {e}")))
+}
+
+/// What [`ChatService::post_once`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Posted {
+    /// The message was stored now.
+    New(Message),
+    /// A message was stored earlier with the same key; nothing was stored now.
+    Existing(Message),
+}
+
+impl Posted {
+    /// The stored message.
+    pub fn message(&self) -> &Message {
+        match self {
+            Self::New(message) | Self::Existing(message) => message,
+        }
+    }
 }
 
 /// A running chat service: storage, projector and event channels.
@@ -249,11 +267,49 @@ impl ChatService {
     /// has applied it; [`wait_projected`](Self::wait_projected) waits for that.
     pub async fn post(&self, room: &RoomName, message: NewMessage) -> Result<Message, Error> {
         message.validate()?;
-        self.inner
+        match self
+            .inner
             .writer
-            .post(room.clone(), message)
+            .post(room.clone(), message, None)
             .await
-            .map_err(|e| Error::from_store(e, &self.inner.path))
+            .map_err(|e| Error::from_store(e, &self.inner.path))?
+        {
+            Stored::New(stored) | Stored::Existing(stored) => Ok(stored),
+        }
+    }
+
+    /// Stores a message once per `key`: the first post with a key stores it, a later one with the
+    /// same key returns that message ([`Posted::Existing`]) and stores nothing, whichever process
+    /// sharing the database it reaches. The key is kept with the message in SQLite, so this holds
+    /// when the idempotency store in front (Redis, or memory) has lost its record: Redis
+    /// restarted empty, the record expired, the process restarted. Scope `key` per client, as the
+    /// idempotency layer does.
+    ///
+    /// Fails with [`Error::KeyReused`] when the key was stored with another room, author or text.
+    pub async fn post_once(
+        &self,
+        room: &RoomName,
+        message: NewMessage,
+        key: &str,
+    ) -> Result<Posted, Error> {
+        message.validate()?;
+        let stored = self
+            .inner
+            .writer
+            .post(room.clone(), message.clone(), Some(key.to_owned()))
+            .await
+            .map_err(|e| Error::from_store(e, &self.inner.path))?;
+        match stored {
+            Stored::New(stored) => Ok(Posted::New(stored)),
+            Stored::Existing(stored)
+                if stored.room == room.as_str()
+                    && stored.author == message.author
+                    && stored.text == message.text =>
+            {
+                Ok(Posted::Existing(stored))
+            }
+            Stored::Existing(_) => Err(Error::KeyReused),
+        }
     }
 
     /// Waits until the message with `id` is visible to queries, at most

@@ -67,6 +67,10 @@ CREATE TABLE IF NOT EXISTS projection (
     name     TEXT    PRIMARY KEY,
     position INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS post_keys (
+    key        TEXT    PRIMARY KEY,
+    message_id INTEGER NOT NULL
+) WITHOUT ROWID;
 INSERT OR IGNORE INTO projection (name, position) VALUES ('messages', 0);
 ";
 
@@ -135,11 +139,22 @@ pub(crate) struct Projection {
     pub(crate) rooms: Vec<RoomProjected>,
 }
 
+/// What storing a post did.
+#[derive(Debug)]
+pub(crate) enum Stored {
+    /// The message was stored now.
+    New(Message),
+    /// Its key was already stored, with this message.
+    Existing(Message),
+}
+
 enum Job {
     Post {
         room: RoomName,
         message: NewMessage,
-        reply: oneshot::Sender<rusqlite::Result<Message>>,
+        /// The post's client-scoped idempotency key, stored with it.
+        key: Option<String>,
+        reply: oneshot::Sender<rusqlite::Result<Stored>>,
     },
     Seed {
         rooms: u32,
@@ -200,15 +215,19 @@ impl Writer {
         rx.await.map_err(|_| StoreError::WriterClosed)
     }
 
+    /// Stores a message; with a `key`, only if no message was stored with that key yet, else
+    /// returns that one.
     pub(crate) async fn post(
         &self,
         room: RoomName,
         message: NewMessage,
-    ) -> Result<Message, StoreError> {
+        key: Option<String>,
+    ) -> Result<Stored, StoreError> {
         Ok(self
             .call(|reply| Job::Post {
                 room,
                 message,
+                key,
                 reply,
             })
             .await??)
@@ -245,10 +264,14 @@ fn writer_loop(
             Job::Post {
                 room,
                 message,
+                key,
                 reply,
             } => {
-                let result = insert_message(&conn, &room, &message);
-                if let Ok(stored) = &result {
+                let result = match key {
+                    Some(key) => insert_keyed(&mut conn, &room, &message, &key),
+                    None => insert_message(&conn, &room, &message).map(Stored::New),
+                };
+                if let Ok(Stored::New(stored)) = &result {
                     // Sent from this thread right after the commit, events leave in id order.
                     // No subscriber is not an error: the projector resubscribes by catching up.
                     let _ = events.send(MessagePosted {
@@ -294,6 +317,42 @@ fn insert_message(
         text: message.text.clone(),
         created_at,
     })
+}
+
+/// Stores `message` with `key`, in one transaction that takes the write lock first, so that two
+/// processes sharing the database never both store a message for one key. When the key is
+/// already stored, nothing is written and its message is returned.
+fn insert_keyed(
+    conn: &mut Connection,
+    room: &RoomName,
+    message: &NewMessage,
+    key: &str,
+) -> rusqlite::Result<Stored> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let existing = tx
+        .prepare_cached(
+            "SELECT m.id, m.room, m.author, m.text, m.created_at
+             FROM post_keys k JOIN messages m ON m.id = k.message_id WHERE k.key = ?1",
+        )?
+        .query_row([key], |row| {
+            Ok(Message {
+                id: row.get(0)?,
+                room: row.get(1)?,
+                author: row.get(2)?,
+                text: row.get(3)?,
+                created_at: row.get(4)?,
+            })
+        })
+        .optional()?;
+    if let Some(existing) = existing {
+        tx.commit()?;
+        return Ok(Stored::Existing(existing));
+    }
+    let stored = insert_message(&tx, room, message)?;
+    tx.prepare_cached("INSERT INTO post_keys (key, message_id) VALUES (?1, ?2)")?
+        .execute((key, stored.id))?;
+    tx.commit()?;
+    Ok(Stored::New(stored))
 }
 
 fn seed(conn: &mut Connection, rooms: u32, per_room: u32) -> rusqlite::Result<SeedSummary> {

@@ -152,3 +152,127 @@ async fn two_instances_share_keys_and_see_each_others_posts() {
     ids.sort_unstable();
     assert_eq!(served, ids, "every post stored once");
 }
+
+/// Redis killed and restarted empty forgets every idempotency record: a retry of an acknowledged
+/// post then runs the handler again, which finds the key stored with its message in SQLite and
+/// answers with that message instead of storing it twice. Keys stay scoped per client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_that_redis_forgot_is_still_stored_once() {
+    let mut redis = RedisServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        database: Database::File(dir.path().join("chat.db")),
+        redis_url: Some(redis.url()),
+        ..Config::default()
+    };
+    let a = ChatService::open(&config).await.unwrap();
+    let b = ChatService::open(&config).await.unwrap();
+    let (app_a, app_b) = (a.app(), b.app());
+    let as_user = |mut request: http::Request<axum::body::Body>, user: &str| {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {user}").parse().unwrap());
+        request
+    };
+
+    let first = send_to(
+        &app_a,
+        as_user(post_message("lobby", "once", Some("k-1")), "alice"),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+
+    let _redis = tokio::task::spawn_blocking(move || {
+        redis.restart().unwrap();
+        redis
+    })
+    .await
+    .unwrap();
+    // The breakers of both instances let calls through again within their waits.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let retry = loop {
+        let retry = send_to(
+            &app_b,
+            as_user(post_message("lobby", "once", Some("k-1")), "alice"),
+        )
+        .await;
+        if retry.status != StatusCode::SERVICE_UNAVAILABLE || Instant::now() > deadline {
+            break retry;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(retry.status, StatusCode::CREATED, "{:?}", retry.body);
+    assert_eq!(
+        retry.json(),
+        first.json(),
+        "the first answer, not a new message"
+    );
+    assert_eq!(retry.header("idempotent-replayed"), "true");
+    // And from then on the record is in Redis again: a second retry replays it on A.
+    let again = send_to(
+        &app_a,
+        as_user(post_message("lobby", "once", Some("k-1")), "alice"),
+    )
+    .await;
+    assert_eq!(again.json()["id"], first.json()["id"]);
+
+    // The same key with another body is refused, also once Redis has forgotten it.
+    let other = send_to(
+        &app_b,
+        as_user(post_message("lobby", "other", Some("k-1")), "alice"),
+    )
+    .await;
+    other.assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
+    // Another client's use of the same key is a post of its own.
+    let bob = send_to(
+        &app_b,
+        as_user(post_message("lobby", "once", Some("k-1")), "bob"),
+    )
+    .await;
+    assert_eq!(bob.status, StatusCode::CREATED);
+    assert_ne!(bob.json()["id"], first.json()["id"]);
+
+    let page = send_to(&app_a, get("/rooms/lobby/messages")).await;
+    assert_eq!(page_ids(&page.json()).len(), 2, "{}", page.json());
+}
+
+/// Two services on one database file, posting with one key at the same time: one message is
+/// stored, every other call gets it back; the key with another text is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_once_stores_one_message_per_key_across_processes() {
+    use chat_service::{Error, NewMessage, Posted, RoomName};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        database: Database::File(dir.path().join("chat.db")),
+        ..Config::default()
+    };
+    let a = ChatService::open(&config).await.unwrap();
+    let b = ChatService::open(&config).await.unwrap();
+    let room = RoomName::parse("lobby").unwrap();
+    let message = |text: &str| NewMessage {
+        author: "ada".into(),
+        text: text.into(),
+    };
+    let calls = (0..20).map(|n| {
+        let service = if n % 2 == 0 { a.clone() } else { b.clone() };
+        let (room, message) = (room.clone(), message("hello"));
+        tokio::spawn(async move { service.post_once(&room, message, "scope:k").await })
+    });
+    let posted: Vec<Posted> = futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().unwrap())
+        .collect();
+    let new: Vec<&Posted> = posted
+        .iter()
+        .filter(|p| matches!(p, Posted::New(_)))
+        .collect();
+    assert_eq!(new.len(), 1, "{posted:?}");
+    let id = new[0].message().id;
+    assert!(posted.iter().all(|p| p.message().id == id));
+    let reused = a.post_once(&room, message("other"), "scope:k").await;
+    assert!(matches!(reused, Err(Error::KeyReused)), "{reused:?}");
+    let other_key = b.post_once(&room, message("hello"), "scope:k2").await;
+    assert!(matches!(other_key, Ok(Posted::New(m)) if m.id != id));
+}

@@ -104,9 +104,34 @@ pub fn escape(text: &str) -> String {
     out
 }
 
+/// A shaded stretch of the x axis, such as the time a fault lasted.
+#[derive(Clone, Debug)]
+pub struct Band {
+    /// Start, in x data units.
+    pub start: f64,
+    /// End, in x data units.
+    pub end: f64,
+    /// Short label drawn at its top.
+    pub label: String,
+    /// Fill colour (drawn translucent).
+    pub color: &'static str,
+}
+
 /// An SVG line chart: one `<polyline>` per series with one coordinate pair per point (series without
 /// points are listed in the legend only), axes with ticks, and a legend.
 pub fn line_chart(title: &str, x: &Axis, y: &Axis, series: &[Series]) -> String {
+    line_chart_with_bands(title, x, y, series, &[])
+}
+
+/// [`line_chart`] with `bands` shaded behind the lines (after the plot's frame, which stays the chart's
+/// first `<rect>`), each labelled at its top.
+pub fn line_chart_with_bands(
+    title: &str,
+    x: &Axis,
+    y: &Axis,
+    series: &[Series],
+    bands: &[Band],
+) -> String {
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
     let px = |v: f64| LEFT + x.scale.fraction(v) * plot_w;
@@ -121,6 +146,18 @@ pub fn line_chart(title: &str, x: &Axis, y: &Axis, series: &[Series]) -> String 
         svg,
         r##"<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="#fff" stroke="#999"/>"##
     );
+    for band in bands {
+        let (x1, x2) = (px(band.start), px(band.end.max(band.start)));
+        let _ = write!(
+            svg,
+            r##"<rect class="band" x="{x1:.1}" y="{TOP}" width="{w:.1}" height="{plot_h}" fill="{c}" fill-opacity="0.18"/><text x="{tx:.1}" y="{ty:.1}" font-size="10" text-anchor="middle" fill="#444">{l}</text>"##,
+            w = (x2 - x1).max(1.0),
+            c = band.color,
+            tx = (x1 + x2) / 2.0,
+            ty = TOP + 11.0,
+            l = escape(&band.label)
+        );
+    }
     for (value, label) in &x.ticks {
         let xx = px(*value);
         let _ = write!(
@@ -388,6 +425,182 @@ pub fn hit_rate_chart(report: &Report) -> String {
     line_chart("History hit rate over time", &x, &y, &series)
 }
 
+/// The fault windows of a chaos run as bands numbered like the rows of its fault table.
+pub fn fault_bands(report: &Report) -> Vec<Band> {
+    report.chaos.as_ref().map_or_else(Vec::new, |chaos| {
+        chaos
+            .faults
+            .iter()
+            .enumerate()
+            .map(|(i, record)| Band {
+                start: record.start_s,
+                end: record.end_s,
+                label: (i + 1).to_string(),
+                color: if record.fault.is_redis() {
+                    "#c0392b"
+                } else {
+                    "#7d3c98"
+                },
+            })
+            .collect()
+    })
+}
+
+/// Answers per second of a chaos run, fault windows shaded.
+pub fn chaos_throughput_chart(report: &Report) -> String {
+    let Some(v) = report.variants.first() else {
+        return String::new();
+    };
+    let points: Vec<(f64, f64)> = whole_seconds(&v.timeline.completed)
+        .iter()
+        .enumerate()
+        .map(|(s, &n)| (s as f64, n as f64))
+        .collect();
+    let x = seconds_axis(std::iter::once(points.len()));
+    let max = nice_ceiling(points.iter().map(|p| p.1).fold(10.0, f64::max) * 1.05);
+    let y = Axis {
+        scale: Scale::Linear { min: 0.0, max },
+        title: "answers per second".into(),
+        ticks: linear_ticks(max, 5, ""),
+    };
+    let series = [Series {
+        name: "answered".into(),
+        color: color(v.variant),
+        points,
+    }];
+    line_chart_with_bands(
+        "Throughput during the faults",
+        &x,
+        &y,
+        &series,
+        &fault_bands(report),
+    )
+}
+
+/// Documented refusals and failures per second of a chaos run, fault windows shaded.
+pub fn chaos_refusals_chart(report: &Report) -> String {
+    let Some(v) = report.variants.first() else {
+        return String::new();
+    };
+    let seconds = whole_seconds(&v.timeline.completed).len();
+    let per_second = |series: &[u64]| -> Vec<(f64, f64)> {
+        (0..seconds)
+            .map(|s| (s as f64, series.get(s).copied().unwrap_or(0) as f64))
+            .collect()
+    };
+    let series = [
+        Series {
+            name: "refused (503/409)".into(),
+            color: "#d68910",
+            points: per_second(&v.timeline.refused),
+        },
+        Series {
+            name: "failed".into(),
+            color: "#c0392b",
+            points: per_second(&v.timeline.errors),
+        },
+    ];
+    let max = nice_ceiling(
+        series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.1))
+            .fold(5.0, f64::max)
+            * 1.05,
+    );
+    let y = Axis {
+        scale: Scale::Linear { min: 0.0, max },
+        title: "requests per second".into(),
+        ticks: linear_ticks(max, 5, ""),
+    };
+    line_chart_with_bands(
+        "Posts refused as documented, and failures",
+        &seconds_axis(std::iter::once(seconds)),
+        &y,
+        &series,
+        &fault_bands(report),
+    )
+}
+
+/// The slowest read of each second of a chaos run (log scale), fault windows shaded.
+pub fn chaos_slowest_read_chart(report: &Report) -> String {
+    let Some(v) = report.variants.first() else {
+        return String::new();
+    };
+    let seconds = whole_seconds(&v.timeline.completed).len();
+    let points: Vec<(f64, f64)> = v
+        .timeline
+        .slowest_read_ms
+        .iter()
+        .take(seconds)
+        .enumerate()
+        .filter(|(_, ms)| **ms > 0.0)
+        .map(|(s, &ms)| (s as f64, ms))
+        .collect();
+    let max_ms = nice_ceiling(points.iter().map(|p| p.1).fold(10.0, f64::max));
+    let y = Axis {
+        scale: Scale::Log {
+            min: 1.0,
+            max: max_ms,
+        },
+        title: "slowest read (ms)".into(),
+        ticks: log_ticks(1.0, max_ms, ""),
+    };
+    let series = [Series {
+        name: "slowest read".into(),
+        color: color(v.variant),
+        points,
+    }];
+    line_chart_with_bands(
+        "Slowest read of each second",
+        &seconds_axis(std::iter::once(seconds)),
+        &y,
+        &series,
+        &fault_bands(report),
+    )
+}
+
+/// The chaos section: guarantees, the fault timeline, what each fault did, failures by cause, the
+/// instances, and the charts with the fault windows shaded.
+fn chaos_section(report: &Report, chaos: &crate::chaos_report::ChaosReport) -> String {
+    let mut page = String::new();
+    page.push_str("<h2>Guarantees</h2>");
+    page.push_str(&table(&report.verdict_table()));
+    page.push_str(
+        "<h2>Faults</h2><p>Each row is a period: the fault and the calm gap after it, up to the next fault. \
+         Latencies are measured from each request's scheduled send time. Documented refusals are posts \
+         answered <code>503</code> or <code>409</code> with <code>Retry-After</code> and nothing stored; they \
+         are sent again with their key until accepted.</p>",
+    );
+    page.push_str(&table(&chaos.fault_table()));
+    page.push_str("<h3>What each fault did</h3>");
+    page.push_str(&table(&chaos.evidence_table()));
+    let _ = write!(
+        page,
+        "<h3>Not served, by cause ({} requests, {} served)</h3>",
+        chaos.requests, chaos.served
+    );
+    page.push_str(&table(&chaos.failure_table()));
+    page.push_str("<h3>Instances</h3><ul>");
+    for line in chaos.instance_lines() {
+        let _ = write!(page, "<li>{}</li>", escape(&line));
+    }
+    let _ = write!(
+        page,
+        "</ul><p>Stale read: a first page requested {} ms or more after a post's <code>201</code> that \
+         holds neither the post nor only newer messages, on either instance.</p>",
+        chaos.freshness_bound_ms
+    );
+    page.push_str(
+        "<h2>Charts</h2><p>Shaded: the fault windows, numbered as in the table (red: Redis, purple: \
+         moderation).</p>",
+    );
+    page.push_str(&chaos_throughput_chart(report));
+    page.push_str(&chaos_refusals_chart(report));
+    page.push_str(&chaos_slowest_read_chart(report));
+    page.push_str(&latency_chart(report));
+    page
+}
+
 /// Markdown table (as produced by the report) to an HTML table.
 fn table(markdown: &str) -> String {
     let mut out = String::from("<table>");
@@ -426,7 +639,11 @@ td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;text-align:left;verti
 th{background:#f4f4f4}.met{color:#1e7b34;font-weight:bold}.missed{color:#b03a2e;font-weight:bold}\
 svg{margin:0.5em 1em 0.5em 0}</style></head><body>",
     );
-    page.push_str("<h1>chat-service load test: bare against stacked</h1>");
+    page.push_str(if report.chaos.is_some() {
+        "<h1>chat-service load test: chaos</h1>"
+    } else {
+        "<h1>chat-service load test: bare against stacked</h1>"
+    });
     let variants: Vec<&str> = report.variants.iter().map(|v| v.variant.name()).collect();
     let _ = write!(
         page,
@@ -442,12 +659,16 @@ svg{margin:0.5em 1em 0.5em 0}</style></head><body>",
     if let Some(note) = report.busy_machine_note() {
         let _ = write!(page, "<p class=\"missed\">Warning: {}.</p>", escape(&note));
     }
-    page.push_str("<h2>Verdicts</h2>");
-    page.push_str(&table(&report.verdict_table()));
-    page.push_str("<h2>Charts</h2>");
-    page.push_str(&latency_chart(report));
-    page.push_str(&throughput_chart(report));
-    page.push_str(&hit_rate_chart(report));
+    if let Some(chaos) = &report.chaos {
+        page.push_str(&chaos_section(report, chaos));
+    } else {
+        page.push_str("<h2>Verdicts</h2>");
+        page.push_str(&table(&report.verdict_table()));
+        page.push_str("<h2>Charts</h2>");
+        page.push_str(&latency_chart(report));
+        page.push_str(&throughput_chart(report));
+        page.push_str(&hit_rate_chart(report));
+    }
     page.push_str("<h2>Figures</h2><p>Latencies are p50 / p90 / p99 / p99.9, measured from each request's scheduled send time.</p>");
     page.push_str(&table(&report.summary_table()));
     if let (Some(bare), Some(stacked)) = (
@@ -784,6 +1005,66 @@ mod tests {
             "the second without history answers is left out"
         );
         assert!(page.contains("History p99 at the same offered rate"));
+    }
+
+    #[test]
+    fn a_chaos_report_shades_its_fault_windows() {
+        use crate::chaos::{ChaosSchedule, Fault, FaultRecord};
+        use crate::chaos_report::ChaosReport;
+        use crate::load::ChaosResult;
+        use crate::report::tests::{options, variant};
+        let mut options = options(vec![Variant::Stacked2]);
+        options.chaos = true;
+        let mut report = Report::new(&options);
+        let mut v = variant(Variant::Stacked2, 2, 5, None);
+        v.timeline.completed = vec![1000; 21];
+        v.timeline.errors = vec![0; 21];
+        v.timeline.refused = vec![0, 0, 30, 12, 0];
+        v.timeline.slowest_read_ms = vec![3.0; 21];
+        let schedule = ChaosSchedule::spread(std::time::Duration::from_secs(20));
+        let faults = schedule
+            .faults
+            .iter()
+            .map(|s| FaultRecord {
+                fault: s.fault,
+                description: s.fault.description(),
+                planned_start_s: s.start.as_secs_f64(),
+                start_s: s.start.as_secs_f64(),
+                end_s: s.end().as_secs_f64(),
+                period_end_s: 0.0,
+                detail: Vec::new(),
+                errors: Vec::new(),
+                instances: Vec::new(),
+                moderation: None,
+                fired: true,
+                evidence: "<seen>".into(),
+            })
+            .collect();
+        let result = ChaosResult {
+            faults,
+            periods: Vec::new(),
+            resend_drain_s: 0.0,
+        };
+        report.chaos = Some(ChaosReport::new(schedule, Some(result), &v, Vec::new()));
+        report.variants.push(v);
+        report.finish();
+        let page = render(&report);
+        assert!(page.contains("<h1>chat-service load test: chaos</h1>"));
+        assert!(page.contains("<h2>Guarantees</h2>") && !page.contains("<h2>Verdicts</h2>"));
+        assert_eq!(page.matches("<svg").count(), 4);
+        // Three time charts, eight fault windows each, numbered as the table's rows.
+        assert_eq!(page.matches("class=\"band\"").count(), 3 * 8);
+        assert!(page.contains(&format!(">{}</text>", Fault::ORDER.len())));
+        assert!(page.contains("&lt;seen&gt;"), "evidence is escaped");
+        for banned in ["<script", "<link", "url(", "src="] {
+            assert!(!page.contains(banned), "{banned}");
+        }
+        let refusals = chaos_refusals_chart(&report);
+        assert_eq!(
+            polylines(&refusals),
+            vec![20, 20],
+            "one point per whole second"
+        );
     }
 
     #[test]

@@ -18,8 +18,17 @@
 //!    [`html`]); `--open` prints the report's `file://` URL, `--screenshot PNG` writes a picture of it taken
 //!    with headless Chromium ([`html::screenshot`]).
 //!
+//! With `--chaos` it runs only the two-instance variant, with Redis and moderation behind fault proxies, and
+//! injects the faults of a [`chaos::ChaosSchedule`] while the mix runs ([`runner::run_chaos`]): Redis killed and
+//! restarted empty, frozen, slowed and its connections reset; moderation slow, erroring, hanging and refusing
+//! connections. Refused posts are sent again with their key until accepted; the report counts requests
+//! served, documented refusals apart from failures, lost and duplicated posts, stale reads, breaker
+//! transitions and peak memory, with a verdict per guarantee and the fault timeline.
+//!
 //! Every request goes to a loopback address; the client refuses anything else ([`client::is_loopback`]).
 
+pub mod chaos;
+pub mod chaos_report;
 pub mod check;
 pub mod churn;
 pub mod client;

@@ -18,6 +18,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::chaos::{
+    self, ChaosSchedule, ChaosTally, Event, FaultControls, FaultRecord, PeriodStats, Refusal,
+};
 use crate::client::{Http, Reply, RequestError};
 use crate::observe::Stats;
 use crate::procs::Memory;
@@ -30,8 +33,14 @@ use crate::zipf::Zipf;
 /// after t + this bound (the chat service's documented freshness bound).
 pub const FRESHNESS_BOUND: Duration = Duration::from_secs(1);
 
-/// Attempts of one post (the first one and its retries) before it is given up.
+/// Attempts of one post (the first one and its retries) before it is given up, outside chaos runs.
 const MAX_POST_ATTEMPTS: u32 = 4;
+
+/// In a chaos run, how long after the main phase refused posts are still sent again until accepted.
+pub const RESEND_DEADLINE: Duration = Duration::from_secs(30);
+
+/// In a chaos run, when a post that got no answer (or an undocumented `5xx`) is sent again.
+const RESEND_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// Stale reads kept as examples in a result.
 const STALE_EXAMPLES: usize = 10;
@@ -78,6 +87,9 @@ pub struct LoadPlan {
     pub retry_share: f64,
     /// Dependency outage, if any.
     pub outage: Option<Outage>,
+    /// Faults injected on this schedule (a chaos run), if any: posts refused as documented are sent again
+    /// with their key until accepted, and answers are counted per period of the schedule.
+    pub chaos: Option<ChaosSchedule>,
     /// Whether each acknowledged post is looked for on every instance after [`FRESHNESS_BOUND`].
     pub check_freshness: bool,
     /// Seed of the generator's random choices.
@@ -95,6 +107,8 @@ pub struct LoadEnv {
     pub targets: Vec<Target>,
     /// Base URL of the moderation service, for the outage.
     pub moderation: String,
+    /// What the faults of a chaos plan act on.
+    pub faults: Option<FaultControls>,
     /// The seeded data.
     pub seeded: Seeded,
     /// Unique per run: part of every post's token, so tokens of different runs never match.
@@ -171,8 +185,14 @@ pub struct PostStats {
     pub stored_again: u64,
     /// `503` answers explained by the outage.
     pub unavailable: u64,
-    /// Posts given up after four attempts without a `201`.
+    /// Posts given up after four attempts without a `201` (outside chaos runs).
     pub given_up: u64,
+    /// Documented refusals (chaos runs): `503` or `409` with `Retry-After`.
+    pub refused: u64,
+    /// Posts sent again after a refusal or a failure (chaos runs).
+    pub resent: u64,
+    /// Posts never answered `201` however often they were sent (chaos runs: by the resend deadline).
+    pub never_accepted: u64,
 }
 
 /// One post: its token, body and key, and its acknowledgement.
@@ -219,6 +239,10 @@ pub struct StaleRead {
     pub newest_on_page: Option<i64>,
     /// Time between the acknowledgement and the GET.
     pub after_ms: f64,
+    /// When the post was acknowledged, seconds from the start of the run.
+    pub acked_at_s: f64,
+    /// `Cache-Status` and `Age` of the page served, which tell where it came from.
+    pub cache_status: String,
 }
 
 /// Results of the freshness checks.
@@ -299,6 +323,19 @@ pub struct LoadResult {
     pub memory: Vec<Memory>,
     /// The outage, if the plan had one.
     pub outage: Option<OutageRecord>,
+    /// The faults and what each period met, if the plan was a chaos plan.
+    pub chaos: Option<ChaosResult>,
+}
+
+/// What the faults of a chaos plan did and what the load met meanwhile.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChaosResult {
+    /// The faults as they happened.
+    pub faults: Vec<FaultRecord>,
+    /// The calm lead-in and each fault with the calm gap after it.
+    pub periods: Vec<PeriodStats>,
+    /// Seconds after the main phase until the last refused post was accepted (or the deadline passed).
+    pub resend_drain_s: f64,
 }
 
 impl LoadResult {
@@ -335,6 +372,8 @@ struct PendingRetry {
 struct Ledger {
     posts: Vec<PostRecord>,
     retries: VecDeque<PendingRetry>,
+    /// Chaos runs: posts without a `201` yet, sent again when due.
+    resend: Vec<PendingRetry>,
     stats: PostStats,
     touched: BTreeSet<u32>,
 }
@@ -351,6 +390,7 @@ struct Shared {
     reads: Vec<AtomicU64>,
     in_flight: Arc<Semaphore>,
     checks: Mutex<Vec<JoinHandle<()>>>,
+    chaos: Option<ChaosTally>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -374,6 +414,28 @@ impl Shared {
     fn complete(&self, endpoint: Endpoint, scheduled: Duration, outcome: Outcome) {
         let now = self.elapsed();
         let latency = now.saturating_sub(scheduled);
+        if let Some(tally) = &self.chaos {
+            let read = endpoint != Endpoint::Post;
+            let post_cause;
+            let event = match &outcome {
+                Outcome::Answered { error: None, .. } if read => Event::ReadServed,
+                Outcome::Answered { error: None, .. } => Event::PostAccepted,
+                Outcome::Answered {
+                    error: Some(cause), ..
+                } if read => Event::ReadFailed(cause),
+                Outcome::Answered {
+                    error: Some(cause), ..
+                } => Event::PostFailed(cause),
+                Outcome::Failed(cause) if read => Event::ReadFailed(cause),
+                Outcome::Failed(cause) => {
+                    post_cause = format!("post {cause}");
+                    Event::PostFailed(&post_cause)
+                }
+                Outcome::Refused(refusal) => Event::PostRefused(*refusal),
+                Outcome::Explained => Event::PostRefused(Refusal::ModerationUnavailable),
+            };
+            tally.record(scheduled, latency, event);
+        }
         let mut recorder = lock(&self.recorder);
         recorder.last_completion = recorder.last_completion.max(now);
         match outcome {
@@ -396,11 +458,15 @@ impl Shared {
                 recorder.errors.add(cause);
                 recorder.timeline.record(now, endpoint, false, true);
             }
-            Outcome::Explained => {
+            Outcome::Explained | Outcome::Refused(_) => {
                 recorder.answered += 1;
                 recorder.latencies.record(endpoint, latency, false);
                 recorder.timeline.record(now, endpoint, false, false);
+                recorder.timeline.record_refused(now);
             }
+        }
+        if endpoint != Endpoint::Post {
+            recorder.timeline.record_read_latency(now, latency);
         }
     }
 
@@ -424,6 +490,8 @@ enum Outcome {
     Failed(&'static str),
     /// A `503` on a post during the outage: measured, not an error.
     Explained,
+    /// A documented refusal of a post in a chaos run: measured, counted apart, sent again.
+    Refused(Refusal),
 }
 
 fn status_error(status: StatusCode) -> Option<String> {
@@ -470,21 +538,56 @@ pub async fn run(env: &LoadEnv, plan: &LoadPlan, progress: &ProgressBar) -> Load
         reads: env.targets.iter().map(|_| AtomicU64::new(0)).collect(),
         in_flight: Arc::new(Semaphore::new(plan.max_in_flight.max(1))),
         checks: Mutex::default(),
+        chaos: plan.chaos.clone().map(ChaosTally::new),
     });
     let stop = Arc::new(AtomicBool::new(false));
     let poller = tokio::spawn(poll_instances(shared.clone(), stop.clone()));
     let outage = plan
         .outage
         .map(|outage| tokio::spawn(run_outage(shared.clone(), outage)));
+    let faults = match (&plan.chaos, &env.faults) {
+        (Some(schedule), Some(controls)) => Some(tokio::spawn(chaos::drive(
+            shared.start,
+            schedule.clone(),
+            controls.clone(),
+            env.targets.clone(),
+        ))),
+        _ => None,
+    };
+    let stop_resends = Arc::new(AtomicBool::new(false));
+    let resender = plan
+        .chaos
+        .is_some()
+        .then(|| tokio::spawn(resend_due(shared.clone(), stop_resends.clone())));
 
     let scheduled = generate(&shared, progress).await;
 
-    // Drain: every permit back means every request has completed (each has the client's timeout).
     let permits = u32::try_from(plan.max_in_flight.max(1)).unwrap_or(u32::MAX);
+    let mut resend_drain = Duration::ZERO;
+    if let Some(resender) = resender {
+        // Refused posts are sent again until accepted, as a client holding their keys would.
+        let end = shared.elapsed();
+        loop {
+            let idle = lock(&shared.ledger).resend.is_empty()
+                && shared.in_flight.available_permits() == permits as usize;
+            if idle || shared.elapsed() >= end + RESEND_DEADLINE {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        resend_drain = shared.elapsed().saturating_sub(end);
+        stop_resends.store(true, Ordering::Relaxed);
+        let _ = resender.await;
+    }
+    // Drain: every permit back means every request has completed (each has the client's timeout).
     let _all = shared.in_flight.acquire_many(permits).await;
     let outage = match outage {
         Some(task) => task.await.ok(),
         None => None,
+    };
+    let faults = match faults {
+        Some(task) => task.await.unwrap_or_default(),
+        None => Vec::new(),
     };
     loop {
         let pending: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&shared.checks));
@@ -499,8 +602,17 @@ pub async fn run(env: &LoadEnv, plan: &LoadPlan, progress: &ProgressBar) -> Load
     let (breaker, memory) = poller.await.unwrap_or_default();
 
     let recorder = std::mem::take(&mut *lock(&shared.recorder));
-    let ledger = std::mem::take(&mut *lock(&shared.ledger));
+    let mut ledger = std::mem::take(&mut *lock(&shared.ledger));
     let freshness = std::mem::take(&mut *lock(&shared.freshness));
+    let chaos = shared.chaos.as_ref().map(|tally| {
+        ledger.stats.never_accepted =
+            ledger.posts.iter().filter(|p| p.acked.is_none()).count() as u64;
+        ChaosResult {
+            faults,
+            periods: tally.periods(),
+            resend_drain_s: resend_drain.as_secs_f64(),
+        }
+    });
     LoadResult {
         plan: plan.clone(),
         elapsed: recorder.last_completion.max(Duration::from_millis(1)),
@@ -524,6 +636,42 @@ pub async fn run(env: &LoadEnv, plan: &LoadPlan, progress: &ProgressBar) -> Load
         breaker,
         memory,
         outage,
+        chaos,
+    }
+}
+
+/// Sends every post of the resend queue that is due, each to the instance after the one it last went to,
+/// until `stop`.
+async fn resend_due(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let targets = shared.env.targets.len().max(1);
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let now = shared.elapsed();
+        let due: Vec<(usize, usize)> = {
+            let mut ledger = lock(&shared.ledger);
+            let mut due = Vec::new();
+            let mut waiting = Vec::new();
+            for pending in std::mem::take(&mut ledger.resend) {
+                if pending.not_before <= now {
+                    due.push(pending.post);
+                } else {
+                    waiting.push(pending);
+                }
+            }
+            ledger.resend = waiting;
+            ledger.stats.resent += due.len() as u64;
+            due.into_iter()
+                .map(|index| {
+                    let post = &ledger.posts[index];
+                    (index, (post.instance + post.attempts as usize) % targets)
+                })
+                .collect()
+        };
+        for (index, target) in due {
+            send_post(&shared, index, target, false, now);
+        }
     }
 }
 
@@ -715,6 +863,13 @@ fn dispatch_retry(shared: &Arc<Shared>, at: Duration, other_instance: bool) {
 
 fn send_post(shared: &Arc<Shared>, index: usize, target: usize, retry_later: bool, at: Duration) {
     let Ok(permit) = shared.in_flight.clone().try_acquire_owned() else {
+        if shared.chaos.is_some() {
+            resend(
+                &mut lock(&shared.ledger),
+                index,
+                shared.elapsed() + RESEND_AFTER_FAILURE,
+            );
+        }
         shared.complete(Endpoint::Post, at, Outcome::Failed(OVERFLOW));
         return;
     };
@@ -729,6 +884,17 @@ fn send_post(shared: &Arc<Shared>, index: usize, target: usize, retry_later: boo
         let url = shared.room_url(target, room);
         let reply = shared.env.http.post_json(&url, body, Some(&key)).await;
         let outcome = match reply {
+            Ok(reply) if reply.status != StatusCode::CREATED && shared.chaos.is_some() => {
+                chaos_refusal_or_failure(&shared, index, &reply)
+            }
+            Err(e) if shared.chaos.is_some() => {
+                resend(
+                    &mut lock(&shared.ledger),
+                    index,
+                    shared.elapsed() + RESEND_AFTER_FAILURE,
+                );
+                Outcome::Failed(e.cause())
+            }
             Ok(reply) if reply.status == StatusCode::CREATED => {
                 on_created(&shared, index, target, &reply, retry_later);
                 Outcome::Answered {
@@ -776,6 +942,40 @@ fn send_post(shared: &Arc<Shared>, index: usize, target: usize, retry_later: boo
         shared.complete(Endpoint::Post, at, outcome);
         drop(permit);
     });
+}
+
+/// In a chaos run, a post's answer other than `201`: a documented refusal, sent again after its
+/// `Retry-After`, or a failure (a `5xx` is sent again too, so nothing stays unaccepted for want of trying).
+fn chaos_refusal_or_failure(shared: &Shared, index: usize, reply: &Reply) -> Outcome {
+    let now = shared.elapsed();
+    let mut ledger = lock(&shared.ledger);
+    match Refusal::of(reply) {
+        Some(refusal) => {
+            ledger.stats.refused += 1;
+            resend(&mut ledger, index, now + chaos::resend_delay(reply));
+            Outcome::Refused(refusal)
+        }
+        None => {
+            if reply.status.is_server_error() {
+                resend(&mut ledger, index, now + RESEND_AFTER_FAILURE);
+            }
+            Outcome::Answered {
+                hit: false,
+                error: status_error(reply.status)
+                    .map(|cause| format!("post {cause}{}", problem_type(reply))),
+            }
+        }
+    }
+}
+
+/// Queues a post without a `201` for [`resend_due`], however many attempts it took.
+fn resend(ledger: &mut Ledger, index: usize, not_before: Duration) {
+    if ledger.posts[index].acked.is_none() && !ledger.resend.iter().any(|p| p.post == index) {
+        ledger.resend.push(PendingRetry {
+            post: index,
+            not_before,
+        });
+    }
 }
 
 /// Queues another attempt of a post that got no `201`, or gives it up.
@@ -843,8 +1043,14 @@ async fn check_freshness(shared: Arc<Shared>, room: u32, id: i64, acked_at: Dura
         let reply = shared.get(target, &shared.room_url(target, room)).await;
         let mut freshness = lock(&shared.freshness);
         freshness.checks += 1;
+        let mut served_from = String::new();
         let page = match reply {
             Ok(reply) if reply.status == StatusCode::OK => {
+                for name in [crate::client::CACHE_STATUS, http::header::AGE] {
+                    if let Some(value) = reply.headers.get(&name).and_then(|v| v.to_str().ok()) {
+                        served_from.push_str(&format!("{name}: {value}; "));
+                    }
+                }
                 serde_json::from_slice::<PageIds>(&reply.body).ok()
             }
             Ok(reply) => {
@@ -875,6 +1081,8 @@ async fn check_freshness(shared: Arc<Shared>, room: u32, id: i64, acked_at: Dura
                         instance: instance.name.clone(),
                         newest_on_page: ids.iter().copied().max(),
                         after_ms: sent_at.saturating_sub(acked_at).as_secs_f64() * 1000.0,
+                        acked_at_s: acked_at.as_secs_f64(),
+                        cache_status: served_from.trim_end_matches("; ").to_owned(),
                     });
                 }
             }

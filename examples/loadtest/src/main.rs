@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use chat_loadtest::chaos;
 use chat_loadtest::churn::ChurnPlan;
 use chat_loadtest::procs::{CpuPlan, find_on_path};
 use chat_loadtest::runner::{self, Options, RateSearch, parse_duration};
@@ -22,6 +23,10 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// Starts moderation and chat-service from --bin-dir for each variant, drives the chat mix at a constant
 /// arrival rate with a moderation outage, checks correctness, searches the highest rate each variant sustains,
 /// prints a verdict per target and writes report.json and report.html.
+///
+/// With --chaos, runs the mix on two instances sharing a redis-server while Redis and the moderation service
+/// fail on a schedule, and reports what was served, refused and lost, with a verdict per guarantee; the exit
+/// status is 1 when a guarantee broke.
 #[derive(Debug, Parser)]
 #[command(name = "chat-loadtest", version)]
 struct Cli {
@@ -37,9 +42,9 @@ struct Cli {
     /// Arrival rate of the main phase, requests per second.
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
-    /// Length of the main phase (e.g. 30s, 2m).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    duration: Duration,
+    /// Length of the main phase (e.g. 30s, 2m) [default: 30s, 90s with --chaos].
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
     /// Unmeasured warm-up before the main phase.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     warmup: Duration,
@@ -104,6 +109,16 @@ struct Cli {
     /// Also write a PNG of the HTML report to this path, taken with headless Chromium (1280 x 1400).
     #[arg(long, value_name = "PNG")]
     screenshot: Option<PathBuf>,
+    /// Chaos run: only two stacked instances sharing a redis-server (needs redis-server on PATH), with Redis
+    /// killed and restarted empty, frozen (SIGSTOP), 1 s slower and its connections reset, and moderation
+    /// slow, answering 500, hanging and refusing connections, one after the other with calm gaps, while the
+    /// mix runs; refused posts are sent again with their key until accepted. No max-rate search or churn.
+    #[arg(long, conflicts_with_all = ["variants", "max_rate", "outage"])]
+    chaos: bool,
+    /// An argument added to every chat-service command line; repeat it for several, such as
+    /// --chat-arg=--moderation-breaker-wait=1s.
+    #[arg(long = "chat-arg", value_name = "ARG", allow_hyphen_values = true)]
+    chat_args: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -148,7 +163,11 @@ impl Cli {
             out_dir: self.out_dir,
             variants,
             rate: self.rate,
-            duration: self.duration,
+            duration: self.duration.unwrap_or(if self.chaos {
+                chaos::DEFAULT_DURATION
+            } else {
+                Duration::from_secs(30)
+            }),
             warmup: self.warmup,
             max_requests: self.max_requests,
             max_in_flight: self.max_in_flight,
@@ -157,7 +176,11 @@ impl Cli {
             burst: self.burst,
             zipf_exponent: self.zipf,
             retry_share: self.retry_share,
-            outage: self.outage,
+            outage: if self.chaos {
+                Duration::ZERO
+            } else {
+                self.outage
+            },
             search,
             seed: self.seed,
             timeout: self.timeout,
@@ -170,6 +193,8 @@ impl Cli {
                 limit: 50,
                 run_id: String::new(),
             }),
+            chaos: self.chaos,
+            chat_args: self.chat_args,
         }
     }
 }
@@ -221,7 +246,12 @@ fn main() -> ExitCode {
         "\nTwo instances: {}.\n",
         report.two_instances_note
     ));
-    text.push_str("\n## Verdicts\n\n");
+    if let Some(chaos) = &report.chaos {
+        text.push_str(&chaos.text());
+        text.push_str("\n## Guarantees\n\n");
+    } else {
+        text.push_str("\n## Verdicts\n\n");
+    }
     text.push_str(&report.verdict_table());
     if let Some(note) = report.busy_machine_note() {
         text.push_str(&format!("\nWarning: {note}.\n"));
@@ -248,7 +278,17 @@ fn main() -> ExitCode {
                 let shown = std::fs::canonicalize(&html).unwrap_or(html);
                 let _ = writeln!(std::io::stdout(), "file://{}", shown.display());
             }
-            ExitCode::SUCCESS
+            let broken = report.broken_guarantees();
+            if broken.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                let names: Vec<&str> = broken.iter().map(|v| v.target.as_str()).collect();
+                eprintln!(
+                    "chat-loadtest: guarantees broken under chaos: {}",
+                    names.join("; ")
+                );
+                ExitCode::FAILURE
+            }
         }
         Err(error) => {
             eprintln!("chat-loadtest: {error}");

@@ -271,6 +271,8 @@ impl Service {
             .env_remove("CACHE_DISK_PATH")
             .env_remove("CHAT_BARE")
             .env_remove("MODERATION_URL")
+            .env_remove("MODERATION_TIMEOUT")
+            .env_remove("MODERATION_BREAKER_WAIT")
             .env_remove("IDEMPOTENCY_KEY_REQUIRED")
             .env("RUST_LOG", "warn")
             .envs(envs.iter().copied())

@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::Error;
+use crate::chaos_report::ChaosReport;
 use crate::check::{ColdBurst, HistoryCheck};
 use crate::churn::ChurnInstance;
 use crate::load::{BreakerChange, Freshness, LoadResult, OutageRecord, PostStats};
@@ -314,7 +315,8 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    fn new(target: &str, measured: String, met: Option<bool>) -> Self {
+    /// A verdict on `target`.
+    pub fn new(target: &str, measured: String, met: Option<bool>) -> Self {
         Self {
             target: target.to_owned(),
             measured,
@@ -349,8 +351,10 @@ pub struct Report {
     pub two_instances_note: String,
     /// Variants in the order run.
     pub variants: Vec<VariantReport>,
-    /// Verdicts, filled by [`Report::finish`].
+    /// Verdicts, filled by [`Report::finish`]: the targets, or in a chaos run its guarantees.
     pub verdicts: Vec<Verdict>,
+    /// The faults and what they did, in a chaos run.
+    pub chaos: Option<ChaosReport>,
 }
 
 fn pct(value: Option<f64>) -> String {
@@ -381,8 +385,12 @@ impl Report {
             cpus: options.cpus.available(),
             pinning: options.cpus,
             options: options.clone(),
-            two_instances: two,
-            two_instances_note: if two {
+            two_instances: two || options.chaos,
+            two_instances_note: if options.chaos {
+                "two stacked instances on one SQLite file shared a redis-server started by the load test, \
+                 reaching it and the moderation service through fault proxies"
+                    .to_owned()
+            } else if two {
                 "two stacked instances on one SQLite file shared a redis-server started by the load test".to_owned()
             } else if crate::procs::find_on_path("redis-server").is_none() {
                 "not run: redis-server is not on PATH".to_owned()
@@ -391,6 +399,7 @@ impl Report {
             },
             variants: Vec::new(),
             verdicts: Vec::new(),
+            chaos: None,
         }
     }
 
@@ -401,7 +410,21 @@ impl Report {
 
     /// Computes the verdicts from the variants.
     pub fn finish(&mut self) {
-        self.verdicts = self.compute_verdicts();
+        self.verdicts = match &self.chaos {
+            Some(chaos) => chaos.guarantees(),
+            None => self.compute_verdicts(),
+        };
+    }
+
+    /// In a chaos run, the guarantees that broke; always empty otherwise (missed targets are not failures).
+    pub fn broken_guarantees(&self) -> Vec<&Verdict> {
+        if self.chaos.is_none() {
+            return Vec::new();
+        }
+        self.verdicts
+            .iter()
+            .filter(|v| v.met != Some(true))
+            .collect()
     }
 
     fn compute_verdicts(&self) -> Vec<Verdict> {
@@ -904,6 +927,8 @@ pub(crate) mod tests {
             cpus: CpuPlan::none(),
             progress: false,
             churn: None,
+            chaos: false,
+            chat_args: Vec::new(),
         }
     }
 
@@ -932,6 +957,7 @@ pub(crate) mod tests {
                 zipf_exponent: 1.0,
                 retry_share: 0.0,
                 outage: None,
+                chaos: None,
                 check_freshness: true,
                 seed: 1,
                 label: String::new(),
@@ -953,6 +979,7 @@ pub(crate) mod tests {
             breaker: Vec::new(),
             memory: Vec::new(),
             outage: None,
+            chaos: None,
         };
         let instances = vec![InstanceReport {
             name: "chat-service".into(),

@@ -8,12 +8,14 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use crate::Error;
+use crate::chaos::{self, ChaosSchedule};
+use crate::chaos_report::ChaosReport;
 use crate::check;
 use crate::churn::{self, ChurnPlan};
 use crate::client::Http;
 use crate::load::{self, FRESHNESS_BOUND, LoadEnv, LoadPlan, LoadResult, Outage, Target};
 use crate::observe::{MetricCounters, Stats};
-use crate::procs::{CpuPlan, Memory};
+use crate::procs::{CpuPlan, Memory, find_on_path};
 use crate::report::{InstanceReport, Report, VariantReport};
 use crate::stack::{Stack, StackConfig, Variant};
 
@@ -60,6 +62,10 @@ pub struct Options {
     pub progress: bool,
     /// The churn phase of the stacked variants, if any.
     pub churn: Option<ChurnPlan>,
+    /// Run the chaos scenario instead of the comparison ([`run_chaos`]).
+    pub chaos: bool,
+    /// Arguments added to every chat-service command line.
+    pub chat_args: Vec<String>,
 }
 
 /// How the highest sustainable rate is searched: step up by `factor` from `start` until a step fails (or
@@ -174,23 +180,149 @@ pub fn step_passes(rate: f64, result: &LoadResult, bound: Duration) -> bool {
 /// Runs every variant of `options` and builds the report. Processes are stopped when each variant ends, and
 /// also when this future is dropped (Ctrl-C).
 pub async fn run(options: &Options) -> Result<Report, Error> {
-    let bars = MultiProgress::with_draw_target(if options.progress {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    });
+    if options.chaos {
+        return run_chaos(options).await;
+    }
+    let bars = progress_bars(options);
     let mut report = Report::new(options);
-    let run_id = format!(
-        "{}",
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis())
-    );
+    let run_id = run_id();
     for (index, &variant) in options.variants.iter().enumerate() {
         let variant_report =
             run_variant(options, variant, &format!("{run_id}v{index}"), &bars).await?;
         report.variants.push(variant_report);
     }
+    report.finish();
+    Ok(report)
+}
+
+fn progress_bars(options: &Options) -> MultiProgress {
+    MultiProgress::with_draw_target(if options.progress {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    })
+}
+
+/// Unique per run: part of every post's token.
+fn run_id() -> String {
+    format!(
+        "{}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    )
+}
+
+/// Runs the chaos scenario: two stacked instances sharing a redis-server, with Redis and moderation behind
+/// fault proxies, under the chat mix at the main rate while the faults of
+/// [`ChaosSchedule::spread`]`(duration)` happen; then the history of every touched room is read back on both
+/// instances. Refused posts are sent again with their key until accepted.
+///
+/// Needs `redis-server` and `redis-cli` on `PATH`.
+pub async fn run_chaos(options: &Options) -> Result<Report, Error> {
+    for program in ["redis-server", "redis-cli"] {
+        if find_on_path(program).is_none() {
+            return Err(Error::Setup(format!(
+                "--chaos runs two chat-service instances sharing a redis-server, and {program} is not on PATH: \
+                 install it (apt-get install -y redis-server; `cargo xtask test` installs it too)"
+            )));
+        }
+    }
+    let bars = progress_bars(options);
+    let variant = Variant::Stacked2;
+    let mut config = StackConfig::new(
+        options.bin_dir.clone(),
+        options.rooms,
+        options.messages_per_room,
+        options.cpus,
+    );
+    config.fault_proxies = true;
+    config.chat_args = options.chat_args.iter().map(Into::into).collect();
+    let starting = bars.add(ProgressBar::new_spinner());
+    starting.set_message(format!(
+        "{variant}: starting and seeding, with fault proxies"
+    ));
+    starting.enable_steady_tick(Duration::from_millis(200));
+    let stack = tokio::task::spawn_blocking(move || Stack::start(variant, &config))
+        .await
+        .map_err(|e| Error::Setup(format!("starting {variant}: {e}")))??;
+    starting.finish_and_clear();
+    let mut stack = stack;
+    let env = LoadEnv {
+        http: Http::new(options.timeout),
+        targets: targets(&stack),
+        moderation: stack.moderation().base_url(),
+        faults: stack.fault_controls(),
+        seeded: stack.seeded(),
+        run_id: format!("{}x", run_id()),
+    };
+    let http = &env.http;
+    if options.warmup > Duration::ZERO {
+        let mut warmup = main_plan(options, "warm-up");
+        warmup.duration = options.warmup;
+        warmup.outage = None;
+        warmup.check_freshness = false;
+        warmup.seed = options.seed ^ 0x5eed;
+        let pb = bar(&bars, &format!("{variant} warm-up"), warmup.duration);
+        load::run(&env, &warmup, &pb).await;
+        pb.finish_and_clear();
+    }
+    let own: Vec<u32> = std::iter::once(std::process::id())
+        .chain(std::iter::once(stack.moderation().pid()))
+        .chain(stack.instances().iter().map(|s| s.pid()))
+        .chain(stack.redis_pid())
+        .collect();
+    let load_before = crate::procs::load_average();
+    let other_cpu = crate::procs::OtherCpu::start(own);
+    let before = snapshot(http, &env.targets).await?;
+    let mut transitions_before = Vec::new();
+    for target in &env.targets {
+        transitions_before.push(chaos::breaker_transitions(http, &target.base).await);
+    }
+    let mut plan = main_plan(options, "chaos");
+    plan.outage = None;
+    plan.chaos = Some(ChaosSchedule::spread(options.duration));
+    let pb = bar(
+        &bars,
+        &format!("{variant} chaos {:.0} req/s", options.rate),
+        plan.duration,
+    );
+    let mut main = load::run(&env, &plan, &pb).await;
+    pb.finish();
+    let after = snapshot(http, &env.targets).await?;
+    let mut transitions = Vec::new();
+    for (target, before) in env.targets.iter().zip(&transitions_before) {
+        let after = chaos::breaker_transitions(http, &target.base).await;
+        transitions.push((
+            target.name.clone(),
+            chaos::transitions_since(&after, before),
+        ));
+    }
+    let load_after = crate::procs::load_average();
+    let other_cpu_cores = other_cpu.and_then(|m| m.cores());
+    tokio::time::sleep(FRESHNESS_BOUND).await;
+    let history =
+        check::verify_history(http, &env.targets, &main.ledger, &main.touched_rooms).await;
+    stack.check_alive()?;
+    let chaos_result = main.chaos.take();
+    let mut instances = instance_reports(&env.targets, &before, &after, &main);
+    for (instance, service) in instances.iter_mut().zip(stack.instances()) {
+        if let Some(memory) = service.memory() {
+            instance.peak_rss_mib = instance.peak_rss_mib.max(memory.peak_mib());
+        }
+    }
+    let mut variant_report = VariantReport::new(variant, main, history, None, instances, None);
+    variant_report.load_average = (load_before, load_after);
+    variant_report.other_cpu_cores = other_cpu_cores;
+    let mut report = Report::new(options);
+    report.chaos = Some(ChaosReport::new(
+        plan.chaos
+            .unwrap_or_else(|| ChaosSchedule::spread(options.duration)),
+        chaos_result,
+        &variant_report,
+        transitions,
+    ));
+    report.variants.push(variant_report);
     report.finish();
     Ok(report)
 }
@@ -213,12 +345,12 @@ async fn run_variant(
     run_id: &str,
     bars: &MultiProgress,
 ) -> Result<VariantReport, Error> {
-    let config = StackConfig {
-        bin_dir: options.bin_dir.clone(),
-        rooms: options.rooms,
-        messages_per_room: options.messages_per_room,
-        cpus: options.cpus,
-    };
+    let config = StackConfig::new(
+        options.bin_dir.clone(),
+        options.rooms,
+        options.messages_per_room,
+        options.cpus,
+    );
     let starting = bars.add(ProgressBar::new_spinner());
     starting.set_message(format!("{variant}: starting and seeding"));
     starting.enable_steady_tick(Duration::from_millis(200));
@@ -231,13 +363,14 @@ async fn run_variant(
         http: http.clone(),
         targets: targets(&stack),
         moderation: stack.moderation().base_url(),
+        faults: None,
         seeded: stack.seeded(),
         run_id: run_id.to_owned(),
     };
     let mut stack = stack;
     let mut own = vec![std::process::id(), stack.moderation().pid()];
     own.extend(stack.instances().iter().map(|s| s.pid()));
-    own.extend(stack.redis().and_then(|r| r.pid()));
+    own.extend(stack.redis_pid());
     let result = measure_variant(options, variant, &env, &own, bars).await;
     let alive = stack.check_alive();
     let mut report = result?;
@@ -294,6 +427,7 @@ pub fn main_plan(options: &Options, label: &str) -> LoadPlan {
         zipf_exponent: options.zipf_exponent,
         retry_share: options.retry_share,
         outage,
+        chaos: None,
         check_freshness: true,
         seed: options.seed,
         label: label.to_owned(),
@@ -355,8 +489,21 @@ async fn measure_variant(
         None => None,
     };
 
-    let instances = env
-        .targets
+    let instances = instance_reports(&env.targets, &before, &after, &main);
+    let mut report = VariantReport::new(variant, main, history, cold, instances, max_rate);
+    report.load_average = (load_before, load_after);
+    report.other_cpu_cores = other_cpu_cores;
+    Ok(report)
+}
+
+/// What each instance did in a main phase, from `/stats` and `/metrics` read `before` and `after` it.
+fn instance_reports(
+    targets: &[Target],
+    before: &[(Stats, Option<MetricCounters>)],
+    after: &[(Stats, Option<MetricCounters>)],
+    main: &LoadResult,
+) -> Vec<InstanceReport> {
+    targets
         .iter()
         .enumerate()
         .map(|(i, target)| {
@@ -382,11 +529,7 @@ async fn measure_variant(
                 churn: None,
             }
         })
-        .collect();
-    let mut report = VariantReport::new(variant, main, history, cold, instances, max_rate);
-    report.load_average = (load_before, load_after);
-    report.other_cpu_cores = other_cpu_cores;
-    Ok(report)
+        .collect()
 }
 
 async fn snapshot(

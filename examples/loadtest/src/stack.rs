@@ -4,12 +4,14 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use tempfile::TempDir;
 use test_support::RedisServer;
 
 use crate::Error;
+use crate::chaos::{FaultControls, ProxyRuntime};
 use crate::procs::{CpuPlan, Service};
 
 /// What is started and compared.
@@ -66,6 +68,34 @@ pub struct StackConfig {
     pub messages_per_room: u32,
     /// CPU pinning.
     pub cpus: CpuPlan,
+    /// Arguments added to every chat-service command line.
+    pub chat_args: Vec<OsString>,
+    /// Two instances only: reach Redis and moderation through fault proxies ([`Stack::fault_controls`]).
+    pub fault_proxies: bool,
+}
+
+impl StackConfig {
+    /// Binaries in `bin_dir`, `rooms` rooms of `messages_per_room` seeded messages, no extra arguments and no
+    /// fault proxies.
+    pub fn new(bin_dir: PathBuf, rooms: u32, messages_per_room: u32, cpus: CpuPlan) -> Self {
+        Self {
+            bin_dir,
+            rooms,
+            messages_per_room,
+            cpus,
+            chat_args: Vec::new(),
+            fault_proxies: false,
+        }
+    }
+}
+
+/// The fault proxies of a chaos run and the runtime they run on.
+#[derive(Debug)]
+struct Proxies {
+    redis: Arc<test_support::FaultProxy>,
+    moderation: Arc<test_support::FaultProxy>,
+    // Held for its drop, last: the proxies' tasks end with it.
+    _runtime: ProxyRuntime,
 }
 
 /// The seeded data, which the load needs to form its URLs.
@@ -100,8 +130,9 @@ pub struct Stack {
     seeded: Seeded,
     // Dropped in declaration order: the chat instances stop before their dependencies, the directory goes last.
     instances: Vec<Service>,
+    proxies: Option<Proxies>,
     moderation: Service,
-    redis: Option<RedisServer>,
+    redis: Option<Arc<Mutex<RedisServer>>>,
     dir: TempDir,
 }
 
@@ -109,8 +140,14 @@ impl Stack {
     /// Starts `variant` and waits until every process listens. Blocking: call it from `spawn_blocking`.
     ///
     /// The first instance seeds a fresh SQLite file in a temporary directory before it listens; a second
-    /// instance serves the same file. Every run of a variant starts from identical data.
+    /// instance serves the same file. Every run of a variant starts from identical data. With
+    /// [`StackConfig::fault_proxies`] the instances reach Redis and moderation through fault proxies.
     pub fn start(variant: Variant, config: &StackConfig) -> Result<Self, Error> {
+        if config.fault_proxies && variant != Variant::Stacked2 {
+            return Err(Error::Setup(format!(
+                "fault proxies need the two-instance variant, not {variant}"
+            )));
+        }
         let dir = tempfile::Builder::new()
             .prefix("chat-loadtest-")
             .tempdir()
@@ -134,11 +171,32 @@ impl Stack {
             Variant::Stacked2 => Some(RedisServer::start()?),
             _ => None,
         };
+        let proxies = match (&redis, config.fault_proxies) {
+            (Some(redis), true) => {
+                let runtime = ProxyRuntime::start()?;
+                let moderation_addr = moderation.addr();
+                Some(Proxies {
+                    redis: Arc::new(runtime.proxy(redis.addr())?),
+                    moderation: Arc::new(runtime.proxy(moderation_addr)?),
+                    _runtime: runtime,
+                })
+            }
+            _ => None,
+        };
+        let redis_url = match (&proxies, &redis) {
+            (Some(proxies), _) => Some(format!("redis://{}", proxies.redis.addr())),
+            (None, Some(redis)) => Some(redis.url()),
+            (None, None) => None,
+        };
+        let moderation_url = match &proxies {
+            Some(proxies) => format!("http://{}", proxies.moderation.addr()),
+            None => moderation.base_url(),
+        };
         let database = dir.path().join("chat.db");
         let mut instances = Vec::new();
         for index in 0..variant.instances() {
             let mut chat_args = args(&["--listen", "127.0.0.1:0", "--moderation-url"]);
-            chat_args.push(moderation.base_url().into());
+            chat_args.push(moderation_url.clone().into());
             chat_args.push("--database-url".into());
             chat_args.push(database.clone().into_os_string());
             if index == 0 {
@@ -148,10 +206,11 @@ impl Stack {
             if variant == Variant::Bare {
                 chat_args.push("--bare".into());
             }
-            if let Some(redis) = &redis {
+            if let Some(url) = &redis_url {
                 chat_args.push("--redis-url".into());
-                chat_args.push(redis.url().into());
+                chat_args.push(url.into());
             }
+            chat_args.extend(config.chat_args.iter().cloned());
             let name = if variant.instances() > 1 {
                 format!("chat-service-{}", index + 1)
             } else {
@@ -173,8 +232,9 @@ impl Stack {
                 messages_per_room: config.messages_per_room,
             },
             instances,
+            proxies,
             moderation,
-            redis,
+            redis: redis.map(|redis| Arc::new(Mutex::new(redis))),
             dir,
         })
     }
@@ -200,8 +260,28 @@ impl Stack {
     }
 
     /// The shared redis-server, for two instances.
-    pub fn redis(&self) -> Option<&RedisServer> {
+    pub fn redis(&self) -> Option<&Arc<Mutex<RedisServer>>> {
         self.redis.as_ref()
+    }
+
+    /// The process id of the shared redis-server while it runs.
+    pub fn redis_pid(&self) -> Option<u32> {
+        let redis = self.redis.as_ref()?;
+        redis
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pid()
+    }
+
+    /// What a chaos run needs to inject faults, when the stack was started with fault proxies.
+    pub fn fault_controls(&self) -> Option<FaultControls> {
+        let proxies = self.proxies.as_ref()?;
+        Some(FaultControls {
+            redis: self.redis.clone()?,
+            redis_proxy: proxies.redis.clone(),
+            moderation_proxy: proxies.moderation.clone(),
+            moderation: self.moderation.base_url(),
+        })
     }
 
     /// The temporary directory with the database and the logs.
@@ -261,12 +341,7 @@ mod tests {
     #[test]
     fn missing_binaries_fail_before_anything_starts() {
         let dir = tempfile::tempdir().unwrap();
-        let config = StackConfig {
-            bin_dir: dir.path().to_path_buf(),
-            rooms: 1,
-            messages_per_room: 1,
-            cpus: CpuPlan::none(),
-        };
+        let config = StackConfig::new(dir.path().to_path_buf(), 1, 1, CpuPlan::none());
         let err = Stack::start(Variant::Bare, &config).unwrap_err();
         assert!(matches!(err, Error::MissingBinary(_)), "{err}");
     }

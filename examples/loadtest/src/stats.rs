@@ -222,14 +222,17 @@ pub struct Timeline {
     pub history_hits: Vec<u64>,
     /// Errors in each second.
     pub errors: Vec<u64>,
+    /// Documented refusals of posts in each second (chaos runs: `503` or `409` with `Retry-After`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<u64>,
+    /// The slowest read completed in each second, ms (0 for seconds without reads).
+    pub slowest_read_ms: Vec<f64>,
 }
 
 impl Timeline {
     /// Counts one completed request at `elapsed` since the start.
     pub fn record(&mut self, elapsed: Duration, endpoint: Endpoint, hit: bool, error: bool) {
-        let second = usize::try_from(elapsed.as_secs())
-            .unwrap_or(usize::MAX)
-            .min(3_600);
+        let second = Self::second(elapsed);
         for series in [
             &mut self.completed,
             &mut self.history,
@@ -250,6 +253,33 @@ impl Timeline {
         if error {
             self.errors[second] += 1;
         }
+    }
+
+    /// Counts one documented refusal completed at `elapsed`.
+    pub fn record_refused(&mut self, elapsed: Duration) {
+        let second = Self::second(elapsed);
+        if self.refused.len() <= second {
+            self.refused.resize(second + 1, 0);
+        }
+        self.refused[second] += 1;
+    }
+
+    /// Keeps `latency` if it is the slowest read completed in the second of `elapsed`.
+    pub fn record_read_latency(&mut self, elapsed: Duration, latency: Duration) {
+        let second = Self::second(elapsed);
+        if self.slowest_read_ms.len() <= second {
+            self.slowest_read_ms.resize(second + 1, 0.0);
+        }
+        let ms = latency.as_secs_f64() * 1000.0;
+        if ms > self.slowest_read_ms[second] {
+            self.slowest_read_ms[second] = ms;
+        }
+    }
+
+    fn second(elapsed: Duration) -> usize {
+        usize::try_from(elapsed.as_secs())
+            .unwrap_or(usize::MAX)
+            .min(3_600)
     }
 
     /// History hit rate of each second, `None` for seconds without history responses.
@@ -415,6 +445,12 @@ mod tests {
         assert_eq!(timeline.history_hits, vec![1, 0, 0]);
         assert_eq!(timeline.errors, vec![0, 0, 1]);
         assert_eq!(timeline.hit_rates(), vec![Some(0.5), None, None]);
+        timeline.record_refused(Duration::from_millis(1_500));
+        assert_eq!(timeline.refused, vec![0, 1]);
+        timeline.record_read_latency(Duration::from_millis(200), Duration::from_millis(3));
+        timeline.record_read_latency(Duration::from_millis(300), Duration::from_millis(2));
+        timeline.record_read_latency(Duration::from_millis(2_100), Duration::from_millis(9));
+        assert_eq!(timeline.slowest_read_ms, vec![3.0, 0.0, 9.0]);
     }
 
     #[test]

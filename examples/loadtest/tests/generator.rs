@@ -112,6 +112,7 @@ async fn start(delay: Duration) -> (Arc<Mutex<Seen>>, LoadEnv) {
             pid: None,
         }],
         moderation: format!("http://{addr}"),
+        faults: None,
         seeded: Seeded {
             rooms: 5,
             messages_per_room: 100,
@@ -131,6 +132,7 @@ fn plan(rate: f64, duration: Duration, max_requests: u64, max_in_flight: usize) 
         zipf_exponent: 1.0,
         retry_share: 0.0,
         outage: None,
+        chaos: None,
         check_freshness: false,
         seed: 3,
         label: "test".into(),

@@ -7,9 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
+mod common;
+
 use std::time::Duration;
 
 use chat_loadtest::check::{self, ColdBurst, HistoryCheck};
@@ -19,34 +18,8 @@ use chat_loadtest::observe::Stats;
 use chat_loadtest::procs::CpuPlan;
 use chat_loadtest::runner::targets;
 use chat_loadtest::stack::{Stack, StackConfig, Variant};
+use common::bin_dir;
 use indicatif::ProgressBar;
-
-/// The debug `chat-service` and `moderation` next to this test executable (`target/debug/deps/..`), built with
-/// `$CARGO build` when they are missing (a run of this package's tests alone does not build other packages).
-fn bin_dir() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        let deps = exe.parent().expect("deps directory");
-        let dir = deps.parent().expect("profile directory").to_path_buf();
-        let missing = ["chat-service", "moderation"]
-            .iter()
-            .any(|name| !dir.join(name).is_file());
-        if missing {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-p", "chat-service", "-p", "moderation"])
-                .status()
-                .expect("running cargo build");
-            assert!(
-                status.success(),
-                "cargo build -p chat-service -p moderation failed"
-            );
-        }
-        dir
-    })
-    .clone()
-}
 
 /// What one scenario measured.
 struct Outcome {
@@ -59,12 +32,7 @@ struct Outcome {
 /// Starts `variant`, sends identical bursts for cold URLs to every instance, runs four seconds of the chat mix
 /// with retried posts and a short moderation outage, then reads every touched room's full history.
 async fn scenario(variant: Variant) -> Outcome {
-    let config = StackConfig {
-        bin_dir: bin_dir(),
-        rooms: 8,
-        messages_per_room: 40,
-        cpus: CpuPlan::none(),
-    };
+    let config = StackConfig::new(bin_dir(), 8, 40, CpuPlan::none());
     let stack = tokio::task::spawn_blocking(move || Stack::start(variant, &config))
         .await
         .unwrap()
@@ -74,6 +42,7 @@ async fn scenario(variant: Variant) -> Outcome {
         http: http.clone(),
         targets: targets(&stack),
         moderation: stack.moderation().base_url(),
+        faults: None,
         seeded: stack.seeded(),
         run_id: format!("test-{variant}"),
     };
@@ -106,6 +75,7 @@ async fn scenario(variant: Variant) -> Outcome {
             length: Duration::from_millis(500),
             grace: Duration::from_secs(10),
         }),
+        chaos: None,
         check_freshness: true,
         seed: 7,
         label: "test".into(),
