@@ -271,20 +271,21 @@ fn fuzz_targets(dir: &Path) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
-/// Settings of the default served comparison: 3 rounds of a 5 s window after a 1 s warm-up, for the 17
-/// variants about 5.5 minutes of load, at most 2.5 minutes of waiting for other processes to leave the CPUs
-/// (3 s a window), and a few seconds of start-up and validation: about 10 minutes on 2 cores when the
-/// release build is up to date. Three rounds give a median and a spread; the measurement used the
-/// same.
+/// Settings of the default served comparison: 9 rounds of a 2 s window after a 1 s warm-up, each window on
+/// a fresh server process, for the 17 variants about 9 minutes of load, start-up and validation, and at most
+/// 2.5 minutes of waiting for other processes to leave the CPUs (1 s a window): about 10 minutes on 2 cores
+/// when the release build is up to date. On the shared development machine a variant's req/s moves by ±15 %
+/// between windows and by up to 40 % between processes, so many short rounds give medians and paired ratios
+/// that one disturbed window or one unlucky process cannot move.
 const SERVED_DEFAULTS: [&str; 8] = [
     "--rounds",
-    "3",
+    "9",
     "--seconds",
-    "5",
+    "2",
     "--warmup",
     "1",
     "--quiet-wait",
-    "3",
+    "1",
 ];
 
 /// The load generator of the served comparison and `taskset`, which pins it and the servers to their cores.

@@ -273,33 +273,33 @@ fn run(raw: &[String]) -> Result<()> {
     }
     let sink = OtlpSink::start()?;
     let scripts = ScriptDir::create()?;
-    let mut servers = Vec::new();
-    for &variant in &args.variants {
-        servers.push(ServerProcess::spawn(
-            variant,
-            args.pinning.server_cpu(),
-            sink.addr,
-        )?);
-    }
     let client = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut span_sizes = HashMap::new();
-    for server in &mut servers {
-        if let Some(size) = client.block_on(validate::validate(server, &sink))? {
-            span_sizes.insert(server.variant, size);
+    // A fresh server process for every window: the same binary serving the same variant runs up to 40 %
+    // faster or slower from one process to the next on this kind of machine (memory layout, page placement),
+    // steadily for the life of the process. Started once and kept, a variant would carry one process's luck
+    // through every round; restarted, the rounds sample it and the median evens it out.
+    let start = |variant: Variant,
+                 span_sizes: &mut HashMap<Variant, validate::SpanSize>|
+     -> Result<ServerProcess> {
+        let mut server = ServerProcess::spawn(variant, args.pinning.server_cpu(), sink.addr)?;
+        if let Some(size) = client.block_on(validate::validate(&mut server, &sink))? {
+            span_sizes.entry(variant).or_insert(size);
         }
+        Ok(server)
+    };
+    let mut span_sizes = HashMap::new();
+    for &variant in &args.variants {
+        let server = start(variant, &mut span_sizes)?;
         eprintln!(
             "validated {:<22} pid {} on {}",
-            server.variant.name(),
+            variant.name(),
             server.pid,
             server.addr
         );
     }
 
-    let pids: Vec<u32> = std::iter::once(std::process::id())
-        .chain(servers.iter().map(|s| s.pid))
-        .collect();
     let settings = Settings {
         connections: args.connections,
         seconds: args.seconds,
@@ -308,22 +308,32 @@ fn run(raw: &[String]) -> Result<()> {
         scripts: &scripts,
     };
     let mut samples: BTreeMap<Variant, Vec<Sample>> = BTreeMap::new();
+    let mut peaks: BTreeMap<Variant, f64> = BTreeMap::new();
     let mut waited = Duration::ZERO;
     let mut shuffle = Shuffle(args.seed);
-    let mut order: Vec<usize> = (0..servers.len()).collect();
+    let mut order: Vec<Variant> = args.variants.clone();
     for round in 1..=args.rounds {
         shuffle.shuffle(&mut order);
-        for &i in &order {
+        for &variant in &order {
+            let name = variant.name();
+            let mut server = start(variant, &mut span_sizes)
+                .map_err(|e| format!("{name} (round {round}): {e}"))?;
+            let pids = [std::process::id(), server.pid];
             waited += system::wait_for_quiet(
                 &pids,
                 args.pinning.quiet_cores(),
                 Duration::from_secs_f64(args.quiet_wait),
             );
-            let server = &mut servers[i];
-            let name = server.variant.name();
-            let span_size = span_sizes.get(&server.variant);
-            let sample = measure(server, &pids, &sink, span_size, &settings, round)
+            let span_size = span_sizes.get(&variant);
+            let sample = measure(&mut server, &pids, &sink, span_size, &settings, round)
                 .map_err(|e| format!("{name} (round {round}): {e}"))?;
+            // After the load: every probe again (breaker still closed, dedup's map empty), then the peak.
+            server
+                .check()
+                .map_err(|e| format!("{name} (round {round}), after the load: {e}"))?;
+            let peak = server.memory()?.peak_mb;
+            let kept = peaks.entry(variant).or_insert(peak);
+            *kept = kept.max(peak);
             eprintln!(
                 "round {round}/{} {name:<22} {:>8.0} req/s  p99 {:>6.0} µs  server {:>6.2} µs/req  busy server \
                  {:.2} wrk {:.2}  others {:.2}",
@@ -335,18 +345,9 @@ fn run(raw: &[String]) -> Result<()> {
                 sample.generator_busy,
                 sample.others_cores,
             );
-            samples.entry(server.variant).or_default().push(sample);
+            samples.entry(variant).or_default().push(sample);
         }
     }
-    // After the load: every probe again (breaker still closed, dedup's map empty), then each server's peak.
-    let mut peaks = BTreeMap::new();
-    for server in &mut servers {
-        server
-            .check()
-            .map_err(|e| format!("after the last round: {e}"))?;
-        peaks.insert(server.variant, server.memory()?.peak_mb);
-    }
-    drop(servers);
 
     let mut report = Report {
         date: system::utc_now(),

@@ -432,8 +432,8 @@ impl Report {
             _ => "placed by the scheduler, as are `wrk` and the harness (`--pin off`)".to_owned(),
         };
         format!(
-            "Each variant's server is a process of its own (the harness re-executed in a `serve` mode) with one \
-             Tokio worker thread, {placement}. `wrk -t{} -c{}` drives it for {} s{warmup}, \
+            "Each variant's server is a process of its own (the harness re-executed in a `serve` mode), started \
+             afresh for every window, with one Tokio worker thread, {placement}. `wrk -t{} -c{}` drives it for {} s{warmup}, \
              over {} rotating URLs (`/rooms/room-N/messages`), or with a query string no other request carries \
              where the variant says so. Every round visits every variant once, in a shuffled order; the tables \
              give medians over {} rounds with min and max. Ratios are against bare axum in the same run \
