@@ -329,7 +329,7 @@ fn run(raw: &[String]) -> Result<()> {
                 .map_err(|e| format!("{name} (round {round}): {e}"))?;
             // After the load: every probe again (breaker still closed, dedup's map empty), then the peak.
             server
-                .check()
+                .check_settled(Duration::from_secs(2))
                 .map_err(|e| format!("{name} (round {round}), after the load: {e}"))?;
             let peak = server.memory()?.peak_mb;
             let kept = peaks.entry(variant).or_insert(peak);

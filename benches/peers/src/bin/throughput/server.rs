@@ -105,6 +105,20 @@ impl ServerProcess {
         self.command("check").map(drop)
     }
 
+    /// [`check`](Self::check) right after a window: wrk stops with requests in flight, and the server drops
+    /// them (and their in-flight entries) only once it reads the closed connections, so a failed check is
+    /// asked again for up to `patience` before it counts.
+    pub fn check_settled(&mut self, patience: std::time::Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            match self.check() {
+                Ok(()) => return Ok(()),
+                Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        }
+    }
+
     /// Exports the spans ended so far and waits for the sink's answer.
     pub fn flush(&mut self) -> Result<()> {
         self.command("flush").map(drop)
