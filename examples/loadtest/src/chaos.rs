@@ -713,6 +713,28 @@ pub struct FaultRecord {
     pub evidence: String,
 }
 
+#[cfg(test)]
+impl FaultRecord {
+    /// A record of `scheduled` applied and healed as planned, fired, with no counters: the base the
+    /// report tests fill in.
+    pub(crate) fn as_planned(scheduled: &ScheduledFault) -> Self {
+        Self {
+            fault: scheduled.fault,
+            description: scheduled.fault.description(),
+            planned_start_s: scheduled.start.as_secs_f64(),
+            start_s: scheduled.start.as_secs_f64(),
+            end_s: scheduled.end().as_secs_f64(),
+            period_end_s: 0.0,
+            detail: Vec::new(),
+            errors: Vec::new(),
+            instances: Vec::new(),
+            moderation: None,
+            fired: true,
+            evidence: "seen".into(),
+        }
+    }
+}
+
 impl FaultRecord {
     /// Judges from the counters whether the fault reached the service, and says why: Redis restarted
     /// with a new pid or seen stopped, Redis calls failing, subscriptions replaced, or moderation calls

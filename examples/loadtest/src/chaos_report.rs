@@ -433,18 +433,11 @@ mod tests {
             .faults
             .iter()
             .map(|s| FaultRecord {
-                fault: s.fault,
-                description: s.fault.description(),
-                planned_start_s: s.start.as_secs_f64(),
-                start_s: s.start.as_secs_f64(),
-                end_s: s.end().as_secs_f64(),
-                period_end_s: 0.0,
                 detail: vec!["done".into()],
-                errors: Vec::new(),
                 instances: vec![Some(FaultCounters::default())],
                 moderation: Some(ModerationCounts::default()),
                 fired,
-                evidence: "seen".into(),
+                ..FaultRecord::as_planned(s)
             })
             .collect();
         let mut periods: Vec<PeriodStats> = schedule

@@ -1026,18 +1026,8 @@ mod tests {
             .faults
             .iter()
             .map(|s| FaultRecord {
-                fault: s.fault,
-                description: s.fault.description(),
-                planned_start_s: s.start.as_secs_f64(),
-                start_s: s.start.as_secs_f64(),
-                end_s: s.end().as_secs_f64(),
-                period_end_s: 0.0,
-                detail: Vec::new(),
-                errors: Vec::new(),
-                instances: Vec::new(),
-                moderation: None,
-                fired: true,
                 evidence: "<seen>".into(),
+                ..FaultRecord::as_planned(s)
             })
             .collect();
         let result = ChaosResult {
