@@ -155,7 +155,8 @@ pub(crate) struct NativeSeries {
 #[derive(Clone, Debug)]
 pub(crate) struct NativeBuckets {
     pub(crate) duration: Bounds,
-    pub(crate) size: Bounds,
+    pub(crate) request_size: Bounds,
+    pub(crate) response_size: Bounds,
 }
 
 /// The overflow series' only label once `max_cached_series` is reached, as OpenTelemetry SDKs name it
@@ -173,7 +174,7 @@ pub(crate) struct HttpMetrics {
 }
 
 impl NativeSeries {
-    fn new(buckets: &NativeBuckets, labels: &[(&str, SharedString)]) -> Self {
+    fn new(buckets: &NativeBuckets, labels: &[(String, SharedString)]) -> Self {
         let mut rendered = String::new();
         for (name, value) in labels {
             push_label(&mut rendered, name, value);
@@ -181,8 +182,8 @@ impl NativeSeries {
         Self {
             labels: rendered,
             duration: BucketHistogram::new(&buckets.duration),
-            request_size: BucketHistogram::new(&buckets.size),
-            response_size: BucketHistogram::new(&buckets.size),
+            request_size: BucketHistogram::new(&buckets.request_size),
+            response_size: BucketHistogram::new(&buckets.response_size),
         }
     }
 }
@@ -281,8 +282,6 @@ impl HttpMetrics {
             .clone()
     }
 
-    /// The handles of a series, registered on first use. Past `max_cached_series` distinct series the
-    /// handles are registered per call instead of cached, which is slower but keeps this map bounded.
     /// Records one request in the series of `key`: its duration, and its body sizes where known and
     /// enabled. A known series is recorded under the read lock, without touching its reference count.
     pub(crate) fn record_request(
@@ -302,6 +301,9 @@ impl HttpMetrics {
         self.record(&handles, elapsed, request_bytes, response_bytes);
     }
 
+    /// The handles of a series, registered on first use. Past `max_cached_series` distinct series, the
+    /// layer's own histograms go to the overflow series, and a recorder's handles are registered per call
+    /// instead of cached, which is slower; either way this map stays bounded.
     pub(crate) fn series(&self, key: &SeriesKey) -> Arc<SeriesHandles> {
         if let Ok(map) = self.series.read()
             && let Some(handles) = map.get(key)
@@ -337,7 +339,10 @@ impl HttpMetrics {
 
     fn overflow_series(&self, native: &NativeBuckets) -> Arc<SeriesHandles> {
         Arc::clone(self.overflow.get_or_init(|| {
-            let label = [(OVERFLOW_LABEL.0, SharedString::const_str(OVERFLOW_LABEL.1))];
+            let label = [(
+                OVERFLOW_LABEL.0.to_owned(),
+                SharedString::const_str(OVERFLOW_LABEL.1),
+            )];
             Arc::new(SeriesHandles::Native(NativeSeries::new(native, &label)))
         }))
     }
@@ -360,12 +365,12 @@ impl HttpMetrics {
                 if let Some(bytes) = request_bytes {
                     series
                         .request_size
-                        .record(&native.size, bytes as f64, bytes);
+                        .record(&native.request_size, bytes as f64, bytes);
                 }
                 if let Some(bytes) = response_bytes {
                     series
                         .response_size
-                        .record(&native.size, bytes as f64, bytes);
+                        .record(&native.response_size, bytes as f64, bytes);
                 }
             }
             (
@@ -420,14 +425,14 @@ impl HttpMetrics {
             families.push((
                 REQUEST_SIZE_FAMILY,
                 REQUEST_SIZE_HELP,
-                &native.size,
+                &native.request_size,
                 SumUnit::Bytes,
                 |s: &NativeSeries| &s.request_size,
             ));
             families.push((
                 RESPONSE_SIZE_FAMILY,
                 RESPONSE_SIZE_HELP,
-                &native.size,
+                &native.response_size,
                 SumUnit::Bytes,
                 |s: &NativeSeries| &s.response_size,
             ));
@@ -444,21 +449,13 @@ impl HttpMetrics {
         }
     }
 
-    /// The labels of a series, by their Prometheus names.
-    fn label_pairs(&self, key: &SeriesKey) -> Vec<(&'static str, SharedString)> {
+    /// The labels of a series, by their Prometheus names (the exporter's: dots become underscores).
+    fn label_pairs(&self, key: &SeriesKey) -> Vec<(String, SharedString)> {
         self.labels(key)
             .into_iter()
             .map(|label| {
                 let (name, value) = label.into_parts();
-                let name = match name.as_ref() {
-                    HTTP_REQUEST_METHOD => "http_request_method",
-                    URL_SCHEME => "url_scheme",
-                    NETWORK_PROTOCOL_VERSION => "network_protocol_version",
-                    HTTP_ROUTE => "http_route",
-                    HTTP_RESPONSE_STATUS_CODE => "http_response_status_code",
-                    _ => "error_type",
-                };
-                (name, value)
+                (name.replace('.', "_"), value)
             })
             .collect()
     }

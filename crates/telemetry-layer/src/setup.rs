@@ -543,7 +543,8 @@ impl TelemetryBuilder {
         };
         NativeBuckets {
             duration: chosen(HTTP_SERVER_REQUEST_DURATION, &self.duration_buckets),
-            size: chosen(HTTP_SERVER_REQUEST_BODY_SIZE, &self.size_buckets),
+            request_size: chosen(HTTP_SERVER_REQUEST_BODY_SIZE, &self.size_buckets),
+            response_size: chosen(HTTP_SERVER_RESPONSE_BODY_SIZE, &self.size_buckets),
         }
     }
 

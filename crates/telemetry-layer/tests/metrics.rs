@@ -593,6 +593,7 @@ async fn histograms_are_bucketed_when_recorded() {
         .from_env(false)
         .upkeep_interval(Duration::from_secs(3600))
         .size_buckets(&[0.0, 10.0, 100.0])
+        .buckets_for_metric("http.server.response.body.size", &[1.0, 2000.0])
         .build()
         .unwrap();
     let app = app(&telemetry);
@@ -628,6 +629,15 @@ async fn histograms_are_bucketed_when_recorded() {
         Some(555.0)
     );
     assert_eq!(m.value(&format!("{DURATION}_count"), &labels), Some(4.0));
+    // The response sizes take their own override; the request sizes kept `size_buckets` above.
+    let response_bucket = |le: &str| {
+        let mut with_le = labels.to_vec();
+        with_le.push(("le", le));
+        m.value("http_server_response_body_size_bytes_bucket", &with_le)
+    };
+    assert_eq!(response_bucket("1"), Some(1.0));
+    assert_eq!(response_bucket("2000"), Some(4.0));
+    assert_eq!(response_bucket("10"), None);
     let served = scrape(&app).await;
     assert_eq!(
         served.value("http_server_request_body_size_bytes_sum", &labels),
