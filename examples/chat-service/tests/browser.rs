@@ -9,12 +9,14 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use axum::Router;
 use axum::routing::post;
-use chat_service::{ChatService, Config, Database, NewMessage, RoomName, Telemetry};
+use chat_service::{ChatService, Config, NewMessage, RoomName, Telemetry};
 use fantoccini::Locator;
 use serde_json::json;
 use test_support::RedisServer;
@@ -371,11 +373,7 @@ async fn bare_page_on_a_narrow_screen_pages_back_and_posts_without_a_cache() {
 async fn a_second_browser_on_a_second_instance_sees_the_message_and_reloads_from_redis() {
     let redis = RedisServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = Config {
-        database: Database::File(dir.path().join("chat.db")),
-        redis_url: Some(redis.url()),
-        ..Config::default()
-    };
+    let config = common::shared_config(dir.path(), redis.url());
     let first = ChatService::open(&config).await.unwrap();
     let second = ChatService::open(&config).await.unwrap();
     let telemetry = telemetry_with_spans().await;

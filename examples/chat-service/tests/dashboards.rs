@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use chat_service::{ChatService, Config, Database, Telemetry};
+use chat_service::{ChatService, Config, Telemetry};
 use common::{ModerationServer, get, post_message, send_to};
 use http::StatusCode;
 use test_support::RedisServer;
@@ -207,10 +207,8 @@ async fn every_metric_the_dashboard_and_the_alerts_query_is_exported() {
     let moderation = ModerationServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = Config {
-        database: Database::File(dir.path().join("chat.db")),
-        redis_url: Some(redis.url()),
         moderation_url: Some(moderation.url.clone()),
-        ..Config::default()
+        ..common::shared_config(dir.path(), redis.url())
     };
     let first = ChatService::open(&config).await.unwrap();
     let second = ChatService::open(&config).await.unwrap();

@@ -72,11 +72,7 @@ async fn the_required_mode_refuses_posts_without_a_key() {
 async fn two_instances_share_keys_and_see_each_others_posts() {
     let redis = RedisServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = Config {
-        database: Database::File(dir.path().join("chat.db")),
-        redis_url: Some(redis.url()),
-        ..Config::default()
-    };
+    let config = common::shared_config(dir.path(), redis.url());
     let a = ChatService::open(&config).await.unwrap();
     let b = ChatService::open(&config).await.unwrap();
     let (app_a, app_b) = (a.app(), b.app());
@@ -160,11 +156,7 @@ async fn two_instances_share_keys_and_see_each_others_posts() {
 async fn a_retry_that_redis_forgot_is_still_stored_once() {
     let mut redis = RedisServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = Config {
-        database: Database::File(dir.path().join("chat.db")),
-        redis_url: Some(redis.url()),
-        ..Config::default()
-    };
+    let config = common::shared_config(dir.path(), redis.url());
     let a = ChatService::open(&config).await.unwrap();
     let b = ChatService::open(&config).await.unwrap();
     let (app_a, app_b) = (a.app(), b.app());

@@ -3,12 +3,14 @@
 // Test helpers: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use cache_layer::TierEvent;
-use chat_service::{ChatService, Config, Database};
+use chat_service::{ChatService, Config};
 use http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::Value;
@@ -71,11 +73,7 @@ async fn wait_for(rx: &mut broadcast::Receiver<TierEvent>, want: impl Fn(&TierEv
 async fn a_post_on_one_instance_is_served_by_the_other() {
     let redis = RedisServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = Config {
-        database: Database::File(dir.path().join("chat.db")),
-        redis_url: Some(redis.url()),
-        ..Config::default()
-    };
+    let config = common::shared_config(dir.path(), redis.url());
     let a = ChatService::open(&config).await.unwrap();
     let b = ChatService::open(&config).await.unwrap();
     let (app_a, app_b) = (a.app(), b.app());

@@ -18,6 +18,16 @@ pub(crate) struct TestApp {
     pub(crate) router: Router,
 }
 
+/// The configuration of instances that share one SQLite file in `dir` and the Redis at `redis_url`, as
+/// several instances of one deployment do.
+pub(crate) fn shared_config(dir: &std::path::Path, redis_url: String) -> Config {
+    Config {
+        database: chat_service::Database::File(dir.join("chat.db")),
+        redis_url: Some(redis_url),
+        ..Config::default()
+    }
+}
+
 pub(crate) async fn app() -> TestApp {
     app_with(Config::temporary()).await
 }
