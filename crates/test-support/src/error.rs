@@ -107,8 +107,8 @@ pub enum Error {
         waited: Duration,
     },
 
-    /// SIGSTOP or SIGCONT could not be delivered.
-    #[error("could not send SIG{signal} to redis-server (pid {pid}, port {port}): {detail}")]
+    /// SIGSTOP or SIGCONT could not be delivered, or the process did not act on it in time.
+    #[error("SIG{signal} to redis-server (pid {pid}, port {port}) failed: {detail}")]
     Signal {
         /// `STOP`, `CONT` or `KILL`.
         signal: &'static str,
@@ -116,7 +116,7 @@ pub enum Error {
         pid: u32,
         /// The server's port.
         port: u16,
-        /// What `kill` reported.
+        /// What `kill` reported, or the state the process was left in.
         detail: String,
     },
 

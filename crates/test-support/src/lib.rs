@@ -81,6 +81,7 @@ pub use cluster::RedisCluster;
 pub use error::{Error, INSTALL_HINT};
 pub use http::serve;
 pub use port::{free_port, try_free_port};
+pub use process::process_state;
 pub use promtool::assert_promtool_accepts;
 pub use proxy::FaultProxy;
 pub use server::{RedisServer, RedisServerBuilder};

@@ -144,6 +144,44 @@ pub(crate) fn send_signal(pid: u32, signal: &str) -> Result<(), String> {
     }
 }
 
+/// The state letter of process `pid` (`R` running, `S` sleeping, `T` stopped by a signal, ...)
+/// from `/proc/PID/stat`; `None` when there is no such process (or no `/proc`).
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name in parentheses may itself hold spaces or `)`: the state follows the last `)`.
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// Waits until `pid`'s state satisfies `wanted`, for up to `timeout`.
+///
+/// `kill` returns once a signal is queued, not once the process has acted on it, so a process
+/// sent SIGSTOP can still be seen running for a while on a busy machine. Without `/proc` there is
+/// nothing to wait on and this returns at once.
+pub(crate) fn wait_for_state(
+    pid: u32,
+    wanted: impl Fn(char) -> bool,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_micros(200);
+    loop {
+        let state = match process_state(pid) {
+            None => return Ok(()),
+            Some(state) if wanted(state) => return Ok(()),
+            Some(state) => state,
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(format!(
+                "the signal was sent, but after {} ms the process is still in state {state}",
+                timeout.as_millis()
+            ));
+        }
+        thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
+}
+
 /// A `sh` process that SIGKILLs `pid` as soon as its standard input closes.
 ///
 /// Standard input is a pipe whose only writer is this process, so the pipe closes when this
@@ -184,6 +222,23 @@ impl Drop for Watchdog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn this_process_is_running_and_a_missing_one_has_no_state() {
+        assert!(matches!(
+            process_state(std::process::id()),
+            Some('R' | 'S' | 'D')
+        ));
+        assert_eq!(process_state(u32::MAX), None);
+    }
+
+    #[test]
+    fn waiting_for_a_state_never_reached_fails_with_the_state_seen() {
+        let error = wait_for_state(std::process::id(), |s| s == 'T', Duration::from_millis(20))
+            .unwrap_err();
+        assert!(error.contains("still in state"), "{error}");
+        assert!(wait_for_state(std::process::id(), |s| s != 'T', Duration::ZERO).is_ok());
+    }
 
     #[test]
     fn a_missing_binary_error_says_how_to_install_it() {

@@ -25,6 +25,10 @@ const CLI_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many ports are tried when the chosen one was taken by another process.
 const PORT_ATTEMPTS: u32 = 5;
 
+/// How long [`RedisServer::pause`] and [`RedisServer::resume`] wait for the process to act on
+/// its signal.
+const SIGNAL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Lines of the server's log quoted in start-up errors.
 const LOG_TAIL_LINES: usize = 20;
 
@@ -273,13 +277,15 @@ impl RedisServer {
     }
 
     /// Freezes the server with SIGSTOP: connections stay open and nothing is answered, as
-    /// with a server stuck in a long fork or a swapped-out host.
+    /// with a server stuck in a long fork or a swapped-out host. Returns once the process is
+    /// seen stopped (state `T` in `/proc`), not merely signalled.
     ///
     /// # Errors
     ///
-    /// [`Error::NotRunning`] after [`stop`](Self::stop); [`Error::Signal`] if `kill` failed.
+    /// [`Error::NotRunning`] after [`stop`](Self::stop); [`Error::Signal`] if `kill` failed or
+    /// the process was not seen stopped within 5 s.
     pub fn pause(&self) -> Result<(), Error> {
-        self.signal("STOP")?;
+        self.signal("STOP", |state| state == 'T')?;
         self.paused.store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -288,21 +294,25 @@ impl RedisServer {
     ///
     /// # Errors
     ///
-    /// [`Error::NotRunning`] after [`stop`](Self::stop); [`Error::Signal`] if `kill` failed.
+    /// [`Error::NotRunning`] after [`stop`](Self::stop); [`Error::Signal`] if `kill` failed or
+    /// the process was still seen stopped after 5 s.
     pub fn resume(&self) -> Result<(), Error> {
-        self.signal("CONT")?;
+        self.signal("CONT", |state| state != 'T')?;
         self.paused.store(false, Ordering::SeqCst);
         Ok(())
     }
 
-    fn signal(&self, signal: &'static str) -> Result<(), Error> {
+    /// Sends `SIG<signal>` and waits until the process's state satisfies `reached`.
+    fn signal(&self, signal: &'static str, reached: impl Fn(char) -> bool) -> Result<(), Error> {
         let pid = self.pid().ok_or(Error::NotRunning { port: self.port })?;
-        process::send_signal(pid, signal).map_err(|detail| Error::Signal {
-            signal,
-            pid,
-            port: self.port,
-            detail,
-        })
+        process::send_signal(pid, signal)
+            .and_then(|()| process::wait_for_state(pid, reached, SIGNAL_TIMEOUT))
+            .map_err(|detail| Error::Signal {
+                signal,
+                pid,
+                port: self.port,
+                detail,
+            })
     }
 
     /// Runs `redis-cli -h 127.0.0.1 -p PORT args...` and returns its standard output without

@@ -6,7 +6,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-use test_support::{Error, RedisCluster, RedisServer};
+use test_support::{Error, RedisCluster, RedisServer, process_state};
 
 /// Sends one `PING` on a fresh connection and returns the raw reply line.
 fn ping(server: &RedisServer, timeout: Duration) -> std::io::Result<String> {
@@ -141,6 +141,8 @@ fn pause_freezes_the_server_until_resume() {
         .unwrap();
 
     redis.pause().unwrap();
+    let pid = redis.pid().unwrap();
+    assert_eq!(process_state(pid), Some('T'), "pause returns once stopped");
     held.write_all(b"*1\r\n$4\r\nPING\r\n").unwrap();
     let timed_out = read_line(&mut held).unwrap_err();
     assert!(
@@ -157,6 +159,7 @@ fn pause_freezes_the_server_until_resume() {
     );
 
     redis.resume().unwrap();
+    assert_ne!(process_state(pid), Some('T'), "resume returns once running");
     held.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     assert_eq!(read_line(&mut held).unwrap(), "+PONG\r\n");
     assert_eq!(ping(&redis, Duration::from_secs(5)).unwrap(), "+PONG\r\n");

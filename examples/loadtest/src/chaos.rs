@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
-use test_support::{FaultProxy, RedisServer};
+use test_support::{FaultProxy, RedisServer, process_state};
 use tokio::time::Instant;
 
 use crate::Error;
@@ -834,12 +834,6 @@ struct Facts {
     resets_with_connections: u32,
 }
 
-/// The state letter of a process (`R`, `S`, `T` for stopped, ...) from `/proc/PID/stat`.
-fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
-}
-
 /// Applies each fault of `schedule` at its time from `start` and heals it at its end, reading every
 /// instance's `/metrics` and moderation's counts at each boundary. Returns when the main phase is over.
 pub async fn drive(
@@ -1319,14 +1313,5 @@ cache_flushes_total 2
             delta,
             BTreeMap::from([("moderation: closed -> open".to_owned(), 2)])
         );
-    }
-
-    #[test]
-    fn this_process_is_running() {
-        assert!(matches!(
-            process_state(std::process::id()),
-            Some('R' | 'S' | 'D')
-        ));
-        assert_eq!(process_state(u32::MAX), None);
     }
 }
