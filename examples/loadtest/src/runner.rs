@@ -230,14 +230,8 @@ pub async fn run_chaos(options: &Options) -> Result<Report, Error> {
     }
     let bars = progress_bars(options);
     let variant = Variant::Stacked2;
-    let mut config = StackConfig::new(
-        options.bin_dir.clone(),
-        options.rooms,
-        options.messages_per_room,
-        options.cpus,
-    );
+    let mut config = stack_config(options);
     config.fault_proxies = true;
-    config.chat_args = options.chat_args.iter().map(Into::into).collect();
     let starting = bars.add(ProgressBar::new_spinner());
     starting.set_message(format!(
         "{variant}: starting and seeding, with fault proxies"
@@ -339,18 +333,26 @@ fn bar(bars: &MultiProgress, label: &str, length: Duration) -> ProgressBar {
     bar
 }
 
+/// The services every variant of a run starts: the binaries, the seed, the CPUs and the
+/// `--chat-arg` arguments.
+fn stack_config(options: &Options) -> StackConfig {
+    let mut config = StackConfig::new(
+        options.bin_dir.clone(),
+        options.rooms,
+        options.messages_per_room,
+        options.cpus,
+    );
+    config.chat_args = options.chat_args.iter().map(Into::into).collect();
+    config
+}
+
 async fn run_variant(
     options: &Options,
     variant: Variant,
     run_id: &str,
     bars: &MultiProgress,
 ) -> Result<VariantReport, Error> {
-    let config = StackConfig::new(
-        options.bin_dir.clone(),
-        options.rooms,
-        options.messages_per_room,
-        options.cpus,
-    );
+    let config = stack_config(options);
     let starting = bars.add(ProgressBar::new_spinner());
     starting.set_message(format!("{variant}: starting and seeding"));
     starting.enable_steady_tick(Duration::from_millis(200));
@@ -633,6 +635,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_variant_gets_the_chat_args() {
+        let mut options = crate::report::tests::options(vec![Variant::Bare, Variant::Stacked]);
+        options.chat_args = vec!["--l1-ttl-cap=1s".to_owned()];
+        assert_eq!(
+            stack_config(&options).chat_args,
+            vec![std::ffi::OsString::from("--l1-ttl-cap=1s")]
+        );
+    }
 
     #[test]
     fn durations_parse_with_units() {
