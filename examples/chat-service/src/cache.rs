@@ -14,11 +14,14 @@ use tokio::sync::{broadcast, watch};
 use crate::config::{Config, ConfigError};
 use crate::model::{RoomName, RoomProjected};
 
-/// Default longest time a response stays in the in-process tier ([`TtlCaps::l1`]): also the
-/// bound on how long an instance that missed an invalidation can serve an old page from it.
-///
-/// [`TtlCaps::l1`]: crate::TtlCaps::l1
-pub const L1_TTL_CAP: Duration = Duration::from_millis(100);
+/// Default longest time a response stays in the in-process tier when instances share Redis: the
+/// bound on how long an instance that missed an invalidation can serve an old page from it (see
+/// [`TtlCaps::l1_for`](crate::TtlCaps::l1_for)).
+pub const L1_TTL_CAP_SHARED: Duration = Duration::from_millis(100);
+/// Default longest time a response stays in the in-process tier of an instance without Redis,
+/// whose purges cannot be missed: each response then lives as long as its own freshness allows,
+/// up to this.
+pub const L1_TTL_CAP_ALONE: Duration = Duration::from_secs(300);
 /// Default longest time a response stays in the shared (Redis) tier.
 pub const L2_TTL_CAP: Duration = Duration::from_secs(300);
 /// Default longest time a response stays in the persistent tier.
@@ -38,7 +41,7 @@ pub(crate) fn layer(config: &Config) -> Result<CacheLayer, ConfigError> {
     let bounds = config.memory_bounds();
     let mut builder = CacheLayer::builder()
         .cache_name("chat")
-        .ttl_cap(caps.l1)
+        .ttl_cap(caps.l1_for(config.redis_url.is_some()))
         // Stale entries stay charged until moka reclaims them, so these bytes bound them too.
         .max_capacity_bytes(bounds.l1_bytes)
         .max_body_bytes(bounds.l1_max_body_bytes)

@@ -86,20 +86,42 @@ impl Default for CacheControl {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TtlCaps {
     /// In-process tier: also the bound on how long an instance that missed an invalidation can
-    /// serve an old page from it. Defaults to 100 ms.
-    pub l1: Duration,
+    /// serve an old page from it. `None` (the default) picks by deployment, see
+    /// [`l1_for`](Self::l1_for).
+    pub l1: Option<Duration>,
     /// Shared (Redis) tier. Defaults to 5 minutes.
     pub l2: Duration,
     /// Persistent (disk) tier. Defaults to 1 hour.
     pub l3: Duration,
 }
 
+impl TtlCaps {
+    /// The in-process tier's cap: [`l1`](Self::l1) when set; otherwise
+    /// [`L1_TTL_CAP_SHARED`](crate::cache::L1_TTL_CAP_SHARED) (100 ms) when instances share
+    /// Redis, and [`L1_TTL_CAP_ALONE`](crate::cache::L1_TTL_CAP_ALONE) (5 min) when they do not.
+    ///
+    /// With Redis, an invalidation reaches the other instances over pub/sub, which can lose
+    /// messages between a broken connection and the flush that follows it; the short cap bounds
+    /// what such a miss can cost, and costs little, since the Redis tier answers what the
+    /// in-process tier let go. Alone, an instance purges its in-process tier in the same call that
+    /// answers the post, so no invalidation can be missed, and the tier is the only cache there is:
+    /// a short cap would only send most reads to SQLite. Several instances on one database
+    /// without Redis do not invalidate each other at all; give them an explicit `l1`.
+    pub fn l1_for(&self, shared: bool) -> Duration {
+        self.l1.unwrap_or(if shared {
+            crate::cache::L1_TTL_CAP_SHARED
+        } else {
+            crate::cache::L1_TTL_CAP_ALONE
+        })
+    }
+}
+
 impl Default for TtlCaps {
     fn default() -> Self {
         Self {
-            l1: Duration::from_millis(100),
-            l2: Duration::from_secs(300),
-            l3: Duration::from_secs(3600),
+            l1: None,
+            l2: crate::cache::L2_TTL_CAP,
+            l3: crate::cache::L3_TTL_CAP,
         }
     }
 }
@@ -299,9 +321,11 @@ pub struct Args {
     /// File of the persistent cache tier [default: none].
     #[arg(long, env = "CACHE_DISK_PATH", value_name = "PATH")]
     pub cache_disk: Option<PathBuf>,
-    /// Longest time a response stays in the in-process cache tier.
-    #[arg(long, env = "CACHE_L1_TTL_CAP", value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
-    pub l1_ttl_cap: Duration,
+    /// Longest time a response stays in the in-process cache tier [default: 100ms with
+    /// --redis-url, where it bounds a missed invalidation; 5m without, where purges cannot be
+    /// missed].
+    #[arg(long, env = "CACHE_L1_TTL_CAP", value_name = "DURATION", value_parser = parse_duration)]
+    pub l1_ttl_cap: Option<Duration>,
     /// Longest time a response stays in the Redis cache tier.
     #[arg(long, env = "CACHE_L2_TTL_CAP", value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub l2_ttl_cap: Duration,
@@ -472,6 +496,8 @@ mod tests {
         assert_eq!(config.seed, None);
         assert_eq!(config.readers, 4);
         assert_eq!(config.ttl_caps, TtlCaps::default());
+        assert_eq!(config.ttl_caps.l1_for(false), Duration::from_secs(300));
+        assert_eq!(config.ttl_caps.l1_for(true), Duration::from_millis(100));
         assert_eq!(config.moderation_timeout, Duration::from_millis(500));
         assert_eq!(config.moderation_breaker, ModerationBreaker::default());
         assert_eq!(config.moderation_url, None);
@@ -517,7 +543,7 @@ mod tests {
         assert_eq!(
             config.ttl_caps,
             TtlCaps {
-                l1: Duration::from_millis(250),
+                l1: Some(Duration::from_millis(250)),
                 l2: Duration::from_secs(600),
                 l3: Duration::from_secs(7200),
             }
@@ -556,7 +582,7 @@ mod tests {
             "[env: CACHE_DISK_PATH=",
             "[env: MODERATION_URL=",
             "[default: 500]",
-            "[default: 100ms]",
+            "[env: CACHE_L1_TTL_CAP=",
             "[default: 5m]",
             "[default: 1h]",
             "[env: CHAT_BARE=",

@@ -236,7 +236,8 @@
 //! | `/rooms` | `"s{projected position}"` | `public, max-age=1` | `rooms` |
 //!
 //! [`ChatService::app`] puts `cache-layer` in front of the routes: an in-process tier (entries
-//! capped at 100 ms), a Redis tier shared by every instance (5 min) when `REDIS_URL` is set, and a
+//! capped at 5 min alone, 100 ms when instances share Redis: see [`TtlCaps::l1_for`]), a Redis
+//! tier shared by every instance (5 min) when `REDIS_URL` is set, and a
 //! disk tier (1 h) when `CACHE_DISK_PATH` is set; [`TtlCaps`] (`--l1-ttl-cap`, `--l2-ttl-cap`,
 //! `--l3-ttl-cap`) changes the caps. Every [`RoomProjected`] notice purges the tags
 //! `room:{room}` and `rooms` on every tier of every instance, and a post answers `201` only once

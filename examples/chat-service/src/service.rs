@@ -387,8 +387,9 @@ impl ChatService {
     ///
     /// Stacked, this is the single place where middleware wraps the routes, outermost last:
     ///
-    /// 1. the response cache (`cache-layer`): in-process tier capped at [`TtlCaps::l1`]
-    ///    (100 ms), plus the Redis tier with [`Config::redis_url`] and the disk tier with
+    /// 1. the response cache (`cache-layer`): in-process tier capped at [`TtlCaps::l1_for`]
+    ///    (5 min alone, 100 ms with Redis), plus the Redis tier with [`Config::redis_url`] and
+    ///    the disk tier with
     ///    [`Config::cache_disk`]. Only `GET`/`HEAD` answers are stored; each projection purges
     ///    its room's tag on every instance;
     /// 2. request coalescing (`dedup-layer`'s `DedupLayer`): identical reads that miss the cache
@@ -401,7 +402,7 @@ impl ChatService {
     /// The post handler calls the moderation service through a breaker (see the crate docs).
     /// Bare, the routes are served as they are.
     ///
-    /// [`TtlCaps::l1`]: crate::TtlCaps::l1
+    /// [`TtlCaps::l1_for`]: crate::TtlCaps::l1_for
     pub fn app(&self) -> axum::Router {
         let stats = crate::http::stats_router(self.clone());
         if self.inner.config.bare {

@@ -116,13 +116,8 @@ async fn post_with_form(browser: &Browser, author: &str, text: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stacked_page_posts_and_a_reload_is_a_cache_hit_with_its_trace() {
     let telemetry = telemetry_with_spans().await;
-    let dir = tempfile::tempdir().unwrap();
-    // The disk tier keeps the page past the in-process tier's 100 ms cap, as Redis would.
-    let config = Config {
-        cache_disk: Some(dir.path().join("cache")),
-        ..Config::temporary()
-    };
-    let service = ChatService::open(&config).await.unwrap();
+    // The embedded defaults: one instance, in-process tier only, which keeps the page.
+    let service = ChatService::open(&Config::temporary()).await.unwrap();
     let addr = serve(service.app_with(&telemetry)).await;
     let driver = Chromedriver::start().await.unwrap();
     let browser = driver.browser(1100, 800).await.unwrap();
@@ -399,7 +394,7 @@ async fn a_second_browser_on_a_second_instance_sees_the_message_and_reloads_from
     wait_for_text(&bob, "seen on the other instance").await;
 
     // Reloads on the second instance: served from the shared Redis tier once it holds the page
-    // (the in-process tier keeps entries 100 ms only).
+    // (with Redis, the in-process tier keeps entries 100 ms only).
     let mut outcomes = Vec::new();
     for _ in 0..4 {
         bob.client().refresh().await.unwrap();
