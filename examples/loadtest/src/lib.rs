@@ -11,7 +11,9 @@
 //! 3. checks correctness under load ([`check`]): every acknowledged post visible on every instance within
 //!    [`load::FRESHNESS_BOUND`], stored exactly once, no `5xx` the outage does not explain, identical
 //!    concurrent requests reaching SQLite once;
-//! 4. finds the highest rate each variant sustains within a p99 bound ([`runner::find_max_rate`]);
+//! 4. finds the highest rate each variant sustains within a p99 bound ([`runner::find_max_rate`]), and
+//!    measures every later variant at the first one's (bare's) highest sustained rate too: the latency
+//!    verdict is taken there, where the bare service is at its limit;
 //! 5. stacked, churns the cache with distinct URLs as fast as the instances answer ([`churn`]) and samples
 //!    each instance's resident memory: peak, final, and whether it levelled off;
 //! 6. prints a verdict per target and writes `report.json` and a self-contained `report.html` ([`report`],

@@ -157,6 +157,7 @@ impl Cli {
             bisections: if self.max_rate { 4 } else { 2 },
             step: Duration::from_secs(if self.max_rate { 8 } else { 3 }),
             p99_bound: self.p99_bound,
+            also_at: None,
         });
         Options {
             bin_dir: self.bin_dir,

@@ -85,6 +85,9 @@ pub struct RateSearch {
     /// A step passes when its p99 (every class) is at most this, it has no error, and it answered at least
     /// 90 % of the rate.
     pub p99_bound: Duration,
+    /// A rate measured as well once the search is over, unless it tried it already: the first variant's
+    /// highest sustained rate, so every later variant has a step at the load the first one could just take.
+    pub also_at: Option<f64>,
 }
 
 /// One step of the search.
@@ -186,9 +189,16 @@ pub async fn run(options: &Options) -> Result<Report, Error> {
     let bars = progress_bars(options);
     let mut report = Report::new(options);
     let run_id = run_id();
-    for (index, &variant) in options.variants.iter().enumerate() {
+    let mut options = options.clone();
+    for (index, &variant) in options.variants.clone().iter().enumerate() {
         let variant_report =
-            run_variant(options, variant, &format!("{run_id}v{index}"), &bars).await?;
+            run_variant(&options, variant, &format!("{run_id}v{index}"), &bars).await?;
+        // Latency compares best where the first variant (bare) is at its limit: see `RateSearch::also_at`.
+        if index == 0
+            && let Some(search) = options.search.as_mut()
+        {
+            search.also_at = variant_report.max_sustained();
+        }
         report.variants.push(variant_report);
     }
     report.finish();
@@ -581,21 +591,46 @@ pub async fn find_max_rate(
         );
         let step = load::run(env, &plan, &pb).await;
         pb.finish_and_clear();
-        let sustained = step_passes(rate, &step, search.p99_bound);
-        result.steps.push(RateStep {
-            rate,
-            achieved: step.throughput(),
-            p99_ms: step.latencies.all().quantile_ms(0.99),
-            history_p99_ms: step.latencies.history().quantile_ms(0.99),
-            errors: step.errors.total(),
-            sustained,
-        });
+        let recorded = rate_step(rate, &step, search.p99_bound);
+        let sustained = recorded.sustained;
+        result.steps.push(recorded);
         state.record(rate, sustained);
         // A failed step leaves a queue behind in the server; let it drain before the next step.
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     result.sustained = state.sustained();
+    if let Some(rate) = search
+        .also_at
+        .filter(|rate| !result.steps.iter().any(|step| step.rate == *rate))
+    {
+        // A measurement only: the search's outcome stays as it was.
+        let plan = LoadPlan {
+            rate,
+            duration: search.step,
+            outage: None,
+            check_freshness: false,
+            seed: step_seed.wrapping_add(1),
+            label: format!("max-rate {rate:.0}"),
+            ..template.clone()
+        };
+        let pb = bar(bars, &format!("{variant} at {rate:.0}/s"), plan.duration);
+        let step = load::run(env, &plan, &pb).await;
+        pb.finish_and_clear();
+        result.steps.push(rate_step(rate, &step, search.p99_bound));
+    }
     result
+}
+
+/// The record of a search step at `rate`.
+fn rate_step(rate: f64, step: &LoadResult, p99_bound: Duration) -> RateStep {
+    RateStep {
+        rate,
+        achieved: step.throughput(),
+        p99_ms: step.latencies.all().quantile_ms(0.99),
+        history_p99_ms: step.latencies.history().quantile_ms(0.99),
+        errors: step.errors.total(),
+        sustained: step_passes(rate, step, p99_bound),
+    }
 }
 
 /// Reads a duration such as `30s`, `500ms`, `2m` or `1.5s`; a bare number is seconds.
@@ -663,6 +698,7 @@ mod tests {
             bisections,
             step: Duration::from_secs(1),
             p99_bound: Duration::from_millis(100),
+            also_at: None,
         }
     }
 

@@ -16,10 +16,10 @@ use chat_loadtest::client::Http;
 use chat_loadtest::load::{self, FRESHNESS_BOUND, LoadEnv, LoadPlan, LoadResult, Outage};
 use chat_loadtest::observe::Stats;
 use chat_loadtest::procs::CpuPlan;
-use chat_loadtest::runner::targets;
+use chat_loadtest::runner::{RateSearch, find_max_rate, targets};
 use chat_loadtest::stack::{Stack, StackConfig, Variant};
 use common::bin_dir;
-use indicatif::ProgressBar;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
 
 /// What one scenario measured.
 struct Outcome {
@@ -214,5 +214,57 @@ async fn the_checks_catch_the_bare_service() {
         outcome.history.lost, 0,
         "bare loses nothing either: {:?}",
         outcome.history.examples
+    );
+}
+
+/// The search steps up to its ceiling, then measures the extra rate it was given (bare's limit, in a real run)
+/// without letting that step change what it found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_search_also_measures_the_rate_it_is_given() {
+    let config = StackConfig::new(bin_dir(), 4, 20, CpuPlan::none());
+    let stack = tokio::task::spawn_blocking(move || Stack::start(Variant::Stacked, &config))
+        .await
+        .unwrap()
+        .unwrap();
+    let env = LoadEnv {
+        http: Http::new(Duration::from_secs(10)),
+        targets: targets(&stack),
+        moderation: stack.moderation().base_url(),
+        faults: None,
+        seeded: stack.seeded(),
+        run_id: "test-search".into(),
+    };
+    let template = LoadPlan {
+        rate: 100.0,
+        duration: Duration::from_secs(1),
+        max_requests: 10_000,
+        max_in_flight: 500,
+        burst: 5,
+        zipf_exponent: 1.1,
+        retry_share: 0.0,
+        outage: None,
+        chaos: None,
+        check_freshness: false,
+        seed: 3,
+        label: "search".into(),
+    };
+    let search = RateSearch {
+        start: 50.0,
+        factor: 2.0,
+        ceiling: 100.0,
+        bisections: 0,
+        step: Duration::from_millis(300),
+        p99_bound: Duration::from_secs(5),
+        also_at: Some(75.0),
+    };
+    let bars = MultiProgress::with_draw_target(ProgressDrawTarget::hidden());
+    let found = find_max_rate(&env, &template, &search, &bars, Variant::Stacked).await;
+    let rates: Vec<f64> = found.steps.iter().map(|s| s.rate).collect();
+    assert_eq!(rates, [50.0, 100.0, 75.0]);
+    assert_eq!(found.sustained, Some(100.0), "{:?}", found.steps);
+    assert!(
+        found.steps[2].sustained && found.steps[2].achieved > 0.0,
+        "{:?}",
+        found.steps
     );
 }
