@@ -47,7 +47,10 @@ pub(crate) fn layer(config: &Config) -> Result<CacheLayer, ConfigError> {
         .max_body_bytes(bounds.l1_max_body_bytes)
         .max_tag_entries(bounds.l1_tag_entries)
         // Clients and CDNs in front may purge by tag too.
-        .strip_tag_header(false);
+        .strip_tag_header(false)
+        // The lists say in Surrogate-Control how long this cache, which every write purges, keeps
+        // them; it is removed before answers leave (see `CacheControl::surrogate`).
+        .targeted_cache_controls(["Surrogate-Control", "CDN-Cache-Control"]);
     if config.bare {
         return builder.build().map_err(|e| ConfigError::new(e.to_string()));
     }

@@ -70,6 +70,14 @@ pub struct CacheControl {
     pub message: HeaderValue,
     /// For `GET /rooms`. Defaults to `public, max-age=1`.
     pub rooms: HeaderValue,
+    /// `Surrogate-Control` of the message lists and `GET /rooms`: how long the service's own
+    /// cache keeps them (Edge Architecture 1.0, one of the fields cache-layer obeys over
+    /// `Cache-Control`, RFC 9213). Every write purges what it changes on every tier of every
+    /// instance, so the cache can keep these answers far longer than a browser, which nobody
+    /// purges, may. cache-layer removes the field before an answer leaves, so clients see only
+    /// `Cache-Control`; bare, it is not sent. Defaults to `max-age=60`; `None` leaves the cache to
+    /// `Cache-Control`.
+    pub surrogate: Option<HeaderValue>,
 }
 
 impl Default for CacheControl {
@@ -78,6 +86,7 @@ impl Default for CacheControl {
             list: HeaderValue::from_static("public, max-age=1, stale-while-revalidate=5"),
             message: HeaderValue::from_static("public, max-age=3600"),
             rooms: HeaderValue::from_static("public, max-age=1"),
+            surrogate: Some(HeaderValue::from_static("max-age=60")),
         }
     }
 }

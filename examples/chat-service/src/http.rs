@@ -29,6 +29,9 @@ pub const MAX_PAGE_LIMIT: u32 = 200;
 
 /// Surrogate-key header naming the tags of a cached response (`room:{room}` or `rooms`).
 pub const CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
+/// The field that tells the service's own cache how long to keep an answer
+/// ([`CacheControl::surrogate`](crate::CacheControl::surrogate)).
+const SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
 
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
@@ -374,12 +377,27 @@ fn json_response<T: Serialize>(status: StatusCode, value: &T, headers: HeaderMap
 
 /// The validators and caching headers of a query response, sent with both `200` and `304`.
 fn cache_headers(etag: &str, cache_control: &HeaderValue, tag: HeaderValue) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(4);
+    let mut headers = HeaderMap::with_capacity(5);
     if let Ok(etag) = HeaderValue::from_str(etag) {
         headers.insert(ETAG, etag);
     }
     headers.insert(CACHE_CONTROL, cache_control.clone());
     headers.insert(CACHE_TAG, tag);
+    headers
+}
+
+/// Adds [`CacheControl::surrogate`](crate::CacheControl::surrogate) for the service's own
+/// cache, unless bare (no cache to remove it).
+fn with_surrogate(mut headers: HeaderMap, service: &ChatService) -> HeaderMap {
+    let config = service.config();
+    if let Some(value) = config
+        .cache_control
+        .surrogate
+        .as_ref()
+        .filter(|_| !config.bare)
+    {
+        headers.insert(SURROGATE_CONTROL, value.clone());
+    }
     headers
 }
 
@@ -556,17 +574,19 @@ async fn list_messages(
         .await?;
     let cache_control = &service.config().cache_control.list;
     match listing {
-        Listing::NotModified { version } => Ok(not_modified(cache_headers(
-            &list_etag(version),
-            cache_control,
-            room_tag(&room),
+        Listing::NotModified { version } => Ok(not_modified(with_surrogate(
+            cache_headers(&list_etag(version), cache_control, room_tag(&room)),
+            &service,
         ))),
         Listing::Page {
             version,
             messages,
             next_before,
         } => {
-            let headers = cache_headers(&list_etag(version), cache_control, room_tag(&room));
+            let headers = with_surrogate(
+                cache_headers(&list_etag(version), cache_control, room_tag(&room)),
+                &service,
+            );
             let page = MessagePage {
                 room: room.to_string(),
                 messages,
@@ -624,13 +644,15 @@ async fn list_rooms(State(service): State<ChatService>, headers: HeaderMap) -> H
         .await?;
     let cache_control = &service.config().cache_control.rooms;
     match listing {
-        RoomsListing::NotModified { position } => Ok(not_modified(cache_headers(
-            &rooms_etag(position),
-            cache_control,
-            ROOMS_TAG,
+        RoomsListing::NotModified { position } => Ok(not_modified(with_surrogate(
+            cache_headers(&rooms_etag(position), cache_control, ROOMS_TAG),
+            &service,
         ))),
         RoomsListing::Rooms { position, rooms } => {
-            let headers = cache_headers(&rooms_etag(position), cache_control, ROOMS_TAG);
+            let headers = with_surrogate(
+                cache_headers(&rooms_etag(position), cache_control, ROOMS_TAG),
+                &service,
+            );
             json_response(StatusCode::OK, &RoomList { rooms }, headers)
         }
     }

@@ -235,6 +235,10 @@
 //! | one message (immutable) | `"m{id}"` | `public, max-age=3600` | `room:{room}` |
 //! | `/rooms` | `"s{projected position}"` | `public, max-age=1` | `rooms` |
 //!
+//! The message lists and `/rooms` also carry `Surrogate-Control: max-age=60`
+//! ([`CacheControl::surrogate`]) for the service's own cache, which purges them on every write and
+//! removes the field before the answer leaves: browsers keep a page a second, the cache a minute.
+//!
 //! [`ChatService::app`] puts `cache-layer` in front of the routes: an in-process tier (entries
 //! capped at 5 min alone, 100 ms when instances share Redis: see [`TtlCaps::l1_for`]), a Redis
 //! tier shared by every instance (5 min) when `REDIS_URL` is set, and a

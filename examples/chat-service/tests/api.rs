@@ -308,3 +308,52 @@ async fn the_chat_page_and_its_assets_are_served_with_validators() {
         assert!(html.contains("<label for=\"compose-text\">"));
     }
 }
+
+/// Seconds of freshness left that `Cache-Status` reports (`ttl=N`).
+fn cache_ttl(reply: &common::Reply) -> i64 {
+    let status = reply.header("cache-status");
+    status
+        .split(';')
+        .find_map(|param| param.trim().strip_prefix("ttl="))
+        .and_then(|ttl| ttl.parse().ok())
+        .unwrap_or_else(|| panic!("no ttl in {status}"))
+}
+
+#[tokio::test]
+async fn the_cache_keeps_lists_as_surrogate_control_says_and_clients_never_see_the_field() {
+    let app = app().await;
+    app.post("lobby", "ada", "hello").await;
+    for uri in ["/rooms/lobby/messages", "/rooms"] {
+        let stored = app.get(uri).await;
+        let hit = app.get(uri).await;
+        for reply in [&stored, &hit] {
+            assert!(
+                !reply.headers.contains_key("surrogate-control"),
+                "{uri}: {:?}",
+                reply.headers
+            );
+        }
+        assert!(hit.header("cache-status").contains("hit"), "{uri}");
+        // max-age=60 from Surrogate-Control, not Cache-Control's max-age=1.
+        assert!(
+            (55..=60).contains(&cache_ttl(&hit)),
+            "{uri}: {:?}",
+            hit.headers
+        );
+        assert!(hit.header("cache-control").contains("max-age=1"), "{uri}");
+    }
+
+    let bare = common::app_with(chat_service::Config {
+        bare: true,
+        ..chat_service::Config::temporary()
+    })
+    .await;
+    bare.post("lobby", "ada", "hello").await;
+    let reply = bare.get("/rooms/lobby/messages").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(
+        !reply.headers.contains_key("surrogate-control"),
+        "{:?}",
+        reply.headers
+    );
+}
