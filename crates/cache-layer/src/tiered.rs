@@ -256,6 +256,8 @@ pub(crate) struct Lower {
     purges: Arc<Semaphore>,
     stats: Stats,
     seq: SeqHistory,
+    /// When the last [`flush`](Self::flush) ran: what was fetched before it is not written down.
+    flushed_at: Mutex<Option<Instant>>,
     #[cfg(feature = "redis")]
     leases: Mutex<HashMap<Arc<str>, LeaseToken>>,
     pending: Mutex<VecDeque<(Target, bool)>>,
@@ -342,6 +344,7 @@ impl Lower {
             purges: Arc::new(Semaphore::new(MAX_PURGES)),
             stats: Stats::default(),
             seq: SeqHistory::default(),
+            flushed_at: Mutex::new(None),
             #[cfg(feature = "redis")]
             leases: Mutex::new(HashMap::new()),
             pending: Mutex::new(VecDeque::new()),
@@ -713,6 +716,14 @@ impl Lower {
             })
             .min()
             .unwrap_or(entry.stored_at);
+        // Fetched before a flush, it may carry a sequence from before Redis lost its data, under
+        // which later purges would not reach it: it is not written (see `flush`).
+        let flushed_at = *self.flushed_at.lock().unwrap_or_else(|e| e.into_inner());
+        if flushed_at.is_some_and(|flushed| requested < flushed) {
+            bump(&self.stats.dropped_writes);
+            metrics::record_dropped_write();
+            return;
+        }
         let seq = self.seq.at(requested);
         let me = self.clone();
         let (key, entry) = (key.clone(), entry.clone());
@@ -880,7 +891,16 @@ impl Lower {
     }
 
     /// Drops everything held locally: invalidations may have been missed.
+    ///
+    /// Redis may also have lost its purge sequence (restarted empty), and its new sequence starts
+    /// again from zero: an entry stamped with the sequence this instance knew before would look
+    /// newer than every purge to come, and outlive them. So entries fetched from now on are
+    /// stamped with 0 until Redis tells a current sequence (the oldest stamp there is, which any
+    /// purge of their tags reaches), and entries fetched before now are not written at all.
     async fn flush(&self) {
+        let now = self.clock.now();
+        *self.flushed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
+        self.seq.observe(now, 0);
         self.apply_local(&Target::All, false);
         #[cfg(feature = "disk")]
         if let Some(l3) = &self.l3 {
