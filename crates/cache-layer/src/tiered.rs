@@ -221,26 +221,47 @@ fn bump(c: &AtomicU64) {
 /// at time `t` is valid at the sequence known at `t`, never at one learnt later.
 #[derive(Debug, Default)]
 struct SeqHistory {
-    points: Mutex<VecDeque<(Instant, u64)>>,
+    points: Mutex<SeqPoints>,
+}
+
+#[derive(Debug, Default)]
+struct SeqPoints {
+    known: VecDeque<(Instant, u64)>,
+    /// Set by [`SeqHistory::forget_before`]: no sequence is known for times before it.
+    void_before: Option<Instant>,
 }
 
 impl SeqHistory {
     fn observe(&self, at: Instant, seq: u64) {
         let mut p = self.points.lock().unwrap_or_else(|e| e.into_inner());
-        if p.back().map(|b| b.1) == Some(seq) {
+        if p.known.back().map(|b| b.1) == Some(seq) {
             return;
         }
         // A lower value than before means Redis lost its sequence (or a stale reply): later
         // fetches use the lower one, which can only make entries look older.
-        p.push_back((at, seq));
-        if p.len() > SEQ_HISTORY {
-            p.pop_front();
+        p.known.push_back((at, seq));
+        if p.known.len() > SEQ_HISTORY {
+            p.known.pop_front();
         }
     }
 
-    fn at(&self, t: Instant) -> u64 {
+    /// Voids what was learnt before `at`, when Redis may have lost its sequence: a time before
+    /// `at` has no sequence any more, and from `at` on it is 0 (the oldest stamp there is) until
+    /// Redis tells a current one.
+    fn forget_before(&self, at: Instant) {
+        let mut p = self.points.lock().unwrap_or_else(|e| e.into_inner());
+        p.known.clear();
+        p.known.push_back((at, 0));
+        p.void_before = Some(at);
+    }
+
+    /// The sequence known at `t`; `None` when what was known then has been voided.
+    fn at(&self, t: Instant) -> Option<u64> {
         let p = self.points.lock().unwrap_or_else(|e| e.into_inner());
-        p.iter().rev().find(|(i, _)| *i <= t).map_or(0, |(_, s)| *s)
+        if p.void_before.is_some_and(|v| t < v) {
+            return None;
+        }
+        Some(p.known.iter().rev().find(|(i, _)| *i <= t).map_or(0, |(_, s)| *s))
     }
 }
 
@@ -256,8 +277,6 @@ pub(crate) struct Lower {
     purges: Arc<Semaphore>,
     stats: Stats,
     seq: SeqHistory,
-    /// When the last [`flush`](Self::flush) ran: what was fetched before it is not written down.
-    flushed_at: Mutex<Option<Instant>>,
     #[cfg(feature = "redis")]
     leases: Mutex<HashMap<Arc<str>, LeaseToken>>,
     pending: Mutex<VecDeque<(Target, bool)>>,
@@ -344,7 +363,6 @@ impl Lower {
             purges: Arc::new(Semaphore::new(MAX_PURGES)),
             stats: Stats::default(),
             seq: SeqHistory::default(),
-            flushed_at: Mutex::new(None),
             #[cfg(feature = "redis")]
             leases: Mutex::new(HashMap::new()),
             pending: Mutex::new(VecDeque::new()),
@@ -716,15 +734,13 @@ impl Lower {
             })
             .min()
             .unwrap_or(entry.stored_at);
-        // Fetched before a flush, it may carry a sequence from before Redis lost its data, under
-        // which later purges would not reach it: it is not written (see `flush`).
-        let flushed_at = *self.flushed_at.lock().unwrap_or_else(|e| e.into_inner());
-        if flushed_at.is_some_and(|flushed| requested < flushed) {
+        // Fetched before a flush, it has no sequence that later purges are sure to reach: it is
+        // not written (see `flush`).
+        let Some(seq) = self.seq.at(requested) else {
             bump(&self.stats.dropped_writes);
             metrics::record_dropped_write();
             return;
-        }
-        let seq = self.seq.at(requested);
+        };
         let me = self.clone();
         let (key, entry) = (key.clone(), entry.clone());
         rt.spawn(async move {
@@ -898,9 +914,7 @@ impl Lower {
     /// stamped with 0 until Redis tells a current sequence (the oldest stamp there is, which any
     /// purge of their tags reaches), and entries fetched before now are not written at all.
     async fn flush(&self) {
-        let now = self.clock.now();
-        *self.flushed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
-        self.seq.observe(now, 0);
+        self.seq.forget_before(self.clock.now());
         self.apply_local(&Target::All, false);
         #[cfg(feature = "disk")]
         if let Some(l3) = &self.l3 {
@@ -1221,18 +1235,35 @@ mod tests {
     async fn sequence_known_at_a_time() {
         let h = SeqHistory::default();
         let t0 = Instant::now();
-        assert_eq!(h.at(t0), 0);
+        assert_eq!(h.at(t0), Some(0));
         h.observe(t0, 3);
         tokio::time::advance(Duration::from_secs(1)).await;
         let t1 = Instant::now();
         h.observe(t1, 5);
-        assert_eq!(h.at(t0), 3);
-        assert_eq!(h.at(t1), 5);
-        assert_eq!(h.at(t0 + Duration::from_millis(500)), 3);
-        assert_eq!(h.at(t0.checked_sub(Duration::from_millis(1)).unwrap()), 0);
+        assert_eq!(h.at(t0), Some(3));
+        assert_eq!(h.at(t1), Some(5));
+        assert_eq!(h.at(t0 + Duration::from_millis(500)), Some(3));
+        assert_eq!(h.at(t0.checked_sub(Duration::from_millis(1)).unwrap()), Some(0));
         for i in 0..200 {
             h.observe(Instant::now(), 10 + i);
         }
-        assert_eq!(h.at(t0), 0, "history is bounded; older times are unknown");
+        assert_eq!(h.at(t0), Some(0), "history is bounded; older times are unknown");
+    }
+
+    /// After Redis restarted empty its sequence starts again from 1: an entry stamped with the
+    /// old, higher sequence would look newer than every purge on the new server.
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_voids_the_sequences_learnt_before_it() {
+        let h = SeqHistory::default();
+        let fetched = Instant::now();
+        h.observe(fetched, 500);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let flushed = Instant::now();
+        h.forget_before(flushed);
+        assert_eq!(h.at(fetched), None, "fetched before the flush: not written");
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert_eq!(h.at(Instant::now()), Some(0), "until Redis tells a current one");
+        h.observe(Instant::now(), 2);
+        assert_eq!(h.at(Instant::now()), Some(2));
     }
 }
