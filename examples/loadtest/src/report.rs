@@ -1039,6 +1039,18 @@ pub(crate) mod tests {
         )
     }
 
+    /// Adds a sustained search step at `rate` whose p99 (history and all) is `p99_ms`.
+    fn with_step(report: &mut VariantReport, rate: f64, p99_ms: f64) {
+        report.max_rate.as_mut().unwrap().steps.push(RateStep {
+            rate,
+            achieved: rate,
+            p99_ms,
+            history_p99_ms: p99_ms,
+            errors: 0,
+            sustained: true,
+        });
+    }
+
     fn verdict<'a>(report: &'a Report, target: &str) -> &'a Verdict {
         report
             .verdicts
@@ -1054,14 +1066,7 @@ pub(crate) mod tests {
             .variants
             .push(variant(Variant::Bare, 40, 0, Some(2000.0)));
         let mut stacked = variant(Variant::Stacked, 10, 9, Some(4000.0));
-        stacked.max_rate.as_mut().unwrap().steps.push(RateStep {
-            rate: 2000.0,
-            achieved: 2000.0,
-            p99_ms: 10.0,
-            history_p99_ms: 10.0,
-            errors: 0,
-            sustained: true,
-        });
+        with_step(&mut stacked, 2000.0, 10.0);
         report.variants.push(stacked);
         report.finish();
         assert_eq!(
@@ -1097,14 +1102,7 @@ pub(crate) mod tests {
             .push(variant(Variant::Bare, 40, 0, Some(2000.0)));
         // The main phase is 75 % faster, but at bare's limit only 25 %.
         let mut stacked = variant(Variant::Stacked, 10, 9, Some(4000.0));
-        stacked.max_rate.as_mut().unwrap().steps.push(RateStep {
-            rate: 2000.0,
-            achieved: 2000.0,
-            p99_ms: 30.0,
-            history_p99_ms: 30.0,
-            errors: 0,
-            sustained: true,
-        });
+        with_step(&mut stacked, 2000.0, 30.0);
         report.variants.push(stacked);
         report.finish();
         let latency = verdict(&report, ">= 50% better latency");

@@ -261,16 +261,7 @@ pub async fn run_chaos(options: &Options) -> Result<Report, Error> {
         run_id: format!("{}x", run_id()),
     };
     let http = &env.http;
-    if options.warmup > Duration::ZERO {
-        let mut warmup = main_plan(options, "warm-up");
-        warmup.duration = options.warmup;
-        warmup.outage = None;
-        warmup.check_freshness = false;
-        warmup.seed = options.seed ^ 0x5eed;
-        let pb = bar(&bars, &format!("{variant} warm-up"), warmup.duration);
-        load::run(&env, &warmup, &pb).await;
-        pb.finish_and_clear();
-    }
+    warm_up(options, &env, &bars, variant).await;
     let own: Vec<u32> = std::iter::once(std::process::id())
         .chain(std::iter::once(stack.moderation().pid()))
         .chain(stack.instances().iter().map(|s| s.pid()))
@@ -422,6 +413,22 @@ pub fn targets(stack: &Stack) -> Vec<Target> {
         .collect()
 }
 
+/// The unmeasured warm-up of `options` (none when its length is zero): the main mix without the outage
+/// or freshness checks, on a seed of its own.
+async fn warm_up(options: &Options, env: &LoadEnv, bars: &MultiProgress, variant: Variant) {
+    if options.warmup.is_zero() {
+        return;
+    }
+    let mut warmup = main_plan(options, "warm-up");
+    warmup.duration = options.warmup;
+    warmup.outage = None;
+    warmup.check_freshness = false;
+    warmup.seed = options.seed ^ 0x5eed;
+    let pb = bar(bars, &format!("{variant} warm-up"), warmup.duration);
+    load::run(env, &warmup, &pb).await;
+    pb.finish_and_clear();
+}
+
 /// The load plan of the main phase for `options`.
 pub fn main_plan(options: &Options, label: &str) -> LoadPlan {
     let outage = (options.outage > Duration::ZERO).then(|| Outage {
@@ -467,16 +474,7 @@ async fn measure_variant(
         .ok(),
         _ => None,
     };
-    if options.warmup > Duration::ZERO {
-        let mut warmup = main_plan(options, "warm-up");
-        warmup.duration = options.warmup;
-        warmup.outage = None;
-        warmup.check_freshness = false;
-        warmup.seed = options.seed ^ 0x5eed;
-        let pb = bar(bars, &format!("{variant} warm-up"), warmup.duration);
-        load::run(env, &warmup, &pb).await;
-        pb.finish_and_clear();
-    }
+    warm_up(options, env, bars, variant).await;
     let load_before = crate::procs::load_average();
     let other_cpu = crate::procs::OtherCpu::start(own_pids.to_vec());
     let before = snapshot(http, &env.targets).await?;
@@ -573,7 +571,7 @@ pub async fn find_max_rate(
         ..MaxRate::default()
     };
     let mut step_seed = template.seed;
-    while let Some(rate) = state.next_rate() {
+    let mut step = async |rate: f64, label: &str| {
         step_seed = step_seed.wrapping_add(1);
         let plan = LoadPlan {
             rate,
@@ -586,15 +584,24 @@ pub async fn find_max_rate(
         };
         let pb = bar(
             bars,
-            &format!("{variant} max-rate {rate:.0}/s"),
+            &format!("{variant} {label} {rate:.0}/s"),
             plan.duration,
         );
-        let step = load::run(env, &plan, &pb).await;
+        let run = load::run(env, &plan, &pb).await;
         pb.finish_and_clear();
-        let recorded = rate_step(rate, &step, search.p99_bound);
-        let sustained = recorded.sustained;
+        RateStep {
+            rate,
+            achieved: run.throughput(),
+            p99_ms: run.latencies.all().quantile_ms(0.99),
+            history_p99_ms: run.latencies.history().quantile_ms(0.99),
+            errors: run.errors.total(),
+            sustained: step_passes(rate, &run, search.p99_bound),
+        }
+    };
+    while let Some(rate) = state.next_rate() {
+        let recorded = step(rate, "max-rate").await;
+        state.record(rate, recorded.sustained);
         result.steps.push(recorded);
-        state.record(rate, sustained);
         // A failed step leaves a queue behind in the server; let it drain before the next step.
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -604,33 +611,9 @@ pub async fn find_max_rate(
         .filter(|rate| !result.steps.iter().any(|step| step.rate == *rate))
     {
         // A measurement only: the search's outcome stays as it was.
-        let plan = LoadPlan {
-            rate,
-            duration: search.step,
-            outage: None,
-            check_freshness: false,
-            seed: step_seed.wrapping_add(1),
-            label: format!("max-rate {rate:.0}"),
-            ..template.clone()
-        };
-        let pb = bar(bars, &format!("{variant} at {rate:.0}/s"), plan.duration);
-        let step = load::run(env, &plan, &pb).await;
-        pb.finish_and_clear();
-        result.steps.push(rate_step(rate, &step, search.p99_bound));
+        result.steps.push(step(rate, "at").await);
     }
     result
-}
-
-/// The record of a search step at `rate`.
-fn rate_step(rate: f64, step: &LoadResult, p99_bound: Duration) -> RateStep {
-    RateStep {
-        rate,
-        achieved: step.throughput(),
-        p99_ms: step.latencies.all().quantile_ms(0.99),
-        history_p99_ms: step.latencies.history().quantile_ms(0.99),
-        errors: step.errors.total(),
-        sustained: step_passes(rate, step, p99_bound),
-    }
 }
 
 /// Reads a duration such as `30s`, `500ms`, `2m` or `1.5s`; a bare number is seconds.
