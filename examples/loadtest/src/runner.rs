@@ -252,14 +252,7 @@ pub async fn run_chaos(options: &Options) -> Result<Report, Error> {
         .map_err(|e| Error::Setup(format!("starting {variant}: {e}")))??;
     starting.finish_and_clear();
     let mut stack = stack;
-    let env = LoadEnv {
-        http: Http::new(options.timeout),
-        targets: targets(&stack),
-        moderation: stack.moderation().base_url(),
-        faults: stack.fault_controls(),
-        seeded: stack.seeded(),
-        run_id: format!("{}x", run_id()),
-    };
+    let env = load_env(&stack, Http::new(options.timeout), format!("{}x", run_id()));
     let http = &env.http;
     warm_up(options, &env, &bars, variant).await;
     let own: Vec<u32> = std::iter::once(std::process::id())
@@ -362,14 +355,7 @@ async fn run_variant(
         .map_err(|e| Error::Setup(format!("starting {variant}: {e}")))??;
     starting.finish_and_clear();
     let http = Http::new(options.timeout);
-    let env = LoadEnv {
-        http: http.clone(),
-        targets: targets(&stack),
-        moderation: stack.moderation().base_url(),
-        faults: None,
-        seeded: stack.seeded(),
-        run_id: run_id.to_owned(),
-    };
+    let env = load_env(&stack, http.clone(), run_id.to_owned());
     let mut stack = stack;
     let mut own = vec![std::process::id(), stack.moderation().pid()];
     own.extend(stack.instances().iter().map(|s| s.pid()));
@@ -398,6 +384,19 @@ async fn run_variant(
         }
     }
     Ok(report)
+}
+
+/// What the generator needs to load a started stack: its instances, moderation, the fault
+/// controls when it has fault proxies, and its seed.
+pub fn load_env(stack: &Stack, http: Http, run_id: String) -> LoadEnv {
+    LoadEnv {
+        http,
+        targets: targets(stack),
+        moderation: stack.moderation().base_url(),
+        faults: stack.fault_controls(),
+        seeded: stack.seeded(),
+        run_id,
+    }
 }
 
 /// The targets of a started stack.

@@ -16,7 +16,7 @@ use chat_loadtest::client::Http;
 use chat_loadtest::load::{self, FRESHNESS_BOUND, LoadEnv, LoadPlan, LoadResult, Outage};
 use chat_loadtest::observe::Stats;
 use chat_loadtest::procs::CpuPlan;
-use chat_loadtest::runner::{RateSearch, find_max_rate, targets};
+use chat_loadtest::runner::{RateSearch, find_max_rate, load_env};
 use chat_loadtest::stack::{Stack, StackConfig, Variant};
 use common::bin_dir;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
@@ -38,14 +38,7 @@ async fn scenario(variant: Variant) -> Outcome {
         .unwrap()
         .unwrap_or_else(|e| panic!("starting {variant}: {e}"));
     let http = Http::new(Duration::from_secs(10));
-    let env = LoadEnv {
-        http: http.clone(),
-        targets: targets(&stack),
-        moderation: stack.moderation().base_url(),
-        faults: None,
-        seeded: stack.seeded(),
-        run_id: format!("test-{variant}"),
-    };
+    let env = load_env(&stack, http.clone(), format!("test-{variant}"));
 
     let mut cold = Vec::new();
     for (i, target) in env.targets.iter().enumerate() {
@@ -226,14 +219,11 @@ async fn the_rate_search_also_measures_the_rate_it_is_given() {
         .await
         .unwrap()
         .unwrap();
-    let env = LoadEnv {
-        http: Http::new(Duration::from_secs(10)),
-        targets: targets(&stack),
-        moderation: stack.moderation().base_url(),
-        faults: None,
-        seeded: stack.seeded(),
-        run_id: "test-search".into(),
-    };
+    let env = load_env(
+        &stack,
+        Http::new(Duration::from_secs(10)),
+        "test-search".into(),
+    );
     let template = LoadPlan {
         rate: 100.0,
         duration: Duration::from_secs(1),
