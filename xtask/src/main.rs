@@ -387,10 +387,10 @@ fn loadtest(args: &[OsString]) -> Result<(), String> {
 fn screenshots(page_only: bool) -> Result<(), String> {
     ensure_test_programs()?;
     let root = workspace_root()?;
-    let out = root.join("docs").join("img");
-    let out = out
+    let img = root.join("docs").join("img");
+    let out = img
         .to_str()
-        .ok_or_else(|| format!("{} is not UTF-8", out.display()))?;
+        .ok_or_else(|| format!("{} is not UTF-8", img.display()))?;
     step("chat page (cargo test -p chat-service --test browser readme_screenshot)");
     cargo(
         &root,
@@ -411,7 +411,7 @@ fn screenshots(page_only: bool) -> Result<(), String> {
     if page_only {
         return Ok(());
     }
-    let report = root.join("docs").join("img").join("loadtest-report.png");
+    let report = img.join("loadtest-report.png");
     let args: Vec<OsString> = [
         "--duration",
         "10s",
