@@ -261,7 +261,13 @@ impl SeqHistory {
         if p.void_before.is_some_and(|v| t < v) {
             return None;
         }
-        Some(p.known.iter().rev().find(|(i, _)| *i <= t).map_or(0, |(_, s)| *s))
+        Some(
+            p.known
+                .iter()
+                .rev()
+                .find(|(i, _)| *i <= t)
+                .map_or(0, |(_, s)| *s),
+        )
     }
 }
 
@@ -1243,11 +1249,18 @@ mod tests {
         assert_eq!(h.at(t0), Some(3));
         assert_eq!(h.at(t1), Some(5));
         assert_eq!(h.at(t0 + Duration::from_millis(500)), Some(3));
-        assert_eq!(h.at(t0.checked_sub(Duration::from_millis(1)).unwrap()), Some(0));
+        assert_eq!(
+            h.at(t0.checked_sub(Duration::from_millis(1)).unwrap()),
+            Some(0)
+        );
         for i in 0..200 {
             h.observe(Instant::now(), 10 + i);
         }
-        assert_eq!(h.at(t0), Some(0), "history is bounded; older times are unknown");
+        assert_eq!(
+            h.at(t0),
+            Some(0),
+            "history is bounded; older times are unknown"
+        );
     }
 
     /// After Redis restarted empty its sequence starts again from 1: an entry stamped with the
@@ -1262,7 +1275,11 @@ mod tests {
         h.forget_before(flushed);
         assert_eq!(h.at(fetched), None, "fetched before the flush: not written");
         tokio::time::advance(Duration::from_millis(10)).await;
-        assert_eq!(h.at(Instant::now()), Some(0), "until Redis tells a current one");
+        assert_eq!(
+            h.at(Instant::now()),
+            Some(0),
+            "until Redis tells a current one"
+        );
         h.observe(Instant::now(), 2);
         assert_eq!(h.at(Instant::now()), Some(2));
     }
